@@ -1,0 +1,66 @@
+//! Compiles the probe components (`wasm32-wasip2`) from source so the
+//! controller embeds them: the built-in probes, and the hostile probe the
+//! engine's tests use. A nested cargo with its own target dir avoids
+//! contending for the outer build's lock.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+const PROFILE: &str = "probe";
+/// (cargo package, artifact stem, env var carrying its path)
+const PROBES: &[(&str, &str, &str)] = &[
+    ("probe-jupyter", "probe_jupyter", "PROBE_JUPYTER_WASM"),
+    ("probe-exec-script", "probe_exec_script", "PROBE_EXEC_SCRIPT_WASM"),
+    ("probe-hostile", "probe_hostile", "PROBE_HOSTILE_WASM"),
+];
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .expect("host/ lives in the workspace root")
+        .to_path_buf();
+    for watched in ["wit", "probe-sdk", "probes", "tests/probes", "Cargo.lock", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("probes");
+
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--target", TARGET, "--profile", PROFILE, "--target-dir"])
+        .arg(&target_dir);
+    for (package, _, _) in PROBES {
+        cmd.args(["-p", package]);
+    }
+    // The outer build's flags and wrappers (e.g. clippy's) are for the host, not for the guests.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("failed to run cargo for the probe components");
+    if !status.success() {
+        panic!(
+            "building the probe components for {TARGET} failed (is the target installed? \
+             `rustup target add {TARGET}`)"
+        );
+    }
+    let out = target_dir.join(TARGET).join(PROFILE);
+    for (_, stem, var) in PROBES {
+        let wasm = out.join(format!("{stem}.wasm"));
+        assert!(Path::new(&wasm).exists(), "{} was not produced", wasm.display());
+        println!("cargo:rustc-env={var}={}", wasm.display());
+    }
+}

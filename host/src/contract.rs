@@ -1,0 +1,293 @@
+//! The host-boundary validator of the probe contract (SPEC §5): whatever a
+//! probe returns is judged here, and a mistake becomes a message that tells
+//! the probe's author exactly what to fix.
+
+use chrono::DateTime;
+use serde_json::Value;
+
+/// Largest result text a probe may return.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024;
+/// How far ahead of the probe's start a `last_activity` may be (clock skew).
+pub const MAX_FUTURE_MS: i64 = 60_000;
+
+const HAS_ACTIVITY: &str = "has_activity";
+const LAST_ACTIVITY: &str = "last_activity";
+
+/// What a valid probe result says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeActivity {
+    /// `has_activity: true`: active in the last 60 seconds.
+    ActiveNow,
+    /// `has_activity: false`: not active now.
+    Idle,
+    /// `last_activity: <timestamp>`, in Unix milliseconds.
+    LastAt(i64),
+    /// `last_activity: null`: unknown.
+    Unknown,
+}
+
+impl ProbeActivity {
+    /// The workspace's new `lastActivity` (Unix seconds) after this result of a
+    /// probe that started at `started_at_ms`, given the previous value (`0` = unknown).
+    pub fn next_last_activity(self, previous: i64, started_at_ms: i64) -> i64 {
+        let started = started_at_ms.div_euclid(1000);
+        match self {
+            ProbeActivity::ActiveNow => started,
+            ProbeActivity::Idle | ProbeActivity::Unknown if previous == 0 => started,
+            ProbeActivity::Idle | ProbeActivity::Unknown => previous,
+            ProbeActivity::LastAt(ms) => ms.div_euclid(1000),
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeActivity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeActivity::ActiveNow => f.write_str("active now"),
+            ProbeActivity::Idle => f.write_str("not active now"),
+            ProbeActivity::Unknown => f.write_str("last activity unknown"),
+            ProbeActivity::LastAt(ms) => match DateTime::from_timestamp_millis(*ms) {
+                Some(t) => write!(
+                    f,
+                    "last active at {}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ),
+                None => write!(f, "last active at {ms} ms"),
+            },
+        }
+    }
+}
+
+/// Why a probe's output breaks the contract. The text is the user's message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    /// Nothing but whitespace.
+    #[error("probe returned no output; expected a JSON object such as {{\"has_activity\": true}}")]
+    Empty,
+    /// Over [`MAX_RESULT_BYTES`].
+    #[error("probe output is {0} bytes, over the cap of {MAX_RESULT_BYTES} bytes")]
+    TooLarge(usize),
+    /// Not JSON at all.
+    #[error("probe output is not valid JSON ({0})")]
+    NotJson(String),
+    /// JSON, but not an object.
+    #[error("probe output must be a JSON object, got {0}")]
+    NotObject(&'static str),
+    /// A key the contract does not have.
+    #[error("probe output has unknown key \"{0}\" (allowed: has_activity, last_activity)")]
+    UnknownKey(String),
+    /// Neither key present.
+    #[error("probe output has neither has_activity nor last_activity")]
+    MissingKeys,
+    /// `has_activity` of the wrong type.
+    #[error("has_activity must be true or false, got {0}")]
+    HasActivityType(&'static str),
+    /// `last_activity` of the wrong type.
+    #[error("last_activity must be an RFC 3339 timestamp string or null, got {0}")]
+    LastActivityType(&'static str),
+    /// `last_activity` that does not parse.
+    #[error("last_activity \"{0}\" is not an RFC 3339 timestamp (e.g. \"2026-01-02T03:04:05Z\")")]
+    BadTimestamp(String),
+    /// `last_activity` too far in the future.
+    #[error("last_activity \"{0}\" is {1} s after the probe started (more than 60 s in the future)")]
+    FutureTimestamp(String, i64),
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Validate a probe's output text against the contract; `started_at_ms` is
+/// when the probe started (Unix milliseconds), for the future-timestamp rule.
+pub fn validate(output: &str, started_at_ms: i64) -> Result<ProbeActivity, ContractError> {
+    if output.len() > MAX_RESULT_BYTES {
+        return Err(ContractError::TooLarge(output.len()));
+    }
+    if output.trim().is_empty() {
+        return Err(ContractError::Empty);
+    }
+    let value: Value = serde_json::from_str(output).map_err(|e| ContractError::NotJson(e.to_string()))?;
+    let Value::Object(object) = value else {
+        return Err(ContractError::NotObject(type_name(&value)));
+    };
+    if let Some(key) = object.keys().find(|k| *k != HAS_ACTIVITY && *k != LAST_ACTIVITY) {
+        return Err(ContractError::UnknownKey(key.clone()));
+    }
+    let has_activity = match object.get(HAS_ACTIVITY) {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(other) => return Err(ContractError::HasActivityType(type_name(other))),
+    };
+    let last_activity = match object.get(LAST_ACTIVITY) {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::String(s)) => {
+            let at = DateTime::parse_from_rfc3339(s)
+                .map_err(|_| ContractError::BadTimestamp(s.clone()))?
+                .timestamp_millis();
+            if at - started_at_ms > MAX_FUTURE_MS {
+                return Err(ContractError::FutureTimestamp(s.clone(), (at - started_at_ms) / 1000));
+            }
+            Some(Some(at))
+        }
+        Some(other) => return Err(ContractError::LastActivityType(type_name(other))),
+    };
+    match (has_activity, last_activity) {
+        (Some(true), _) => Ok(ProbeActivity::ActiveNow),
+        (Some(false), _) => Ok(ProbeActivity::Idle),
+        (None, Some(Some(at))) => Ok(ProbeActivity::LastAt(at)),
+        (None, Some(None)) => Ok(ProbeActivity::Unknown),
+        (None, None) => Err(ContractError::MissingKeys),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-11-29T11:28:24Z
+    const START: i64 = 1_795_951_704_000;
+
+    fn ok(s: &str) -> ProbeActivity {
+        validate(s, START).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn err(s: &str) -> String {
+        validate(s, START).expect_err(s).to_string()
+    }
+
+    #[test]
+    fn has_activity_alone() {
+        assert_eq!(ok(r#"{"has_activity": true}"#), ProbeActivity::ActiveNow);
+        assert_eq!(ok(r#"{"has_activity": false}"#), ProbeActivity::Idle);
+    }
+
+    #[test]
+    fn last_activity_alone_and_null() {
+        assert_eq!(
+            ok(r#"{"last_activity": "2026-11-29T11:00:00Z"}"#),
+            ProbeActivity::LastAt(START - 1704_000)
+        );
+        assert_eq!(ok(r#"{"last_activity": null}"#), ProbeActivity::Unknown);
+    }
+
+    #[test]
+    fn both_fields_has_activity_wins() {
+        let both = r#"{"has_activity": true, "last_activity": "2020-01-01T00:00:00Z"}"#;
+        assert_eq!(ok(both), ProbeActivity::ActiveNow);
+        assert_eq!(
+            ok(r#"{"has_activity": false, "last_activity": null}"#),
+            ProbeActivity::Idle
+        );
+    }
+
+    #[test]
+    fn z_and_offset_and_fractional_seconds_agree() {
+        let expected = ProbeActivity::LastAt(START - 60_000);
+        for ts in [
+            "2026-11-29T11:27:24Z",
+            "2026-11-29T11:27:24+00:00",
+            "2026-11-29T11:27:24.000Z",
+            "2026-11-29T11:27:24.000000+00:00",
+            "2026-11-29T12:27:24+01:00",
+        ] {
+            assert_eq!(ok(&format!(r#"{{"last_activity": "{ts}"}}"#)), expected, "{ts}");
+        }
+        assert_eq!(
+            ok(r#"{"last_activity": "2026-11-29T11:27:24.123456Z"}"#),
+            ProbeActivity::LastAt(START - 60_000 + 123)
+        );
+    }
+
+    #[test]
+    fn future_timestamps_beyond_sixty_seconds_fail() {
+        assert_eq!(
+            ok(r#"{"last_activity": "2026-11-29T11:29:24Z"}"#),
+            ProbeActivity::LastAt(START + 60_000)
+        );
+        assert_eq!(
+            err(r#"{"last_activity": "2026-11-29T11:30:24Z"}"#),
+            "last_activity \"2026-11-29T11:30:24Z\" is 120 s after the probe started (more than 60 s in the future)"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_fail_by_name() {
+        assert_eq!(
+            err(r#"{"has_activity": true, "hasActivity": true}"#),
+            "probe output has unknown key \"hasActivity\" (allowed: has_activity, last_activity)"
+        );
+    }
+
+    #[test]
+    fn wrong_types_fail_naming_the_type() {
+        assert_eq!(
+            err(r#"{"has_activity": "yes"}"#),
+            "has_activity must be true or false, got a string"
+        );
+        assert_eq!(
+            err(r#"{"has_activity": 1}"#),
+            "has_activity must be true or false, got a number"
+        );
+        assert_eq!(
+            err(r#"{"last_activity": 1700000000}"#),
+            "last_activity must be an RFC 3339 timestamp string or null, got a number"
+        );
+        assert_eq!(
+            err(r#"{"last_activity": "yesterday"}"#),
+            "last_activity \"yesterday\" is not an RFC 3339 timestamp (e.g. \"2026-01-02T03:04:05Z\")"
+        );
+        assert!(err(r#"{"last_activity": "2026-11-29T11:27:24"}"#).contains("is not an RFC 3339 timestamp"));
+    }
+
+    #[test]
+    fn non_objects_fail() {
+        assert_eq!(err("[]"), "probe output must be a JSON object, got an array");
+        assert_eq!(err("true"), "probe output must be a JSON object, got a boolean");
+        assert_eq!(err(r#""{}""#), "probe output must be a JSON object, got a string");
+        assert!(err("{has_activity: true}").starts_with("probe output is not valid JSON"));
+        assert_eq!(err("{}"), "probe output has neither has_activity nor last_activity");
+    }
+
+    #[test]
+    fn empty_and_oversize_fail() {
+        assert!(err("").starts_with("probe returned no output"));
+        assert!(err(" \n").starts_with("probe returned no output"));
+        let big = format!(r#"{{"has_activity": true}}{}"#, " ".repeat(MAX_RESULT_BYTES));
+        assert_eq!(
+            err(&big),
+            format!("probe output is {} bytes, over the cap of 65536 bytes", big.len())
+        );
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_fine() {
+        assert_eq!(ok("\n {\"has_activity\": true}\n"), ProbeActivity::ActiveNow);
+    }
+
+    #[test]
+    fn next_last_activity_follows_the_spec() {
+        let start_ms = 1_000_500;
+        assert_eq!(ProbeActivity::ActiveNow.next_last_activity(10, start_ms), 1000);
+        assert_eq!(ProbeActivity::Idle.next_last_activity(10, start_ms), 10);
+        assert_eq!(ProbeActivity::Unknown.next_last_activity(10, start_ms), 10);
+        assert_eq!(
+            ProbeActivity::Idle.next_last_activity(0, start_ms),
+            1000,
+            "idle clock starts"
+        );
+        assert_eq!(
+            ProbeActivity::Unknown.next_last_activity(0, start_ms),
+            1000,
+            "idle clock starts"
+        );
+        assert_eq!(ProbeActivity::LastAt(500_999).next_last_activity(10, start_ms), 500);
+    }
+}

@@ -1,0 +1,71 @@
+//! What a probe can reach, as a trait the engine calls. The controller
+//! implements it with Kubernetes (exec, pod HTTP); the harness with scripted
+//! replies or local processes. The engine confines every call to the probed
+//! workspace and enforces deadlines and size caps before a capability sees it.
+
+use super::bindings::workspace_culler::probe::exec;
+use super::bindings::workspace_culler::probe::types;
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// The workspace being probed (the WIT `workspace` record).
+pub type Workspace = types::Workspace;
+/// A named port of the workspace (the WIT `port` record).
+pub type Port = types::Port;
+/// A command to run in the workspace's main container (WIT `exec.command`).
+pub type ExecCommand = exec::Command;
+/// How a command ended (WIT `exec.output`).
+pub type ExecOutput = exec::Output;
+/// Why a command did not complete (WIT `exec.error`).
+pub type ExecError = exec::Error;
+
+/// An HTTP request a probe sends to its workspace's pod, body fully read.
+#[derive(Clone, Debug)]
+pub struct HttpRequest {
+    /// Method.
+    pub method: http::Method,
+    /// Absolute URI; its host is the pod's IP (the engine checked).
+    pub uri: http::Uri,
+    /// Headers as the probe set them.
+    pub headers: http::HeaderMap,
+    /// Body bytes (capped by the engine).
+    pub body: Bytes,
+}
+
+/// The response handed back to the probe.
+#[derive(Clone, Debug, Default)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+/// The workspace-confined capabilities behind a probe's imports.
+#[async_trait]
+pub trait Capabilities: Send + Sync + 'static {
+    /// Run a command in the workspace's main container. `command.timeout_ms`
+    /// is already capped by the probe's deadline; the engine also cuts the
+    /// call off by wall clock, so an implementation that hangs loses nothing.
+    async fn exec(&self, workspace: &Workspace, command: ExecCommand) -> Result<ExecOutput, ExecError>;
+
+    /// Send an HTTP request to the workspace's pod; `Err` is a transport
+    /// failure (the message reaches the probe), not an HTTP error status.
+    async fn http(&self, workspace: &Workspace, request: HttpRequest) -> Result<HttpResponse, String>;
+}
+
+/// Capabilities that refuse everything: for probes that need none.
+pub struct NoCapabilities;
+
+#[async_trait]
+impl Capabilities for NoCapabilities {
+    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+        Err(ExecError::Refused("exec is not available here".into()))
+    }
+
+    async fn http(&self, _: &Workspace, _: HttpRequest) -> Result<HttpResponse, String> {
+        Err("HTTP is not available here".into())
+    }
+}

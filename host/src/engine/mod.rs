@@ -1,0 +1,501 @@
+//! The probe engine: loads probe components (pinned by sha256, compiled code
+//! cached on disk), and evaluates them one fresh sandbox at a time under a
+//! deadline, a memory cap and output caps. Nothing here knows Kubernetes;
+//! what a probe can reach comes in through [`Capabilities`].
+
+pub mod capabilities;
+mod state;
+
+use crate::contract::{self, ProbeActivity};
+pub use capabilities::{
+    Capabilities, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, NoCapabilities, Port, Workspace,
+};
+use sha2::{Digest, Sha256};
+use state::ProbeState;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+
+pub use state::LogLevel;
+
+/// Bindings generated from `wit/`, the single source of the probe contract.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "activity-probe",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        },
+    });
+}
+
+pub use bindings::workspace_culler::probe::types::ProbeInfo;
+
+/// How often the epoch advances; the granularity of CPU deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Extra wall-clock time beyond a probe's deadline before the call is cut.
+const WALL_CLOCK_GRACE: Duration = Duration::from_millis(500);
+
+/// Caps applied to every evaluation.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Linear memory a probe may use.
+    pub memory_bytes: usize,
+    /// Bytes a probe may write to stdout and to stderr (each).
+    pub stdio_bytes: usize,
+    /// Bytes of stdout/stderr of one exec handed to the probe (each; the rest is cut).
+    pub exec_output_bytes: usize,
+    /// Bytes of one HTTP request or response body.
+    pub http_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            stdio_bytes: 1 << 20,
+            exec_output_bytes: 1 << 20,
+            http_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// How instance memory is allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// Pooling, falling back to on-demand if the pool cannot be reserved.
+    Auto,
+    /// Pooling only (fail if it cannot be reserved).
+    Pooling,
+    /// Allocate per instance.
+    OnDemand,
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Evaluations that may run at once (sizes the pool).
+    pub concurrency: u32,
+    /// Caps on every evaluation.
+    pub limits: Limits,
+    /// Where compiled components are cached (none: compile every load).
+    pub cache_dir: Option<PathBuf>,
+    /// Instance allocation.
+    pub allocation: Allocation,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            concurrency: 8,
+            limits: Limits::default(),
+            cache_dir: None,
+            allocation: Allocation::Auto,
+        }
+    }
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The component's sha256 is not the pinned one.
+    #[error("probe module digest mismatch: expected sha256 {expected}, the module is sha256 {actual}")]
+    DigestMismatch {
+        /// Pinned digest.
+        expected: String,
+        /// Digest of the bytes.
+        actual: String,
+    },
+    /// Not a valid component.
+    #[error("probe module is not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// It needs imports the host does not provide.
+    #[error("probe module cannot be linked: {0} (probes may import only what workspace-culler:probe@0.1 provides)")]
+    Link(String),
+    /// It does not export the probe world.
+    #[error("probe module does not implement the activity-probe world of workspace-culler:probe@0.1: {0}")]
+    NotAProbe(String),
+}
+
+/// A component ready to evaluate (compiled and linked once, reused).
+pub struct LoadedProbe {
+    /// sha256 of the component bytes (hex).
+    pub digest: String,
+    pre: bindings::ActivityProbePre<ProbeState>,
+}
+
+/// One evaluation to run.
+pub struct ProbeRequest {
+    /// The workspace probed.
+    pub workspace: Workspace,
+    /// The probe's JSON config, unchanged.
+    pub config: String,
+    /// The whole evaluation must end within this.
+    pub deadline: Duration,
+    /// What the probe can reach.
+    pub capabilities: Arc<dyn Capabilities>,
+    /// Name used in logs (e.g. "jupyter").
+    pub probe_name: String,
+}
+
+/// How an evaluation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// A valid result.
+    Success(ProbeActivity),
+    /// No result; the message says why (becomes `lastProbe.message`).
+    Failure(String),
+    /// Out of time; the message says so.
+    Timeout(String),
+}
+
+impl ProbeOutcome {
+    /// `Success`, `Failure` or `Timeout`, as in `lastProbe.result`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            ProbeOutcome::Success(_) => "Success",
+            ProbeOutcome::Failure(_) => "Failure",
+            ProbeOutcome::Timeout(_) => "Timeout",
+        }
+    }
+}
+
+/// The record of one evaluation.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// When it started (Unix ms, from the caller's clock).
+    pub started_at_ms: i64,
+    /// When it ended (start + elapsed).
+    pub finished_at_ms: i64,
+    /// The outcome.
+    pub outcome: ProbeOutcome,
+    /// The text the probe returned, if it returned any.
+    pub raw_output: Option<String>,
+    /// What the probe logged (log import and stderr).
+    pub logs: Vec<(LogLevel, String)>,
+}
+
+/// The engine: one per process, shared by every evaluation.
+pub struct ProbeEngine {
+    engine: wasmtime::Engine,
+    linker: Linker<ProbeState>,
+    config: EngineConfig,
+    pooling: bool,
+    loaded: Mutex<HashMap<String, Arc<LoadedProbe>>>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for ProbeEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The CPU deadline passed (raised from the epoch callback).
+#[derive(Debug)]
+struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("probe deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// sha256 of bytes, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn wasmtime_config(config: &EngineConfig, pooling: bool) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    c.epoch_interruption(true);
+    if pooling {
+        let n = config.concurrency.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(n)
+            .total_core_instances(n * 16)
+            .total_memories(n * 2)
+            .total_tables(n * 16)
+            .total_stacks(n)
+            .max_memory_size(config.limits.memory_bytes)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(2)
+            .max_tables_per_component(16);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
+}
+
+impl ProbeEngine {
+    /// Build the engine and its linker (once per process).
+    pub fn new(config: EngineConfig) -> anyhow::Result<Self> {
+        let (engine, pooling) = match config.allocation {
+            Allocation::OnDemand => (
+                wasmtime::Engine::new(&wasmtime_config(&config, false)).map_err(to_anyhow)?,
+                false,
+            ),
+            Allocation::Pooling => (
+                wasmtime::Engine::new(&wasmtime_config(&config, true)).map_err(to_anyhow)?,
+                true,
+            ),
+            Allocation::Auto => match wasmtime::Engine::new(&wasmtime_config(&config, true)) {
+                Ok(engine) => (engine, true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reserve the instance pool; allocating on demand");
+                    (
+                        wasmtime::Engine::new(&wasmtime_config(&config, false)).map_err(to_anyhow)?,
+                        false,
+                    )
+                }
+            },
+        };
+        let mut linker = Linker::new(&engine);
+        state::add_to_linker(&mut linker)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticking, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new().name("probe-epoch".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                ticking.increment_epoch();
+            }
+        })?;
+        Ok(ProbeEngine {
+            engine,
+            linker,
+            config,
+            pooling,
+            loaded: Mutex::default(),
+            ticker_stop,
+        })
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn is_pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Load a component, checking its digest when one is pinned. Loads of the
+    /// same bytes are shared.
+    pub fn load(&self, bytes: &[u8], pinned_sha256: Option<&str>) -> Result<Arc<LoadedProbe>, LoadError> {
+        let digest = sha256_hex(bytes);
+        if let Some(expected) = pinned_sha256 {
+            let expected = expected.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+            if expected != digest {
+                return Err(LoadError::DigestMismatch {
+                    expected,
+                    actual: digest,
+                });
+            }
+        }
+        if let Some(probe) = self.lock_loaded().get(&digest) {
+            return Ok(probe.clone());
+        }
+        let component = self.compile(bytes, &digest)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = bindings::ActivityProbePre::new(instance_pre).map_err(|e| LoadError::NotAProbe(format!("{e:#}")))?;
+        let probe = Arc::new(LoadedProbe {
+            digest: digest.clone(),
+            pre,
+        });
+        self.lock_loaded().insert(digest, probe.clone());
+        Ok(probe)
+    }
+
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedProbe>>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The key of compiled code for this engine's settings and version.
+    fn compatibility_key(&self) -> String {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+
+    /// Compile, or load compiled code from the disk cache after verifying it.
+    fn compile(&self, bytes: &[u8], digest: &str) -> Result<Component, LoadError> {
+        let Some(dir) = &self.config.cache_dir else {
+            return Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")));
+        };
+        let key = format!("{digest}-{}", self.compatibility_key());
+        let code_path = dir.join(format!("{key}.cwasm"));
+        let sum_path = dir.join(format!("{key}.cwasm.sha256"));
+        if let (Ok(code), Ok(sum)) = (std::fs::read(&code_path), std::fs::read_to_string(&sum_path)) {
+            if sha256_hex(&code) == sum.trim() {
+                // SAFETY: the bytes were produced by `Component::serialize` of an
+                // engine with the same compatibility hash (in the file name), and
+                // their sha256 matches the one written beside them.
+                match unsafe { Component::deserialize(&self.engine, &code) } {
+                    Ok(component) => return Ok(component),
+                    Err(e) => {
+                        tracing::warn!(path = %code_path.display(), error = %e, "cached probe code unusable; recompiling")
+                    }
+                }
+            } else {
+                tracing::warn!(path = %code_path.display(), "cached probe code does not match its checksum; recompiling");
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        if let Err(e) = write_cache(dir, &code_path, &sum_path, &component) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot cache compiled probe code");
+        }
+        Ok(component)
+    }
+
+    /// Ask a probe to describe itself.
+    pub async fn info(&self, probe: &LoadedProbe) -> anyhow::Result<ProbeInfo> {
+        let state = ProbeState::new(
+            &self.config.limits,
+            Workspace::empty(),
+            Arc::new(NoCapabilities),
+            Instant::now() + Duration::from_secs(5),
+            "info".into(),
+        );
+        let mut store = self.store(state, Instant::now() + Duration::from_secs(5));
+        let instance = probe.pre.instantiate_async(&mut store).await.map_err(to_anyhow)?;
+        instance.call_info(&mut store).await.map_err(to_anyhow)
+    }
+
+    fn store(&self, state: ProbeState, deadline_at: Instant) -> Store<ProbeState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s.memory_cap());
+        store.set_epoch_deadline(1);
+        // Each tick yields to the runtime (so one busy probe cannot starve
+        // others) and traps once the deadline has passed.
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline_at {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    /// Evaluate a probe once, in a fresh sandbox. `now_ms` is the caller's
+    /// clock (Unix ms) at the start. Never panics on anything the probe does.
+    pub async fn evaluate(&self, probe: &LoadedProbe, request: ProbeRequest, now_ms: i64) -> Evaluation {
+        let started = Instant::now();
+        let deadline_at = started + request.deadline;
+        let deadline_ms = request.deadline.as_millis();
+        let span = tracing::info_span!(
+            "probe",
+            namespace = %request.workspace.namespace,
+            name = %request.workspace.name,
+            probe = %request.probe_name,
+        );
+        let _entered = span.enter();
+        let state = ProbeState::new(
+            &self.config.limits,
+            request.workspace.clone(),
+            request.capabilities.clone(),
+            deadline_at,
+            request.probe_name.clone(),
+        );
+        let mut store = self.store(state, deadline_at);
+        let call = async {
+            let instance = probe.pre.instantiate_async(&mut store).await?;
+            instance
+                .call_probe(&mut store, &request.workspace, &request.config)
+                .await
+        };
+        let result = tokio::time::timeout(request.deadline + WALL_CLOCK_GRACE, call).await;
+
+        let state = store.data();
+        let mut raw_output = None;
+        let outcome = match result {
+            Err(_elapsed) => ProbeOutcome::Timeout(format!(
+                "probe did not finish within its deadline of {deadline_ms}ms (stopped while waiting on the host)"
+            )),
+            Ok(Err(e)) if is_deadline(&e) => ProbeOutcome::Timeout(format!(
+                "probe ran past its deadline of {deadline_ms}ms and was stopped"
+            )),
+            Ok(Err(e)) => ProbeOutcome::Failure(state.describe_trap(&e)),
+            Ok(Ok(Err(bindings::workspace_culler::probe::types::ProbeError::Failure(m)))) => ProbeOutcome::Failure(m),
+            Ok(Ok(Err(bindings::workspace_culler::probe::types::ProbeError::Timeout(m)))) => ProbeOutcome::Timeout(m),
+            Ok(Ok(Ok(text))) => {
+                let outcome = match contract::validate(&text, now_ms) {
+                    Ok(activity) => ProbeOutcome::Success(activity),
+                    Err(e) => ProbeOutcome::Failure(format!("invalid probe result: {e}")),
+                };
+                if text.len() <= contract::MAX_RESULT_BYTES {
+                    raw_output = Some(text);
+                }
+                outcome
+            }
+        };
+        let logs = state.finish_logs();
+        let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        match &outcome {
+            ProbeOutcome::Success(activity) => tracing::debug!(%activity, elapsed_ms = elapsed, "probe succeeded"),
+            ProbeOutcome::Failure(m) | ProbeOutcome::Timeout(m) => {
+                tracing::info!(result = outcome.result(), message = %m, elapsed_ms = elapsed, "probe did not succeed")
+            }
+        }
+        Evaluation {
+            started_at_ms: now_ms,
+            finished_at_ms: now_ms.saturating_add(elapsed),
+            outcome,
+            raw_output,
+            logs,
+        }
+    }
+}
+
+fn is_deadline(e: &wasmtime::Error) -> bool {
+    e.downcast_ref::<DeadlineExceeded>().is_some()
+        || matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt))
+}
+
+fn to_anyhow(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+fn write_cache(
+    dir: &std::path::Path,
+    code_path: &PathBuf,
+    sum_path: &PathBuf,
+    component: &Component,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let code = component.serialize().map_err(to_anyhow)?;
+    // Write to temporary names and rename, so a reader never sees half a file.
+    let tmp_code = code_path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp_sum = sum_path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp_code, &code)?;
+    std::fs::write(&tmp_sum, sha256_hex(&code))?;
+    std::fs::rename(&tmp_code, code_path)?;
+    std::fs::rename(&tmp_sum, sum_path)?;
+    Ok(())
+}
+
+impl Workspace {
+    /// A workspace with no identity (for calls that probe nothing).
+    pub fn empty() -> Self {
+        Workspace {
+            namespace: String::new(),
+            name: String::new(),
+            pod_name: String::new(),
+            pod_ip: String::new(),
+            container: String::new(),
+            ports: Vec::new(),
+        }
+    }
+}

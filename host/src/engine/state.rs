@@ -1,0 +1,316 @@
+//! The per-evaluation sandbox: a fresh WASI context with nothing granted,
+//! the confined exec/HTTP/log imports, and the memory cap.
+
+use super::Limits;
+use super::bindings::workspace_culler::probe::{exec, log, types};
+use super::capabilities::{Capabilities, HttpRequest, Workspace};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// Severity of a probe's log line.
+pub use log::Level as LogLevel;
+
+/// A line a probe logged.
+pub(crate) type LogLine = (LogLevel, String);
+
+type Logs = Arc<Mutex<Vec<LogLine>>>;
+
+fn push_log(logs: &Logs, level: LogLevel, message: String) {
+    match level {
+        LogLevel::Error => tracing::error!(target: "probe", "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "probe", "{message}"),
+        LogLevel::Info => tracing::info!(target: "probe", "{message}"),
+        LogLevel::Debug => tracing::debug!(target: "probe", "{message}"),
+        LogLevel::Trace => tracing::trace!(target: "probe", "{message}"),
+    }
+    logs.lock().unwrap_or_else(|p| p.into_inner()).push((level, message));
+}
+
+/// Memory cap that remembers it was hit, so the trap can say so.
+pub(crate) struct MemoryCap {
+    cap: usize,
+    hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.hit = true;
+            return Err(wasmtime::format_err!("memory cap of {} bytes reached", self.cap));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The `T` of each evaluation's `Store`.
+pub(crate) struct ProbeState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: ConfinedHttp,
+    memory: MemoryCap,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    stdio_cap: usize,
+    exec_output_cap: usize,
+    capabilities: Arc<dyn Capabilities>,
+    workspace: Workspace,
+    deadline_at: Instant,
+    logs: Logs,
+}
+
+impl ProbeState {
+    pub(crate) fn new(
+        limits: &Limits,
+        workspace: Workspace,
+        capabilities: Arc<dyn Capabilities>,
+        deadline_at: Instant,
+        _probe_name: String,
+    ) -> Self {
+        let stdout = MemoryOutputPipe::new(limits.stdio_bytes);
+        let stderr = MemoryOutputPipe::new(limits.stdio_bytes);
+        // Deny by default: no preopened directories, no environment, no
+        // arguments, no sockets. HTTP goes through `ConfinedHttp` only.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let logs = Logs::default();
+        ProbeState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: ConfinedHttp {
+                workspace: workspace.clone(),
+                capabilities: capabilities.clone(),
+                deadline_at,
+                body_cap: limits.http_body_bytes,
+                logs: logs.clone(),
+            },
+            memory: MemoryCap {
+                cap: limits.memory_bytes,
+                hit: false,
+            },
+            stdout,
+            stderr,
+            stdio_cap: limits.stdio_bytes,
+            exec_output_cap: limits.exec_output_bytes,
+            capabilities,
+            workspace,
+            deadline_at,
+            logs,
+        }
+    }
+
+    pub(crate) fn memory_cap(&mut self) -> &mut MemoryCap {
+        &mut self.memory
+    }
+
+    /// Explain a trap in words a probe author can act on.
+    pub(crate) fn describe_trap(&self, e: &wasmtime::Error) -> String {
+        let text = format!("{e:#}");
+        if self.memory.hit {
+            return format!("probe exceeded its memory cap of {} MiB", self.memory.cap >> 20);
+        }
+        if text.contains("write beyond capacity") {
+            let stream = if self.stdout.contents().len() >= self.stderr.contents().len() {
+                "stdout"
+            } else {
+                "stderr"
+            };
+            return format!("probe wrote more than the cap of {} bytes to {stream}", self.stdio_cap);
+        }
+        let mut message = format!("probe trapped: {}", first_line(&text));
+        let stderr = String::from_utf8_lossy(&self.stderr.contents()).trim().to_string();
+        if let Some(last) = stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+            message.push_str(&format!(" (stderr: {})", last.chars().take(300).collect::<String>()));
+        }
+        message
+    }
+
+    /// Everything logged, with captured stdout/stderr appended line by line.
+    pub(crate) fn finish_logs(&self) -> Vec<LogLine> {
+        for (stream, level, pipe) in [
+            ("stdout", LogLevel::Info, &self.stdout),
+            ("stderr", LogLevel::Warn, &self.stderr),
+        ] {
+            let text = String::from_utf8_lossy(&pipe.contents()).into_owned();
+            for line in text.lines().filter(|l| !l.trim().is_empty()).take(100) {
+                push_log(&self.logs, level, format!("[{stream}] {line}"));
+            }
+        }
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline_at.saturating_duration_since(Instant::now())
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+impl WasiView for ProbeState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for ProbeState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl types::Host for ProbeState {}
+
+impl log::Host for ProbeState {
+    async fn log(&mut self, level: LogLevel, message: String) {
+        let message: String = message.chars().take(4096).collect();
+        push_log(&self.logs, level, message);
+    }
+}
+
+impl exec::Host for ProbeState {
+    async fn run(&mut self, command: exec::Command) -> Result<exec::Output, exec::Error> {
+        if command.argv.is_empty() || command.argv[0].is_empty() {
+            return Err(exec::Error::Refused("argv must name a program".into()));
+        }
+        let remaining = self.remaining();
+        if remaining.is_zero() {
+            return Err(exec::Error::Timeout);
+        }
+        let timeout = Duration::from_millis(u64::from(command.timeout_ms)).min(remaining);
+        let command = exec::Command {
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            ..command
+        };
+        let capabilities = self.capabilities.clone();
+        // The capability enforces the timeout itself; the wall clock here
+        // makes sure a capability that hangs cannot hold the probe.
+        let call = capabilities.exec(&self.workspace, command);
+        match tokio::time::timeout(timeout + Duration::from_millis(250), call).await {
+            Err(_) => Err(exec::Error::Timeout),
+            Ok(Ok(mut output)) => {
+                output.stdout.truncate(self.exec_output_cap);
+                output.stderr.truncate(self.exec_output_cap);
+                Ok(output)
+            }
+            Ok(Err(e)) => Err(e),
+        }
+    }
+}
+
+/// `wasi:http` confined to the workspace's pod, served by the capabilities.
+struct ConfinedHttp {
+    workspace: Workspace,
+    capabilities: Arc<dyn Capabilities>,
+    deadline_at: Instant,
+    body_cap: usize,
+    logs: Logs,
+}
+
+type HttpError = wasmtime_wasi_http::Error;
+type WasiBody = wasmtime_wasi_http::WasiBody;
+type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+type SendFuture = Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>;
+
+fn host_of(uri: &http::Uri) -> &str {
+    uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']')
+}
+
+impl WasiHttpHooks for ConfinedHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: IoFuture,
+    ) -> SendFuture {
+        let allowed = !self.workspace.pod_ip.is_empty() && host_of(request.uri()) == self.workspace.pod_ip;
+        if !allowed {
+            push_log(
+                &self.logs,
+                LogLevel::Warn,
+                format!(
+                    "refused HTTP request to {}: probes may only reach their workspace's pod ({})",
+                    request.uri(),
+                    if self.workspace.pod_ip.is_empty() {
+                        "no pod IP"
+                    } else {
+                        &self.workspace.pod_ip
+                    }
+                ),
+            );
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        let workspace = self.workspace.clone();
+        let capabilities = self.capabilities.clone();
+        let remaining = self.deadline_at.saturating_duration_since(Instant::now());
+        let body_cap = self.body_cap;
+        Box::new(async move {
+            let (parts, body) = request.into_parts();
+            let body = Limited::new(body, body_cap)
+                .collect()
+                .await
+                .map_err(|_| HttpError::HttpRequestBodySize(None))?
+                .to_bytes();
+            let request = HttpRequest {
+                method: parts.method,
+                uri: parts.uri,
+                headers: parts.headers,
+                body,
+            };
+            let response = match tokio::time::timeout(remaining, capabilities.http(&workspace, request)).await {
+                Err(_) => return Err(HttpError::ConnectionReadTimeout),
+                Ok(Err(message)) => return Err(HttpError::InternalError(Some(message))),
+                Ok(Ok(response)) => response,
+            };
+            if response.body.len() > body_cap {
+                return Err(HttpError::HttpResponseBodySize(Some(response.body.len() as u64)));
+            }
+            let mut builder = http::Response::builder().status(response.status);
+            for (name, value) in &response.headers {
+                builder = builder.header(name, value);
+            }
+            let body = Full::new(Bytes::from(response.body))
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            let response = builder
+                .body(body)
+                .map_err(|e| HttpError::InternalError(Some(e.to_string())))?;
+            Ok((response, Box::new(async { Ok(()) }) as IoFuture))
+        })
+    }
+}
+
+/// Fill the linker once: WASI (denied by context), confined HTTP, exec, log.
+pub(crate) fn add_to_linker(linker: &mut Linker<ProbeState>) -> anyhow::Result<()> {
+    let wrap = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
+    wasmtime_wasi::p2::add_to_linker_async(linker).map_err(wrap)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker).map_err(wrap)?;
+    exec::add_to_linker::<_, HasSelf<ProbeState>>(linker, |s| s).map_err(wrap)?;
+    log::add_to_linker::<_, HasSelf<ProbeState>>(linker, |s| s).map_err(wrap)?;
+    types::add_to_linker::<_, HasSelf<ProbeState>>(linker, |s| s).map_err(wrap)?;
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Live capabilities for trying a probe on a laptop: exec runs a local
+//! process (killed with its whole process group at the timeout), HTTP goes
+//! to the address the probe asked for (the engine already confined it to the
+//! workspace's pod IP, e.g. 127.0.0.1).
+
+use crate::engine::{ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse};
+use http_body_util::{BodyExt, Full};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+/// Read a stream to its end, keeping at most `cap` bytes.
+async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+/// Run a command as a local process.
+pub async fn exec(command: ExecCommand, output_cap: usize) -> Result<ExecOutput, ExecError> {
+    let (program, args) = command
+        .argv
+        .split_first()
+        .ok_or_else(|| ExecError::Refused("empty argv".into()))?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ExecError::Failed(format!("cannot start {program}: {e}")))?;
+    let pid = child.id();
+    let stdin = child.stdin.take();
+    let input = command.stdin;
+    let writer = async move {
+        if let Some(mut stdin) = stdin {
+            // A command that does not read its input is not an error.
+            let _ = stdin.write_all(&input).await;
+        }
+    };
+    let stdout = child.stdout.take().map(|s| read_capped(s, output_cap));
+    let stderr = child.stderr.take().map(|s| read_capped(s, output_cap));
+    let run = async {
+        let (_, out, err, status) = tokio::join!(
+            writer,
+            async {
+                match stdout {
+                    Some(f) => f.await,
+                    None => Vec::new(),
+                }
+            },
+            async {
+                match stderr {
+                    Some(f) => f.await,
+                    None => Vec::new(),
+                }
+            },
+            child.wait()
+        );
+        (out, err, status)
+    };
+    let timeout = Duration::from_millis(u64::from(command.timeout_ms));
+    match tokio::time::timeout(timeout, run).await {
+        Ok((stdout, stderr, Ok(status))) => {
+            let exit_code = status.code().unwrap_or_else(|| {
+                use std::os::unix::process::ExitStatusExt;
+                128 + status.signal().unwrap_or(0)
+            });
+            Ok(ExecOutput {
+                exit_code,
+                stdout,
+                stderr,
+            })
+        }
+        Ok((_, _, Err(e))) => Err(ExecError::Failed(format!("waiting for {program}: {e}"))),
+        Err(_) => {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: kill(2) on the process group we created; no memory is involved.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+            Err(ExecError::Timeout)
+        }
+    }
+}
+
+/// Send an HTTP/1.1 request over plain TCP to the request's own authority.
+pub async fn http(request: HttpRequest) -> Result<HttpResponse, String> {
+    let authority = request.uri.authority().ok_or("request has no authority")?.clone();
+    if request.uri.scheme_str() != Some("http") {
+        return Err(format!("only http:// is supported here, not {}", request.uri));
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let path = request.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut builder = http::Request::builder().method(request.method).uri(path);
+    for (name, value) in &request.headers {
+        builder = builder.header(name, value);
+    }
+    if !request.headers.contains_key(http::header::HOST) {
+        builder = builder.header(http::header::HOST, authority.as_str());
+    }
+    let outgoing = builder.body(Full::new(request.body)).map_err(|e| e.to_string())?;
+    let response = sender.send_request(outgoing).await.map_err(|e| format!("{e}"))?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading body: {e}"))?
+        .to_bytes();
+    driver.abort();
+    Ok(HttpResponse { status, headers, body })
+}

@@ -1,0 +1,243 @@
+//! `workspace-culler`: one binary, several subcommands.
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use workspace_culler::builtin::{self, BUILTINS};
+use workspace_culler::engine::{EngineConfig, LoadedProbe, ProbeEngine};
+use workspace_culler::harness::{self, Expectation, Fixture, LiveMode};
+
+#[derive(Parser)]
+#[command(
+    name = "workspace-culler",
+    version,
+    about = "Pauses idle notebook Workspaces; probes are Wasm components"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with activity probes (run them in isolation, inspect them).
+    #[command(subcommand)]
+    Probe(ProbeCommand),
+}
+
+#[derive(Subcommand)]
+enum ProbeCommand {
+    /// Run a probe against fixtures (scripted exec/HTTP replies and clock) or live targets.
+    Test(TestArgs),
+    /// Show what a probe says about itself, and its digest.
+    Inspect(ProbeArg),
+    /// List the built-in probes.
+    List,
+}
+
+#[derive(Args)]
+struct ProbeArg {
+    /// A built-in probe name (`jupyter`, `exec-script`) or a component file.
+    probe: String,
+    /// Refuse to run the component unless its sha256 is this.
+    #[arg(long)]
+    sha256: Option<String>,
+    /// Where compiled components are cached.
+    #[arg(long, env = "WORKSPACE_CULLER_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    #[command(flatten)]
+    probe: ProbeArg,
+    /// A fixture file (YAML or JSON), or a directory of them.
+    #[arg(long)]
+    fixture: Option<PathBuf>,
+    /// The probe's JSON config (replaces the fixture's).
+    #[arg(long)]
+    config: Option<String>,
+    /// Expected result (Success, Failure, Timeout); exit 1 if it differs.
+    #[arg(long)]
+    expect: Option<String>,
+    /// Run exec calls as local processes.
+    #[arg(long)]
+    live_exec: bool,
+    /// Send HTTP calls to the real address (the workspace's pod IP).
+    #[arg(long)]
+    live_http: bool,
+    /// The workspace's pod IP (default 127.0.0.1).
+    #[arg(long)]
+    pod_ip: Option<String>,
+    /// A port of the workspace, `id=number` (repeatable).
+    #[arg(long = "port", value_parser = parse_port)]
+    ports: Vec<(String, u16)>,
+    /// Workspace as `namespace/name`.
+    #[arg(long)]
+    workspace: Option<String>,
+}
+
+fn parse_port(s: &str) -> Result<(String, u16), String> {
+    let (id, n) = s.split_once('=').ok_or("expected id=number, e.g. jupyterlab=8888")?;
+    Ok((
+        id.to_string(),
+        n.parse().map_err(|_| format!("{n:?} is not a port number"))?,
+    ))
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("workspace-culler"))
+}
+
+/// The engine and the loaded probe named on the command line.
+fn load(arg: &ProbeArg) -> anyhow::Result<(ProbeEngine, std::sync::Arc<LoadedProbe>, String)> {
+    let engine = ProbeEngine::new(EngineConfig {
+        concurrency: 1,
+        cache_dir: arg.cache_dir.clone().or_else(default_cache_dir),
+        ..EngineConfig::default()
+    })?;
+    let (bytes, label) = match builtin::builtin(&arg.probe) {
+        Some(b) => (b.component.to_vec(), b.name.to_string()),
+        None => {
+            let path = Path::new(&arg.probe);
+            if !path.exists() {
+                let names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
+                bail!(
+                    "{} is neither a built-in probe ({}) nor a file",
+                    arg.probe,
+                    names.join(", ")
+                );
+            }
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let label = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (bytes, label)
+        }
+    };
+    let probe = engine.load(&bytes, arg.sha256.as_deref())?;
+    Ok((engine, probe, label))
+}
+
+fn fixtures(path: Option<&Path>) -> anyhow::Result<Vec<(String, Fixture)>> {
+    let Some(path) = path else {
+        return Ok(vec![("(no fixture)".into(), Fixture::default())]);
+    };
+    if !path.is_dir() {
+        return Ok(vec![(path.display().to_string(), Fixture::from_file(path)?)]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("cannot list {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{} holds no fixtures (*.yaml, *.yml, *.json)", path.display());
+    }
+    files
+        .into_iter()
+        .map(|p| Ok((p.display().to_string(), Fixture::from_file(&p)?)))
+        .collect()
+}
+
+async fn probe_test(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let (engine, probe, name) = load(&args.probe)?;
+    let live = LiveMode {
+        exec: args.live_exec,
+        http: args.live_http,
+    };
+    let cases = fixtures(args.fixture.as_deref())?;
+    let (mut passed, mut failed) = (0, 0);
+    for (source, mut fixture) in cases {
+        if let Some(config) = &args.config {
+            fixture.config = serde_json::from_str(config).context("--config is not JSON")?;
+        }
+        if let Some(result) = &args.expect {
+            let expect = fixture.expect.get_or_insert_with(Expectation::default);
+            expect.result = result.clone();
+        }
+        if let Some(ip) = &args.pod_ip {
+            fixture.workspace.pod_ip = ip.clone();
+        }
+        fixture.workspace.ports.extend(args.ports.iter().cloned());
+        if let Some((ns, ws)) = args.workspace.as_deref().and_then(|w| w.split_once('/')) {
+            fixture.workspace.namespace = ns.into();
+            fixture.workspace.name = ws.into();
+        }
+        let report = harness::run_case(&engine, &probe, &name, &fixture, live).await?;
+        println!("── {source}");
+        print!(
+            "{}",
+            harness::render(&format!("{name} (sha256 {})", &probe.digest[..16]), &fixture, &report)
+        );
+        if report.mismatches.is_empty() {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    if passed + failed > 1 || failed > 0 {
+        println!("{passed} passed, {failed} failed");
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn probe_inspect(arg: ProbeArg) -> anyhow::Result<ExitCode> {
+    let (engine, probe, _) = load(&arg)?;
+    let info = engine.info(&probe).await?;
+    println!("name          {}", info.name);
+    println!("version       {}", info.version);
+    println!("description   {}", info.description);
+    println!("capabilities  {}", info.capabilities.join(", "));
+    println!("world         workspace-culler:probe/activity-probe@0.1.0");
+    println!("sha256        {}", probe.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Probe(ProbeCommand::Test(args)) => probe_test(args).await,
+            Command::Probe(ProbeCommand::Inspect(arg)) => probe_inspect(arg).await,
+            Command::Probe(ProbeCommand::List) => {
+                for b in BUILTINS {
+                    println!(
+                        "{:<12} sha256 {}",
+                        b.name,
+                        workspace_culler::engine::sha256_hex(b.component)
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

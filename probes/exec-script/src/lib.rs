@@ -1,0 +1,209 @@
+//! The built-in exec-script probe: runs the kind's script in the workspace's
+//! main container; the script writes the contract JSON to `OUTPUT_JSON_PATH`.
+
+use probe_sdk::{Command, ExecError, Host, Probe, ProbeError, ProbeInfo, Reply, Workspace};
+use serde::Deserialize;
+
+/// `activityProbe.exec` of the WorkspaceKind.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecConfig {
+    /// The script; its first line is a shebang.
+    pub script: String,
+    /// Where the script writes its JSON result.
+    #[serde(default = "default_output_path")]
+    pub output_path: String,
+    /// The whole probe must finish within this.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u32,
+}
+
+fn default_output_path() -> String {
+    "/tmp/activity_probe.json".into()
+}
+
+fn default_timeout() -> u32 {
+    60
+}
+
+/// Longest shebang line the kernel honours.
+const MAX_SHEBANG: usize = 255;
+
+/// Marks the runner's own errors on stderr, to tell them from the script's.
+const RUNNER_MARK: &str = "activity-probe-runner:";
+
+/// Removes a stale result, stores the script (read from stdin) in a temporary
+/// file, runs it with its shebang's interpreter (so a `noexec` /tmp still
+/// works), and prints the result file. The script's own stdout goes to
+/// stderr so that stdout carries only the result.
+const RUNNER: &str = r#"out="$1"; interp="$2"; arg="$3"
+fail() { echo "activity-probe-runner: $*" >&2; exit 125; }
+rm -f -- "$out" || fail "cannot remove the stale output file $out"
+script=$(mktemp "${TMPDIR:-/tmp}/activity-probe.XXXXXX") || fail "cannot create a temporary file"
+cat > "$script" || fail "cannot write the script to $script"
+if [ -n "$arg" ]; then OUTPUT_JSON_PATH="$out" "$interp" "$arg" "$script" >&2
+else OUTPUT_JSON_PATH="$out" "$interp" "$script" >&2; fi
+rc=$?
+rm -f -- "$script"
+[ "$rc" -eq 0 ] || exit "$rc"
+[ -f "$out" ] || fail "the script exited 0 but wrote no file at $out"
+cat -- "$out"
+"#;
+
+/// The exec-script probe.
+pub struct ExecScript;
+
+impl ExecConfig {
+    /// The interpreter and its optional argument, from the shebang line.
+    fn interpreter(&self) -> Result<(String, String), ProbeError> {
+        let first = self.script.lines().next().unwrap_or("");
+        let fail = |why: &str| ProbeError::Failure(format!("Exec probe failed: invalid script: {why}"));
+        let line = first
+            .strip_prefix("#!")
+            .ok_or_else(|| fail("it must start with a shebang line (#!...)"))?;
+        if first.len() > MAX_SHEBANG {
+            return Err(fail(&format!(
+                "the shebang line is longer than {MAX_SHEBANG} characters"
+            )));
+        }
+        let line = line.trim();
+        let (interp, arg) = match line.split_once(char::is_whitespace) {
+            Some((i, a)) => (i, a.trim()),
+            None => (line, ""),
+        };
+        if interp.is_empty() {
+            return Err(fail("the shebang line names no interpreter"));
+        }
+        Ok((interp.to_string(), arg.to_string()))
+    }
+}
+
+impl Probe for ExecScript {
+    const INFO: ProbeInfo = ProbeInfo {
+        name: "exec-script",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "Runs a script in the workspace's main container; the script writes the activity JSON",
+        capabilities: &["exec"],
+    };
+
+    fn probe(host: &dyn Host, _workspace: &Workspace, config: &str) -> Result<Reply, ProbeError> {
+        let config: ExecConfig = probe_sdk::parse_config("Exec", config)?;
+        let (interp, arg) = config.interpreter()?;
+        let timeout_ms = config.timeout_seconds.saturating_mul(1000);
+        let command = Command::new([
+            "/bin/sh",
+            "-c",
+            RUNNER,
+            "activity-probe",
+            &config.output_path,
+            &interp,
+            &arg,
+        ])
+        .stdin(config.script.as_bytes())
+        .timeout_ms(timeout_ms);
+        let output = match host.exec(&command) {
+            Ok(output) => output,
+            Err(ExecError::Timeout) => {
+                return Err(ProbeError::Timeout(format!(
+                    "Exec probe failed: timeout after {timeout_ms}ms"
+                )));
+            }
+            Err(e) => return Err(ProbeError::Failure(format!("Exec probe failed: {e}"))),
+        };
+        let stderr = output.stderr_tail();
+        if let Some(why) = stderr.strip_prefix(RUNNER_MARK) {
+            return Err(ProbeError::Failure(format!("Exec probe failed: {}", why.trim())));
+        }
+        if output.exit_code != 0 {
+            let detail = if stderr.is_empty() {
+                String::new()
+            } else {
+                format!(" ({stderr})")
+            };
+            return Err(ProbeError::Failure(format!(
+                "Exec probe failed: unexpected exit code {}{detail}",
+                output.exit_code
+            )));
+        }
+        let json = String::from_utf8(output.stdout)
+            .map_err(|_| ProbeError::Failure(format!("Exec probe failed: {} is not UTF-8 text", config.output_path)))?;
+        Ok(Reply::Json(json))
+    }
+}
+
+probe_sdk::export_probe!(ExecScript);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_sdk::testing::FakeHost;
+
+    fn config(script: &str) -> String {
+        serde_json::json!({ "script": script, "timeoutSeconds": 5 }).to_string()
+    }
+
+    #[test]
+    fn relays_the_result_file_and_runs_the_shebang_interpreter() {
+        let host = FakeHost::new().exec_reply(0, r#"{"has_activity":true}"#, "");
+        let reply = ExecScript::probe(
+            &host,
+            &Workspace::default(),
+            &config("#!/usr/bin/env python3\nprint(1)"),
+        );
+        assert_eq!(reply, Ok(Reply::Json(r#"{"has_activity":true}"#.into())));
+        let cmd = &host.commands()[0];
+        assert_eq!(cmd.argv[4..], ["/tmp/activity_probe.json", "/usr/bin/env", "python3"]);
+        assert_eq!(cmd.timeout_ms, 5000);
+        assert_eq!(cmd.stdin, b"#!/usr/bin/env python3\nprint(1)");
+    }
+
+    #[test]
+    fn maps_exit_codes_timeouts_and_runner_errors() {
+        let cases = [
+            (
+                FakeHost::new().exec_reply(100, "", ""),
+                "Exec probe failed: unexpected exit code 100",
+            ),
+            (
+                FakeHost::new().exec_reply(3, "", "oops\n"),
+                "Exec probe failed: unexpected exit code 3 (oops)",
+            ),
+            (
+                FakeHost::new().exec_reply(
+                    125,
+                    "",
+                    "activity-probe-runner: the script exited 0 but wrote no file at /x",
+                ),
+                "Exec probe failed: the script exited 0 but wrote no file at /x",
+            ),
+        ];
+        for (host, message) in cases {
+            let reply = ExecScript::probe(&host, &Workspace::default(), &config("#!/bin/sh\nexit 1"));
+            assert_eq!(reply, Err(ProbeError::Failure(message.into())));
+        }
+        let host = FakeHost::new().exec_result(Err(ExecError::Timeout));
+        let reply = ExecScript::probe(&host, &Workspace::default(), &config("#!/bin/sh\nsleep 99"));
+        assert_eq!(
+            reply,
+            Err(ProbeError::Timeout("Exec probe failed: timeout after 5000ms".into()))
+        );
+    }
+
+    #[test]
+    fn rejects_scripts_without_a_usable_shebang_before_running_anything() {
+        for script in ["echo hi", "#!\n", &format!("#!/bin/{}", "x".repeat(300))] {
+            let host = FakeHost::new();
+            let reply = ExecScript::probe(&host, &Workspace::default(), &config(script));
+            assert!(
+                matches!(reply, Err(ProbeError::Failure(ref m)) if m.contains("invalid script")),
+                "{reply:?}"
+            );
+            assert!(host.commands().is_empty());
+        }
+        let reply = ExecScript::probe(&FakeHost::new(), &Workspace::default(), r##"{"scrpt":"#!/bin/sh"}"##);
+        assert!(
+            matches!(reply, Err(ProbeError::Failure(ref m)) if m.contains("unknown field `scrpt`")),
+            "{reply:?}"
+        );
+    }
+}

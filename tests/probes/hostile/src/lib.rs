@@ -1,0 +1,80 @@
+//! A probe that misbehaves on request (`{"mode": ...}`), so the tests can
+//! prove the engine contains every kind of misbehaviour.
+
+use probe_sdk::{Command, Host, HttpRequest, Probe, ProbeError, ProbeInfo, Reply, Workspace};
+use std::io::Write;
+
+/// The misbehaving probe.
+pub struct Hostile;
+
+impl Probe for Hostile {
+    const INFO: ProbeInfo = ProbeInfo {
+        name: "hostile",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "Misbehaves on request to test the engine's limits",
+        capabilities: &["exec", "http", "log"],
+    };
+
+    fn probe(host: &dyn Host, _workspace: &Workspace, config: &str) -> Result<Reply, ProbeError> {
+        let config: serde_json::Value = serde_json::from_str(config).map_err(|e| ProbeError::Failure(e.to_string()))?;
+        let mode = config["mode"].as_str().unwrap_or("");
+        match mode {
+            // Burn CPU forever: only epoch interruption can stop this.
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            // Sit in a host call for an hour: only the host's wall clock can stop this.
+            "block-in-exec" => {
+                let cmd = Command::new(["sleep", "3600"]).timeout_ms(3_600_000);
+                let out = host.exec(&cmd);
+                Err(ProbeError::Failure(format!("exec returned: {out:?}")))
+            }
+            // Grow memory without bound.
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            // Write `bytes` to stdout in chunks (never holding them in memory).
+            "flood-stdout" => {
+                let total = config["bytes"].as_u64().unwrap_or(100 << 20);
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut out = std::io::stdout();
+                let mut written = 0u64;
+                while written < total {
+                    out.write_all(&chunk).map_err(|e| ProbeError::Failure(e.to_string()))?;
+                    written += chunk.len() as u64;
+                }
+                Ok(Reply::Json(r#"{"has_activity":true}"#.into()))
+            }
+            // Return a result of `bytes` bytes.
+            "big-result" => {
+                let bytes = config["bytes"].as_u64().unwrap_or(8 << 20) as usize;
+                Ok(Reply::Json(" ".repeat(bytes)))
+            }
+            "trap" => panic!("the hostile probe panics on purpose"),
+            "http" => {
+                let url = config["url"].as_str().unwrap_or("http://example.com/");
+                match host.http(&HttpRequest::get(url)) {
+                    Ok(r) => Ok(Reply::Json(format!(r#"{{"has_activity":{}}}"#, r.status == 200))),
+                    Err(e) => Err(ProbeError::Failure(e.to_string())),
+                }
+            }
+            // Return whatever JSON text the config carries, for contract tests.
+            "echo" => Ok(Reply::Json(config["json"].as_str().unwrap_or("").to_string())),
+            "log" => {
+                host.log(probe_sdk::LogLevel::Warn, "hello from the probe");
+                eprintln!("stderr line from the probe");
+                Ok(Reply::Json(r#"{"has_activity":false}"#.into()))
+            }
+            other => Err(ProbeError::Failure(format!("unknown mode {other:?}"))),
+        }
+    }
+}
+
+probe_sdk::export_probe!(Hostile);
