@@ -441,6 +441,10 @@ impl ProbeEngine {
                 outcome
             }
         };
+        let outcome = match (outcome, state.stdio_overflow()) {
+            (ProbeOutcome::Failure(_), Some(overflow)) => ProbeOutcome::Failure(overflow),
+            (outcome, _) => outcome,
+        };
         let logs = state.finish_logs();
         let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         match &outcome {

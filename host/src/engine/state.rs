@@ -125,20 +125,42 @@ impl ProbeState {
         if self.memory.hit {
             return format!("probe exceeded its memory cap of {} MiB", self.memory.cap >> 20);
         }
-        if text.contains("write beyond capacity") {
-            let stream = if self.stdout.contents().len() >= self.stderr.contents().len() {
-                "stdout"
-            } else {
-                "stderr"
-            };
-            return format!("probe wrote more than the cap of {} bytes to {stream}", self.stdio_cap);
+        if let Some(message) = self.stdio_overflow() {
+            return message;
         }
-        let mut message = format!("probe trapped: {}", first_line(&text));
-        let stderr = String::from_utf8_lossy(&self.stderr.contents()).trim().to_string();
-        if let Some(last) = stderr.lines().rev().find(|l| !l.trim().is_empty()) {
-            message.push_str(&format!(" (stderr: {})", last.chars().take(300).collect::<String>()));
+        let cause = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => first_line(&text).to_string(),
+        };
+        let mut message = format!("probe trapped: {cause}");
+        // A Rust guest's panic message is on stderr; Rust's backtrace hint is noise.
+        let stderr = String::from_utf8_lossy(&self.stderr.contents()).into_owned();
+        let useful: Vec<&str> = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+            .collect();
+        if !useful.is_empty() {
+            let tail = useful[useful.len().saturating_sub(2)..].join(" ");
+            message.push_str(&format!(" (stderr: {})", tail.chars().take(300).collect::<String>()));
         }
         message
+    }
+
+    /// Set when the probe filled stdout or stderr to the cap: a probe that
+    /// fails after that failed because of it, whether it trapped or not.
+    pub(crate) fn stdio_overflow(&self) -> Option<String> {
+        let stream = if self.stdout.contents().len() >= self.stdio_cap {
+            "stdout"
+        } else if self.stderr.contents().len() >= self.stdio_cap {
+            "stderr"
+        } else {
+            return None;
+        };
+        Some(format!(
+            "probe wrote more than the cap of {} bytes to {stream}",
+            self.stdio_cap
+        ))
     }
 
     /// Everything logged, with captured stdout/stderr appended line by line.

@@ -1,0 +1,323 @@
+//! Hostile components are contained: every kind of misbehaviour ends as an
+//! outcome with a clear message, the host survives, and the next evaluation works.
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use workspace_culler::contract::ProbeActivity;
+use workspace_culler::engine::{
+    Allocation, Capabilities, EngineConfig, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, Limits,
+    LoadError, LoadedProbe, Port, ProbeEngine, ProbeOutcome, ProbeRequest, Workspace,
+};
+
+const HOSTILE: &[u8] = include_bytes!(env!("PROBE_HOSTILE_WASM"));
+const NOW_MS: i64 = 1_795_951_704_000;
+
+/// Capabilities that hang in exec (ignoring the timeout they are given) and
+/// answer HTTP with 200, counting every call that reaches them.
+#[derive(Default)]
+struct Stubborn {
+    http_calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Capabilities for Stubborn {
+    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Err(ExecError::Failed("unreachable".into()))
+    }
+
+    async fn http(&self, _: &Workspace, _: HttpRequest) -> Result<HttpResponse, String> {
+        self.http_calls.fetch_add(1, Ordering::SeqCst);
+        Ok(HttpResponse {
+            status: 200,
+            ..HttpResponse::default()
+        })
+    }
+}
+
+fn workspace() -> Workspace {
+    Workspace {
+        namespace: "ns".into(),
+        name: "ws".into(),
+        pod_name: "ws-0".into(),
+        pod_ip: "10.0.0.7".into(),
+        container: "main".into(),
+        ports: vec![Port {
+            id: "http".into(),
+            number: 8888,
+        }],
+    }
+}
+
+fn engine(allocation: Allocation) -> ProbeEngine {
+    let limits = Limits {
+        memory_bytes: 32 << 20,
+        ..Limits::default()
+    };
+    ProbeEngine::new(EngineConfig {
+        concurrency: 2,
+        limits,
+        cache_dir: None,
+        allocation,
+    })
+    .expect("engine")
+}
+
+async fn run(
+    engine: &ProbeEngine,
+    probe: &LoadedProbe,
+    config: serde_json::Value,
+    deadline: Duration,
+    caps: Arc<dyn Capabilities>,
+) -> (ProbeOutcome, Duration) {
+    let request = ProbeRequest {
+        workspace: workspace(),
+        config: config.to_string(),
+        deadline,
+        capabilities: caps,
+        probe_name: "hostile".into(),
+    };
+    let started = Instant::now();
+    let evaluation = engine.evaluate(probe, request, NOW_MS).await;
+    (evaluation.outcome, started.elapsed())
+}
+
+fn failure_containing(outcome: &ProbeOutcome, needle: &str) {
+    match outcome {
+        ProbeOutcome::Failure(m) if m.contains(needle) => {}
+        other => panic!("expected a Failure containing {needle:?}, got {other:?}"),
+    }
+}
+
+async fn assert_still_works(engine: &ProbeEngine, probe: &LoadedProbe) {
+    let (outcome, _) = run(
+        engine,
+        probe,
+        serde_json::json!({"mode": "echo", "json": "{\"has_activity\": true}"}),
+        Duration::from_secs(5),
+        Arc::new(Stubborn::default()),
+    )
+    .await;
+    assert_eq!(outcome, ProbeOutcome::Success(ProbeActivity::ActiveNow));
+}
+
+async fn every_misbehaviour_is_contained(allocation: Allocation) {
+    let engine = engine(allocation);
+    let probe = engine.load(HOSTILE, None).expect("hostile probe loads");
+    let caps: Arc<dyn Capabilities> = Arc::new(Stubborn::default());
+    let second = Duration::from_secs(1);
+
+    // An infinite loop ends as Timeout near its deadline (epoch interruption).
+    let (outcome, took) = run(
+        &engine,
+        &probe,
+        serde_json::json!({"mode": "loop"}),
+        second,
+        caps.clone(),
+    )
+    .await;
+    assert!(
+        matches!(&outcome, ProbeOutcome::Timeout(m) if m.contains("deadline of 1000ms")),
+        "{outcome:?}"
+    );
+    assert!(took < Duration::from_millis(1500), "loop stopped after {took:?}");
+    assert_still_works(&engine, &probe).await;
+
+    // A guest blocked in a host call that never returns is cut by the wall clock.
+    let (outcome, took) = run(
+        &engine,
+        &probe,
+        serde_json::json!({"mode": "block-in-exec"}),
+        second,
+        caps.clone(),
+    )
+    .await;
+    assert!(
+        took < Duration::from_millis(2000),
+        "blocked call stopped after {took:?}"
+    );
+    match &outcome {
+        // The exec is cut (the probe sees Timeout and reports it), or the whole call is.
+        ProbeOutcome::Failure(m) => assert!(m.contains("Timeout"), "{m}"),
+        ProbeOutcome::Timeout(_) => {}
+        other => panic!("blocked probe ended as {other:?}"),
+    }
+    assert_still_works(&engine, &probe).await;
+
+    // Unbounded memory growth ends at the cap.
+    let (outcome, _) = run(
+        &engine,
+        &probe,
+        serde_json::json!({"mode": "grow"}),
+        second * 10,
+        caps.clone(),
+    )
+    .await;
+    failure_containing(&outcome, "memory cap of 32 MiB");
+    assert_still_works(&engine, &probe).await;
+
+    // 100 MB to stdout ends at the stdio cap.
+    let flood = serde_json::json!({"mode": "flood-stdout", "bytes": 100 << 20});
+    let (outcome, _) = run(&engine, &probe, flood, second * 10, caps.clone()).await;
+    failure_containing(&outcome, "wrote more than the cap of 1048576 bytes to stdout");
+    assert_still_works(&engine, &probe).await;
+
+    // An 8 MB result ends at the result cap.
+    let big = serde_json::json!({"mode": "big-result", "bytes": 8 << 20});
+    let (outcome, _) = run(&engine, &probe, big, second * 10, caps.clone()).await;
+    failure_containing(&outcome, "over the cap of 65536 bytes");
+
+    // A trap (a panic in the guest) is a Failure that carries the panic message.
+    let (outcome, _) = run(
+        &engine,
+        &probe,
+        serde_json::json!({"mode": "trap"}),
+        second * 5,
+        caps.clone(),
+    )
+    .await;
+    failure_containing(&outcome, "probe trapped");
+    failure_containing(&outcome, "panics on purpose");
+    assert_still_works(&engine, &probe).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaviour_is_contained_with_pooling() {
+    every_misbehaviour_is_contained(Allocation::Pooling).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaviour_is_contained_on_demand() {
+    every_misbehaviour_is_contained(Allocation::OnDemand).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_reaches_only_the_workspace_pod() {
+    let engine = engine(Allocation::OnDemand);
+    let probe = engine.load(HOSTILE, None).unwrap();
+    let caps = Arc::new(Stubborn::default());
+    for url in [
+        "http://example.com/",
+        "http://10.0.0.8:8888/",
+        "http://127.0.0.1:8888/",
+        "http://[::1]:8888/",
+    ] {
+        let config = serde_json::json!({"mode": "http", "url": url});
+        let (outcome, _) = run(&engine, &probe, config, Duration::from_secs(5), caps.clone()).await;
+        failure_containing(&outcome, "request denied");
+    }
+    assert_eq!(
+        caps.http_calls.load(Ordering::SeqCst),
+        0,
+        "a refused request reached the capability"
+    );
+
+    let config = serde_json::json!({"mode": "http", "url": "http://10.0.0.7:8888/api/status"});
+    let (outcome, _) = run(&engine, &probe, config, Duration::from_secs(5), caps.clone()).await;
+    assert_eq!(outcome, ProbeOutcome::Success(ProbeActivity::ActiveNow));
+    assert_eq!(caps.http_calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_stderr_are_captured() {
+    let engine = engine(Allocation::OnDemand);
+    let probe = engine.load(HOSTILE, None).unwrap();
+    let request = ProbeRequest {
+        workspace: workspace(),
+        config: r#"{"mode":"log"}"#.into(),
+        deadline: Duration::from_secs(5),
+        capabilities: Arc::new(Stubborn::default()),
+        probe_name: "hostile".into(),
+    };
+    let evaluation = engine.evaluate(&probe, request, NOW_MS).await;
+    assert_eq!(evaluation.outcome, ProbeOutcome::Success(ProbeActivity::Idle));
+    let lines: Vec<String> = evaluation.logs.iter().map(|(_, m)| m.clone()).collect();
+    assert!(lines.contains(&"hello from the probe".to_string()), "{lines:?}");
+    assert!(
+        lines.contains(&"[stderr] stderr line from the probe".to_string()),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn loading_checks_digest_and_world() {
+    let engine = engine(Allocation::OnDemand);
+    let digest = workspace_culler::engine::sha256_hex(HOSTILE);
+    assert!(engine.load(HOSTILE, Some(&digest)).is_ok());
+    assert!(
+        engine
+            .load(HOSTILE, Some(&format!("sha256:{}", digest.to_uppercase())))
+            .is_ok()
+    );
+
+    let wrong = "0".repeat(64);
+    match engine.load(HOSTILE, Some(&wrong)) {
+        Err(e @ LoadError::DigestMismatch { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains(&wrong) && m.contains(&digest), "{m}");
+        }
+        other => panic!("expected a digest mismatch, got {:?}", other.map(|p| p.digest.clone())),
+    }
+    assert!(matches!(engine.load(b"not wasm", None), Err(LoadError::Invalid(_))));
+    let core_module = wat::parse_str("(module)").unwrap();
+    assert!(matches!(engine.load(&core_module, None), Err(LoadError::Invalid(_))));
+
+    // A valid component that exports nothing does not implement the world.
+    let empty = wat::parse_str("(component)").unwrap();
+    let err = engine
+        .load(&empty, None)
+        .err()
+        .expect("an empty component is not a probe");
+    assert!(matches!(err, LoadError::NotAProbe(_)), "{err}");
+    assert!(err.to_string().contains("activity-probe"), "{err}");
+
+    // A component importing something the host does not provide cannot link.
+    let alien = wat::parse_str(r#"(component (import "acme:net/raw-socket@1.0.0" (instance (export "open" (func)))))"#)
+        .unwrap();
+    let err = engine.load(&alien, None).err().expect("an alien import cannot link");
+    assert!(matches!(err, LoadError::Link(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_code_is_cached_verified_and_recompiled_when_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || EngineConfig {
+        concurrency: 1,
+        cache_dir: Some(dir.path().to_path_buf()),
+        allocation: Allocation::OnDemand,
+        ..EngineConfig::default()
+    };
+    let first = ProbeEngine::new(config()).unwrap();
+    first.load(HOSTILE, None).unwrap();
+    let cached: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let code = cached
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .expect("a .cwasm entry");
+    assert!(
+        code.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&workspace_culler::engine::sha256_hex(HOSTILE))
+    );
+
+    // A fresh engine loads from the cache and the probe works.
+    let second = ProbeEngine::new(config()).unwrap();
+    let probe = second.load(HOSTILE, None).unwrap();
+    assert_still_works(&second, &probe).await;
+
+    // Corrupt the cached code: the checksum catches it and the engine recompiles.
+    let mut bytes = std::fs::read(code).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(code, &bytes).unwrap();
+    let third = ProbeEngine::new(config()).unwrap();
+    let probe = third.load(HOSTILE, None).unwrap();
+    assert_still_works(&third, &probe).await;
+    assert_ne!(std::fs::read(code).unwrap(), bytes, "the corrupt entry was rewritten");
+}
