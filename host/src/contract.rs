@@ -173,7 +173,7 @@ mod tests {
     fn last_activity_alone_and_null() {
         assert_eq!(
             ok(r#"{"last_activity": "2026-11-29T11:00:00Z"}"#),
-            ProbeActivity::LastAt(START - 1704_000)
+            ProbeActivity::LastAt(START - 1_704_000)
         );
         assert_eq!(ok(r#"{"last_activity": null}"#), ProbeActivity::Unknown);
     }

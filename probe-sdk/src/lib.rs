@@ -15,6 +15,7 @@ pub use host::{Command, ExecError, ExecOutput, Host, HttpError, HttpRequest, Htt
 
 /// Bindings generated from `wit/` (the single source of the contract).
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",

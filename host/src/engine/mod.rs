@@ -317,6 +317,11 @@ impl ProbeEngine {
         Ok(probe)
     }
 
+    /// Forget every loaded component (the next load compiles or reads the disk cache).
+    pub fn unload_all(&self) {
+        self.lock_loaded().clear();
+    }
+
     fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedProbe>>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -4,7 +4,6 @@
 use super::Limits;
 use super::bindings::workspace_culler::probe::{exec, log, types};
 use super::capabilities::{Capabilities, HttpRequest, Workspace};
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -315,7 +314,7 @@ impl WasiHttpHooks for ConfinedHttp {
             for (name, value) in &response.headers {
                 builder = builder.header(name, value);
             }
-            let body = Full::new(Bytes::from(response.body))
+            let body = Full::new(response.body)
                 .map_err(|never| match never {})
                 .boxed_unsync();
             let response = builder
