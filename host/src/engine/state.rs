@@ -314,9 +314,7 @@ impl WasiHttpHooks for ConfinedHttp {
             for (name, value) in &response.headers {
                 builder = builder.header(name, value);
             }
-            let body = Full::new(response.body)
-                .map_err(|never| match never {})
-                .boxed_unsync();
+            let body = Full::new(response.body).map_err(|never| match never {}).boxed_unsync();
             let response = builder
                 .body(body)
                 .map_err(|e| HttpError::InternalError(Some(e.to_string())))?;
