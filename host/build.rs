@@ -50,6 +50,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
+    // Probes need little stack; a small one keeps the memory that is reset
+    // between evaluations small (the default is 1 MiB).
+    cmd.env("RUSTFLAGS", "-C link-arg=-zstack-size=131072");
     let status = cmd.status().expect("failed to run cargo for the probe components");
     if !status.success() {
         panic!(

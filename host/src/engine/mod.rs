@@ -232,7 +232,12 @@ fn wasmtime_config(config: &EngineConfig, pooling: bool) -> Config {
             .max_memory_size(config.limits.memory_bytes)
             .max_core_instances_per_component(16)
             .max_memories_per_component(2)
-            .max_tables_per_component(16);
+            .max_tables_per_component(16)
+            // Reset small memories, tables and stacks in place rather than
+            // through the kernel: most of the per-evaluation cost otherwise.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(64 << 10);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c
