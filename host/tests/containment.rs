@@ -321,3 +321,48 @@ async fn compiled_code_is_cached_verified_and_recompiled_when_corrupt() {
     assert_still_works(&third, &probe).await;
     assert_ne!(std::fs::read(code).unwrap(), bytes, "the corrupt entry was rewritten");
 }
+
+/// Answers exec after a pause, so evaluations overlap.
+struct Slow;
+
+#[async_trait]
+impl Capabilities for Slow {
+    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(ExecOutput {
+            exit_code: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        })
+    }
+
+    async fn http(&self, _: &Workspace, _: HttpRequest) -> Result<HttpResponse, String> {
+        Err("no HTTP".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_evaluations_than_pool_slots_wait_instead_of_failing() {
+    // The pool holds 2 instances; 6 evaluations that each wait 300 ms in exec overlap.
+    let engine = Arc::new(engine(Allocation::Pooling));
+    let probe = engine.load(HOSTILE, None).unwrap();
+    let started = Instant::now();
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            let (engine, probe) = (engine.clone(), probe.clone());
+            tokio::spawn(async move {
+                let config = serde_json::json!({"mode": "block-in-exec"});
+                run(&engine, &probe, config, Duration::from_secs(10), Arc::new(Slow))
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    for run in runs {
+        failure_containing(&run.await.unwrap(), "exec returned: Ok");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "6 runs through 2 slots take 3 rounds"
+    );
+}

@@ -191,6 +191,8 @@ pub struct ProbeEngine {
     config: EngineConfig,
     pooling: bool,
     loaded: Mutex<HashMap<String, Arc<LoadedProbe>>>,
+    /// Evaluations beyond the pool's size wait here rather than fail.
+    slots: tokio::sync::Semaphore,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -277,7 +279,9 @@ impl ProbeEngine {
                 ticking.increment_epoch();
             }
         })?;
+        let slots = tokio::sync::Semaphore::new(config.concurrency.max(1) as usize);
         Ok(ProbeEngine {
+            slots,
             engine,
             linker,
             config,
@@ -371,6 +375,7 @@ impl ProbeEngine {
 
     /// Ask a probe to describe itself.
     pub async fn info(&self, probe: &LoadedProbe) -> anyhow::Result<ProbeInfo> {
+        let _slot = self.slots.acquire().await.ok();
         let state = ProbeState::new(
             &self.config.limits,
             Workspace::empty(),
@@ -402,6 +407,8 @@ impl ProbeEngine {
     /// Evaluate a probe once, in a fresh sandbox. `now_ms` is the caller's
     /// clock (Unix ms) at the start. Never panics on anything the probe does.
     pub async fn evaluate(&self, probe: &LoadedProbe, request: ProbeRequest, now_ms: i64) -> Evaluation {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _slot = self.slots.acquire().await.ok();
         let started = Instant::now();
         let deadline_at = started + request.deadline;
         let deadline_ms = request.deadline.as_millis();
