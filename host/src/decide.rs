@@ -28,10 +28,7 @@ fn seconds(ms: i64) -> i64 {
 pub fn probe_due(culling: Option<&Culling>, status: Option<&WorkspaceStatus>, now_ms: i64) -> ProbeDue {
     let state = status.and_then(|s| s.state.as_deref()).unwrap_or("");
     if state != "Running" {
-        return ProbeDue::NotManaged(format!(
-            "state is {}",
-            if state.is_empty() { "not set" } else { state }
-        ));
+        return ProbeDue::NotManaged(format!("state is {}", if state.is_empty() { "not set" } else { state }));
     }
     let Some(culling) = culling else {
         return ProbeDue::NotManaged("its WorkspaceKind has no culling configured".into());
@@ -101,13 +98,22 @@ pub enum CullDecision {
 
 /// SPEC §4 step 5: cull only on a fresh successful probe, when idle longer
 /// than `maxInactiveSeconds` + 5 s, unless culling is off for the kind or the workspace.
-pub fn cull_decision(culling: &Culling, spec: &WorkspaceSpec, activity: &Activity, fresh_success: bool, now_ms: i64) -> CullDecision {
+pub fn cull_decision(
+    culling: &Culling,
+    spec: &WorkspaceSpec,
+    activity: &Activity,
+    fresh_success: bool,
+    now_ms: i64,
+) -> CullDecision {
     if !fresh_success {
         return CullDecision::Keep("only a fresh successful probe can cull".into());
     }
     let idle_seconds = seconds(now_ms) - activity.last_activity;
     if idle_seconds <= culling.max_inactive_seconds + CULL_BUFFER_SECONDS {
-        return CullDecision::Keep(format!("idle {idle_seconds}s of {}s allowed", culling.max_inactive_seconds));
+        return CullDecision::Keep(format!(
+            "idle {idle_seconds}s of {}s allowed",
+            culling.max_inactive_seconds
+        ));
     }
     if !culling.enabled {
         return CullDecision::Keep(format!("idle {idle_seconds}s, but culling is disabled for the kind"));
@@ -129,7 +135,12 @@ mod tests {
     const NOW: i64 = NOW_S * 1000;
 
     fn culling() -> Culling {
-        Culling { max_inactive_seconds: 600, min_probe_interval: 60, max_probe_interval: 300, ..Culling::default() }
+        Culling {
+            max_inactive_seconds: 600,
+            min_probe_interval: 60,
+            max_probe_interval: 300,
+            ..Culling::default()
+        }
     }
 
     fn status(state: &str, last_activity: i64, last_update: i64, probed_at_ms: Option<i64>) -> WorkspaceStatus {
@@ -154,14 +165,20 @@ mod tests {
             let s = status(state, 0, 0, None);
             assert!(matches!(probe_due(Some(&culling()), Some(&s), NOW), ProbeDue::NotManaged(m) if m.contains(state)));
         }
-        assert!(matches!(probe_due(Some(&culling()), None, NOW), ProbeDue::NotManaged(_)));
+        assert!(matches!(
+            probe_due(Some(&culling()), None, NOW),
+            ProbeDue::NotManaged(_)
+        ));
         let s = status("Running", 0, 0, None);
         assert!(matches!(probe_due(None, Some(&s), NOW), ProbeDue::NotManaged(m) if m.contains("no culling")));
     }
 
     #[test]
     fn a_workspace_never_probed_is_due_now() {
-        let s = WorkspaceStatus { state: Some("Running".into()), activity: None };
+        let s = WorkspaceStatus {
+            state: Some("Running".into()),
+            activity: None,
+        };
         assert_eq!(probe_due(Some(&culling()), Some(&s), NOW), ProbeDue::Now);
     }
 
@@ -195,24 +212,44 @@ mod tests {
     }
 
     fn evaluation(outcome: ProbeOutcome) -> Evaluation {
-        Evaluation { started_at_ms: NOW, finished_at_ms: NOW + 40, outcome, raw_output: None, logs: Vec::new() }
+        Evaluation {
+            started_at_ms: NOW,
+            finished_at_ms: NOW + 40,
+            outcome,
+            raw_output: None,
+            logs: Vec::new(),
+        }
     }
 
     #[test]
     fn failures_and_timeouts_record_the_probe_but_never_move_activity() {
-        let previous = Activity { last_activity: NOW_S - 5000, last_update: NOW_S - 400, last_probe: None };
-        for outcome in [ProbeOutcome::Failure("Jupyter probe failed: HTTP 500".into()), ProbeOutcome::Timeout("t".into())] {
+        let previous = Activity {
+            last_activity: NOW_S - 5000,
+            last_update: NOW_S - 400,
+            last_probe: None,
+        };
+        for outcome in [
+            ProbeOutcome::Failure("Jupyter probe failed: HTTP 500".into()),
+            ProbeOutcome::Timeout("t".into()),
+        ] {
             let after = record(Some(&previous), &evaluation(outcome.clone()), None);
             assert_eq!(after.last_activity, previous.last_activity);
             assert_eq!(after.last_update, previous.last_update);
             let probe = after.last_probe.unwrap();
-            assert_eq!((probe.start_time_ms, probe.end_time_ms, probe.result.as_str()), (NOW, NOW + 40, outcome.result()));
+            assert_eq!(
+                (probe.start_time_ms, probe.end_time_ms, probe.result.as_str()),
+                (NOW, NOW + 40, outcome.result())
+            );
         }
     }
 
     #[test]
     fn success_updates_activity_per_the_contract() {
-        let previous = Activity { last_activity: NOW_S - 5000, last_update: NOW_S - 400, last_probe: None };
+        let previous = Activity {
+            last_activity: NOW_S - 5000,
+            last_update: NOW_S - 400,
+            last_probe: None,
+        };
         let cases = [
             (ProbeActivity::ActiveNow, NOW_S),
             (ProbeActivity::Idle, NOW_S - 5000),
@@ -232,31 +269,66 @@ mod tests {
 
     #[test]
     fn activity_before_the_pod_started_does_not_count() {
-        let previous = Activity { last_activity: NOW_S - 90_000, ..Activity::default() };
+        let previous = Activity {
+            last_activity: NOW_S - 90_000,
+            ..Activity::default()
+        };
         let pod_started = NOW_S - 120;
         let old = ProbeOutcome::Success(ProbeActivity::LastAt((NOW_S - 90_000) * 1000));
         let after = record(Some(&previous), &evaluation(old), Some(pod_started));
-        assert_eq!(after.last_activity, pod_started, "a resumed workspace gets a full idle window");
+        assert_eq!(
+            after.last_activity, pod_started,
+            "a resumed workspace gets a full idle window"
+        );
     }
 
     #[test]
     fn culls_only_past_the_window_plus_buffer_on_a_fresh_success() {
         let c = culling();
         let spec = WorkspaceSpec::default();
-        let idle = |secs| Activity { last_activity: NOW_S - secs, ..Activity::default() };
-        assert_eq!(cull_decision(&c, &spec, &idle(606), true, NOW), CullDecision::Cull { idle_seconds: 606 });
-        assert!(matches!(cull_decision(&c, &spec, &idle(605), true, NOW), CullDecision::Keep(_)));
-        assert!(matches!(cull_decision(&c, &spec, &idle(100_000), false, NOW), CullDecision::Keep(m) if m.contains("fresh successful")));
+        let idle = |secs| Activity {
+            last_activity: NOW_S - secs,
+            ..Activity::default()
+        };
+        assert_eq!(
+            cull_decision(&c, &spec, &idle(606), true, NOW),
+            CullDecision::Cull { idle_seconds: 606 }
+        );
+        assert!(matches!(
+            cull_decision(&c, &spec, &idle(605), true, NOW),
+            CullDecision::Keep(_)
+        ));
+        assert!(
+            matches!(cull_decision(&c, &spec, &idle(100_000), false, NOW), CullDecision::Keep(m) if m.contains("fresh successful"))
+        );
     }
 
     #[test]
     fn disabled_kind_disabled_workspace_and_paused_workspace_are_kept() {
-        let idle = Activity { last_activity: NOW_S - 100_000, ..Activity::default() };
-        let off = Culling { enabled: false, ..culling() };
-        assert!(matches!(cull_decision(&off, &WorkspaceSpec::default(), &idle, true, NOW), CullDecision::Keep(m) if m.contains("disabled for the kind")));
-        let spec = WorkspaceSpec { disable_culling: true, ..WorkspaceSpec::default() };
-        assert!(matches!(cull_decision(&culling(), &spec, &idle, true, NOW), CullDecision::Keep(m) if m.contains("disableCulling")));
-        let spec = WorkspaceSpec { paused: true, ..WorkspaceSpec::default() };
-        assert!(matches!(cull_decision(&culling(), &spec, &idle, true, NOW), CullDecision::Keep(m) if m.contains("already paused")));
+        let idle = Activity {
+            last_activity: NOW_S - 100_000,
+            ..Activity::default()
+        };
+        let off = Culling {
+            enabled: false,
+            ..culling()
+        };
+        assert!(
+            matches!(cull_decision(&off, &WorkspaceSpec::default(), &idle, true, NOW), CullDecision::Keep(m) if m.contains("disabled for the kind"))
+        );
+        let spec = WorkspaceSpec {
+            disable_culling: true,
+            ..WorkspaceSpec::default()
+        };
+        assert!(
+            matches!(cull_decision(&culling(), &spec, &idle, true, NOW), CullDecision::Keep(m) if m.contains("disableCulling"))
+        );
+        let spec = WorkspaceSpec {
+            paused: true,
+            ..WorkspaceSpec::default()
+        };
+        assert!(
+            matches!(cull_decision(&culling(), &spec, &idle, true, NOW), CullDecision::Keep(m) if m.contains("already paused"))
+        );
     }
 }

@@ -3,5 +3,11 @@
 
 pub mod builtin;
 pub mod contract;
+pub mod controller;
+pub mod controlplane;
+pub mod crd;
+pub mod decide;
 pub mod engine;
 pub mod harness;
+pub mod plan;
+pub mod transport;

@@ -4,7 +4,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use workspace_culler::builtin::{self, BUILTINS};
+use workspace_culler::controller::{self, capabilities::HttpMode};
 use workspace_culler::engine::{EngineConfig, LoadedProbe, ProbeEngine};
 use workspace_culler::harness::{self, Expectation, Fixture, LiveMode};
 
@@ -24,6 +26,91 @@ enum Command {
     /// Work with activity probes (run them in isolation, inspect them).
     #[command(subcommand)]
     Probe(ProbeCommand),
+    /// Print the Workspace and WorkspaceKind CRDs (YAML).
+    Crds,
+    /// Run the culling controller.
+    Controller(ControllerArgs),
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// A kubeconfig file (default: in-cluster service account, else ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Probes running at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u16,
+    /// How probes reach pods over HTTP.
+    #[arg(long, value_enum, default_value = "direct")]
+    http_mode: HttpMode,
+    /// Record what would be culled without pausing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Where Jupyter serves inside the pod.
+    #[arg(long, default_value = workspace_culler::plan::DEFAULT_CONNECT_PATH)]
+    connect_path: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Where compiled probe components are cached.
+    #[arg(long, env = "WORKSPACE_CULLER_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster service account and no kubeconfig")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let engine = Arc::new(ProbeEngine::new(EngineConfig {
+        concurrency: u32::from(args.concurrency),
+        cache_dir: args.cache_dir.clone().or_else(default_cache_dir),
+        ..EngineConfig::default()
+    })?);
+    let metrics = controller::metrics::Metrics::new()?;
+    let readiness = controller::server::Readiness::default();
+    tokio::spawn(controller::server::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        readiness.clone(),
+    ));
+    let settings = controller::Settings {
+        dry_run: args.dry_run,
+        http_mode: args.http_mode,
+        connect_path: args.connect_path,
+        namespace: args.namespace,
+        concurrency: args.concurrency,
+    };
+    tracing::info!(dry_run = settings.dry_run, http_mode = ?settings.http_mode, "starting the culling controller");
+    readiness.set(true);
+    controller::run(client, engine, settings, metrics, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Subcommand)]
@@ -206,10 +293,20 @@ async fn probe_inspect(arg: ProbeArg) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let default_filter = match cli.command {
+        Command::Controller(_) => "workspace_culler=info,probe=info,warn",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Structured (JSON) logs for clusters: LOG_FORMAT=json.
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -221,6 +318,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Probe(ProbeCommand::Test(args)) => probe_test(args).await,
             Command::Probe(ProbeCommand::Inspect(arg)) => probe_inspect(arg).await,
+            Command::Controller(args) => controller(args).await,
+            Command::Crds => {
+                print!("{}", workspace_culler::crd::crds_yaml());
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Probe(ProbeCommand::List) => {
                 for b in BUILTINS {
                     println!(

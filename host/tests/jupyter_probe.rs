@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use workspace_culler::builtin::builtin;
 use workspace_culler::contract::ProbeActivity;
 use workspace_culler::engine::{Allocation, EngineConfig, HttpRequest, LoadedProbe, ProbeEngine, ProbeOutcome};
-use workspace_culler::harness::{self, Fixture, FixtureWorkspace, LiveMode, local};
+use workspace_culler::harness::{self, Fixture, FixtureWorkspace, LiveMode};
+use workspace_culler::transport as local;
 
 const BASE_PATH: &str = "/workspace/connect/ns/ws/jupyterlab/";
 const TOKEN: &str = "probe-test-token";

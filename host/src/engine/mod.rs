@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
@@ -407,18 +408,21 @@ impl ProbeEngine {
     /// Evaluate a probe once, in a fresh sandbox. `now_ms` is the caller's
     /// clock (Unix ms) at the start. Never panics on anything the probe does.
     pub async fn evaluate(&self, probe: &LoadedProbe, request: ProbeRequest, now_ms: i64) -> Evaluation {
-        // The semaphore is never closed, so acquiring cannot fail.
-        let _slot = self.slots.acquire().await.ok();
-        let started = Instant::now();
-        let deadline_at = started + request.deadline;
-        let deadline_ms = request.deadline.as_millis();
         let span = tracing::info_span!(
             "probe",
             namespace = %request.workspace.namespace,
             name = %request.workspace.name,
             probe = %request.probe_name,
         );
-        let _entered = span.enter();
+        self.evaluate_in_span(probe, request, now_ms).instrument(span).await
+    }
+
+    async fn evaluate_in_span(&self, probe: &LoadedProbe, request: ProbeRequest, now_ms: i64) -> Evaluation {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _slot = self.slots.acquire().await.ok();
+        let started = Instant::now();
+        let deadline_at = started + request.deadline;
+        let deadline_ms = request.deadline.as_millis();
         let state = ProbeState::new(
             &self.config.limits,
             request.workspace.clone(),

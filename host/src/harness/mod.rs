@@ -2,8 +2,6 @@
 //! describes the workspace, scripted exec and HTTP replies and the clock,
 //! and checks the outcome against what the fixture expects.
 
-pub mod local;
-
 use crate::contract::ProbeActivity;
 use crate::engine::{
     Capabilities, Evaluation, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, Limits, LoadedProbe, Port,
@@ -318,7 +316,7 @@ impl Capabilities for FixtureCapabilities {
         let argv: Vec<String> = command.argv.iter().map(|a| abbreviate(a)).collect();
         self.record(format!("exec {argv:?} (timeout {}ms)", command.timeout_ms));
         if self.live.exec {
-            return local::exec(command, self.exec_output_cap).await;
+            return crate::transport::exec(command, self.exec_output_cap).await;
         }
         let reply = self.exec.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         let Some(reply) = reply else {
@@ -343,7 +341,7 @@ impl Capabilities for FixtureCapabilities {
     async fn http(&self, _workspace: &Workspace, request: HttpRequest) -> Result<HttpResponse, String> {
         self.record(format!("http {} {}", request.method, request.uri));
         if self.live.http {
-            return local::http(request).await;
+            return crate::transport::http(request).await;
         }
         let Some(reply) = self.http.iter().find(|r| r.matches(&request.uri)) else {
             return Err(format!(

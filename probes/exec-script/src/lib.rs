@@ -32,15 +32,16 @@ const MAX_SHEBANG: usize = 255;
 /// Marks the runner's own errors on stderr, to tell them from the script's.
 const RUNNER_MARK: &str = "activity-probe-runner:";
 
-/// Removes a stale result, stores the script (read from stdin) in a temporary
-/// file, runs it with its shebang's interpreter (so a `noexec` /tmp still
-/// works), and prints the result file. The script's own stdout goes to
-/// stderr so that stdout carries only the result.
-const RUNNER: &str = r#"out="$1"; interp="$2"; arg="$3"
+/// Removes a stale result, stores the script (passed as an argument, so no
+/// exec implementation needs to support closing stdin) in a temporary file,
+/// runs it with its shebang's interpreter (so a `noexec` /tmp still works),
+/// and prints the result file. The script's own stdout goes to stderr so
+/// that stdout carries only the result.
+const RUNNER: &str = r#"out="$1"; interp="$2"; body="$3"; arg="${4:-}"
 fail() { echo "activity-probe-runner: $*" >&2; exit 125; }
 rm -f -- "$out" || fail "cannot remove the stale output file $out"
 script=$(mktemp "${TMPDIR:-/tmp}/activity-probe.XXXXXX") || fail "cannot create a temporary file"
-cat > "$script" || fail "cannot write the script to $script"
+printf '%s' "$body" > "$script" || fail "cannot write the script to $script"
 if [ -n "$arg" ]; then OUTPUT_JSON_PATH="$out" "$interp" "$arg" "$script" >&2
 else OUTPUT_JSON_PATH="$out" "$interp" "$script" >&2; fi
 rc=$?
@@ -90,17 +91,20 @@ impl Probe for ExecScript {
         let config: ExecConfig = probe_sdk::parse_config("Exec", config)?;
         let (interp, arg) = config.interpreter()?;
         let timeout_ms = config.timeout_seconds.saturating_mul(1000);
-        let command = Command::new([
+        // The shebang's optional argument comes last, and only when there is one.
+        let mut argv = vec![
             "/bin/sh",
             "-c",
             RUNNER,
             "activity-probe",
             &config.output_path,
             &interp,
-            &arg,
-        ])
-        .stdin(config.script.as_bytes())
-        .timeout_ms(timeout_ms);
+            &config.script,
+        ];
+        if !arg.is_empty() {
+            argv.push(&arg);
+        }
+        let command = Command::new(argv).timeout_ms(timeout_ms);
         let output = match host.exec(&command) {
             Ok(output) => output,
             Err(ExecError::Timeout) => {
@@ -152,9 +156,17 @@ mod tests {
         );
         assert_eq!(reply, Ok(Reply::Json(r#"{"has_activity":true}"#.into())));
         let cmd = &host.commands()[0];
-        assert_eq!(cmd.argv[4..], ["/tmp/activity_probe.json", "/usr/bin/env", "python3"]);
+        assert_eq!(
+            cmd.argv[4..],
+            [
+                "/tmp/activity_probe.json",
+                "/usr/bin/env",
+                "#!/usr/bin/env python3\nprint(1)",
+                "python3"
+            ]
+        );
         assert_eq!(cmd.timeout_ms, 5000);
-        assert_eq!(cmd.stdin, b"#!/usr/bin/env python3\nprint(1)");
+        assert!(cmd.stdin.is_empty());
     }
 
     #[test]

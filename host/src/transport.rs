@@ -1,7 +1,7 @@
-//! Live capabilities for trying a probe on a laptop: exec runs a local
-//! process (killed with its whole process group at the timeout), HTTP goes
-//! to the address the probe asked for (the engine already confined it to the
-//! workspace's pod IP, e.g. 127.0.0.1).
+//! Transports behind capabilities: a local process for exec (killed with its
+//! whole process group at the timeout), and an HTTP/1.1 client over TCP or
+//! over any stream (e.g. a Kubernetes port-forward). The engine has already
+//! confined every request to the workspace's pod IP.
 
 use crate::engine::{ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse};
 use http_body_util::{BodyExt, Full};
@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Read a stream to its end, keeping at most `cap` bytes.
-async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+pub async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -104,8 +104,17 @@ pub async fn http(request: HttpRequest) -> Result<HttpResponse, String> {
     let stream = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+    http_over(stream, request).await
+}
+
+/// Send an HTTP/1.1 request over an established connection (TCP, or a
+/// Kubernetes port-forward stream) and read the whole response.
+pub async fn http_over<S>(io: S, request: HttpRequest) -> Result<HttpResponse, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let authority = request.uri.authority().map(|a| a.to_string()).unwrap_or_default();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
         .await
         .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
     let driver = tokio::spawn(connection);

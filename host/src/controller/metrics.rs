@@ -1,0 +1,65 @@
+//! Prometheus metrics of the culler.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The culler's metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Where the metrics are registered.
+    pub registry: Registry,
+    /// Probes by result (`Success`, `Failure`, `Timeout`) and probe name.
+    pub probes: IntCounterVec,
+    /// Probe latency in seconds.
+    pub probe_seconds: Histogram,
+    /// Workspaces paused (or, in dry-run, that would have been).
+    pub culls: IntCounterVec,
+    /// Reconcile errors by kind.
+    pub errors: IntCounterVec,
+    /// Probes waiting for a free slot.
+    pub probes_waiting: IntGauge,
+    /// Status writes retried after a conflict.
+    pub conflicts: IntCounter,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new_custom(Some("workspace_culler".into()), None)?;
+        let probes = IntCounterVec::new(Opts::new("probes_total", "Probes run, by result"), &["result", "probe"])?;
+        let probe_seconds = Histogram::with_opts(
+            HistogramOpts::new("probe_duration_seconds", "Time a probe took")
+                .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )?;
+        let culls = IntCounterVec::new(
+            Opts::new("culls_total", "Workspaces paused for inactivity"),
+            &["dry_run"],
+        )?;
+        let errors = IntCounterVec::new(Opts::new("reconcile_errors_total", "Reconcile errors"), &["error"])?;
+        let probes_waiting = IntGauge::new("probes_waiting", "Probes waiting for a free evaluation slot")?;
+        let conflicts = IntCounter::new("cull_conflicts_total", "Cull patches retried after a conflict")?;
+        registry.register(Box::new(probes.clone()))?;
+        registry.register(Box::new(probe_seconds.clone()))?;
+        registry.register(Box::new(culls.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(probes_waiting.clone()))?;
+        registry.register(Box::new(conflicts.clone()))?;
+        Ok(Metrics {
+            registry,
+            probes,
+            probe_seconds,
+            culls,
+            errors,
+            probes_waiting,
+            conflicts,
+        })
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}

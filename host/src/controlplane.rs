@@ -1,0 +1,325 @@
+//! A real, local Kubernetes control plane for the end-to-end tests and the
+//! `local` demo: etcd → kube-apiserver (TLS, RBAC, token auth) → kwok as
+//! the node agent, so pods on its fake node report Running and `pods/exec`
+//! and `pods/portforward` go through the real apiserver to kwok, which runs
+//! the command or forwards the port on this machine. Binaries come from
+//! `scripts/ensure-controlplane`, which builds them from their Go modules.
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The fake node's name.
+pub const NODE_NAME: &str = "kwok-node-0";
+
+/// A running control plane; everything is stopped and removed on drop.
+pub struct ControlPlane {
+    processes: Vec<(&'static str, Child)>,
+    dir: tempfile::TempDir,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+    /// A bearer token of a cluster admin.
+    pub admin_token: String,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Stop in reverse order; each process leads its own process group.
+        for (_, child) in self.processes.iter_mut().rev() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on a process group this struct started.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where the control-plane binaries are: `$WORKSPACE_CULLER_CONTROLPLANE`,
+/// or built by `scripts/ensure-controlplane` from the repository.
+pub fn binaries() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("WORKSPACE_CULLER_CONTROLPLANE") {
+        return Ok(PathBuf::from(dir));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-controlplane");
+    let out = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed: the control plane could not be built", script.display());
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+impl ControlPlane {
+    /// Start etcd, kube-apiserver and kwok from `bin`, and wait until the
+    /// apiserver is ready and the fake node is registered.
+    pub async fn start(bin: &Path) -> anyhow::Result<ControlPlane> {
+        let dir = tempfile::Builder::new().prefix("workspace-culler-cp").tempdir()?;
+        let d = dir.path().to_path_buf();
+        let d = d.as_path();
+        let admin_token = format!("admin-{}", std::process::id());
+        std::fs::write(
+            d.join("tokens.csv"),
+            format!("{admin_token},admin,admin-uid,system:masters\n"),
+        )?;
+        let key = rcgen::KeyPair::generate()?;
+        std::fs::write(d.join("sa.key"), key.serialize_pem())?;
+        std::fs::write(d.join("sa.pub"), key.public_key_pem())?;
+
+        let mut cp = ControlPlane {
+            processes: Vec::new(),
+            server: String::new(),
+            admin_token,
+            dir,
+        };
+        let (etcd_port, etcd_peer, api_port, kwok_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let etcd = format!("http://127.0.0.1:{etcd_port}");
+        let peer = format!("http://127.0.0.1:{etcd_peer}");
+        cp.spawn(
+            "etcd",
+            Command::new(bin.join("etcd")).args([
+                "--data-dir",
+                &path(&d.join("etcd")),
+                "--listen-client-urls",
+                &etcd,
+                "--advertise-client-urls",
+                &etcd,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("default={peer}"),
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+            ]),
+        )?;
+
+        cp.server = format!("https://127.0.0.1:{api_port}");
+        cp.spawn(
+            "kube-apiserver",
+            Command::new(bin.join("kube-apiserver")).args([
+                "--etcd-servers",
+                &etcd,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                &api_port.to_string(),
+                "--cert-dir",
+                &path(&d.join("certs")),
+                "--token-auth-file",
+                &path(&d.join("tokens.csv")),
+                "--authorization-mode",
+                "RBAC",
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+                "--service-account-key-file",
+                &path(&d.join("sa.pub")),
+                "--service-account-signing-key-file",
+                &path(&d.join("sa.key")),
+                "--service-cluster-ip-range",
+                "10.96.0.0/16",
+                // No controller-manager runs, so no namespace gets a default ServiceAccount.
+                "--disable-admission-plugins",
+                "ServiceAccount",
+                "--allow-privileged",
+            ]),
+        )?;
+        let kubeconfig = cp.write_kubeconfig()?;
+        cp.wait_ready().await?;
+
+        cp.install_crds(&std::fs::read_to_string(bin.join("kwok-crds.yaml"))?)
+            .await?;
+        let config = d.join("kwok.yaml");
+        std::fs::copy(bin.join("stages.yaml"), &config)
+            .context("kwok stages are missing from the control plane build")?;
+        cp.spawn(
+            "kwok",
+            Command::new(bin.join("kwok")).args([
+                "--kubeconfig",
+                &path(&kubeconfig),
+                "--config",
+                &path(&config),
+                "--manage-all-nodes=true",
+                "--node-ip",
+                "127.0.0.1",
+                "--node-port",
+                &kwok_port.to_string(),
+                "--server-address",
+                &format!("127.0.0.1:{kwok_port}"),
+                "--cidr",
+                "10.244.0.1/24",
+                "--enable-crds",
+                "ClusterExec,Exec,ClusterPortForward,PortForward",
+            ]),
+        )?;
+        cp.add_node().await?;
+        Ok(cp)
+    }
+
+    /// The kubeconfig file for the admin.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// A scratch directory that lives as long as the control plane.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, name: &'static str, command: &mut Command) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        self.processes.push((name, child));
+        Ok(())
+    }
+
+    /// The last lines a component logged, for error messages.
+    pub fn log_tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.processes.len() {
+            let name = self.processes[i].0;
+            if let Some(status) = self.processes[i].1.try_wait()? {
+                bail!("{name} exited ({status}):\n{}", self.log_tail(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// A client authenticated as the admin.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig())?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let client = self.client().await?;
+        loop {
+            self.check_alive()?;
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            if client.request_text(request).await.is_ok_and(|body| body.trim() == "ok") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "kube-apiserver was not ready within 90 s:\n{}",
+                    self.log_tail("kube-apiserver")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Create CustomResourceDefinitions from multi-document YAML and wait until they are served.
+    pub async fn install_crds(&self, yaml: &str) -> anyhow::Result<()> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let api: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client().await?);
+        let mut names = Vec::new();
+        for doc in yaml
+            .split("\n---")
+            .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+        {
+            let crd: CustomResourceDefinition = serde_yaml::from_str(doc).context("a CRD does not parse")?;
+            names.push(crd.metadata.name.clone().unwrap_or_default());
+            api.create(&Default::default(), &crd)
+                .await
+                .context("cannot create a CRD")?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for name in names {
+            loop {
+                let crd = api.get(&name).await?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+                if established {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("CRD {name} was not established within 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Register the fake node kwok manages, and wait until it is Ready.
+    async fn add_node(&mut self) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Node;
+        let nodes: kube::Api<Node> = kube::Api::all(self.client().await?);
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": NODE_NAME,
+                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {"kubernetes.io/hostname": NODE_NAME, "type": "kwok"},
+            },
+        }))?;
+        nodes
+            .create(&Default::default(), &node)
+            .await
+            .context("cannot register the kwok node")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.check_alive()?;
+            let node = nodes.get(NODE_NAME).await?;
+            let ready = node
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the kwok node did not become Ready within 60 s:\n{}",
+                    self.log_tail("kwok")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn write_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        let path = self.kubeconfig();
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: admin\ncurrent-context: local\n",
+                self.server, self.admin_token
+            ),
+        )?;
+        Ok(path)
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}

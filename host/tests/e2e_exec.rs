@@ -1,0 +1,148 @@
+//! End-to-end on a real control plane (etcd + kube-apiserver + kwok), with
+//! the exec-script probe running through real `pods/exec` (apiserver → kwok,
+//! which runs the script on this machine): idle workspaces are paused with
+//! an Event; failing and timed-out probes, `disableCulling`, a disabled kind
+//! and `--dry-run` pause nothing; probes respect `minProbeInterval`.
+
+mod e2e;
+
+use e2e::Env;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const IDLE: &str = "#!/bin/sh\necho '{\"has_activity\": false}' > \"$OUTPUT_JSON_PATH\"\n";
+const FAILING: &str = "#!/bin/sh\necho 'no /proc here' >&2\nexit 3\n";
+const SLOW: &str = "#!/bin/sh\nsleep 30\n";
+
+fn kind(name: &str, script: &str, enabled: bool) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "kubeflow.org/v1beta1",
+        "kind": "WorkspaceKind",
+        "metadata": {"name": name},
+        "spec": {"podTemplate": {"culling": {
+            "enabled": enabled,
+            "maxInactiveSeconds": 60,
+            "minProbeInterval": 5,
+            "maxProbeInterval": 10,
+            "activityProbe": {"exec": {"script": script, "outputPath": "activity_probe.json", "timeoutSeconds": 2}},
+        }}},
+    })
+}
+
+async fn events(env: &Env, namespace: &str, name: &str, reason: &str) -> usize {
+    let api: Api<Event> = Api::namespaced(env.client.clone(), namespace);
+    let events = api.list(&ListParams::default()).await.unwrap().items;
+    events
+        .iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_probes_decide_and_idle_workspaces_are_paused() {
+    let env = Env::start().await;
+    for ns in ["culling", "dry"] {
+        env.namespace(ns).await;
+    }
+    env.apply_kind(kind("exec-idle", IDLE, true)).await;
+    env.apply_kind(kind("exec-failing", FAILING, true)).await;
+    env.apply_kind(kind("exec-slow", SLOW, true)).await;
+    env.apply_kind(kind("exec-disabled", IDLE, false)).await;
+    let cases = [
+        ("culling", "idle", serde_json::json!({"kind": "exec-idle"})),
+        (
+            "culling",
+            "kept",
+            serde_json::json!({"kind": "exec-idle", "disableCulling": true}),
+        ),
+        ("culling", "failing", serde_json::json!({"kind": "exec-failing"})),
+        ("culling", "slow", serde_json::json!({"kind": "exec-slow"})),
+        ("culling", "disabled", serde_json::json!({"kind": "exec-disabled"})),
+        ("dry", "idle", serde_json::json!({"kind": "exec-idle"})),
+    ];
+    for (ns, name, spec) in &cases {
+        env.running_workspace(ns, name, spec.clone()).await;
+    }
+    let controller = env.controller("controller", &["--namespace", "culling"]);
+    let dry = env.controller("controller-dry", &["--namespace", "dry", "--dry-run"]);
+    let started = Instant::now();
+
+    // Watch every workspace's probes until the idle one is paused.
+    let mut probe_starts: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); cases.len()];
+    let paused_after = loop {
+        for (i, (ns, name, _)) in cases.iter().enumerate() {
+            let ws = env.workspace(ns, name).await;
+            if let Some(p) = ws.status.and_then(|s| s.activity).and_then(|a| a.last_probe) {
+                probe_starts[i].insert(p.start_time_ms);
+            }
+        }
+        if env.workspace("culling", "idle").await.spec.paused {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the idle workspace was not paused\n{}",
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let log = controller.log();
+    assert!(
+        paused_after >= Duration::from_secs(60),
+        "paused after {paused_after:?}, before the idle window\n{log}"
+    );
+    assert_eq!(events(&env, "culling", "idle", "Culled").await, 1, "{log}");
+
+    // Give the others the same time again, to be sure nothing else is paused.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for (ns, name, _) in &cases[1..] {
+        let ws = env.workspace(ns, name).await;
+        assert!(!ws.spec.paused, "{ns}/{name} was paused\n{log}\n{}", dry.log());
+    }
+    let last = |ns: &str, name: &str| {
+        let env = &env;
+        let (ns, name) = (ns.to_string(), name.to_string());
+        async move { env.workspace(&ns, &name).await.status.unwrap().activity.unwrap() }
+    };
+    let kept = last("culling", "kept").await;
+    assert_eq!(kept.last_probe.unwrap().result, "Success");
+    let failing = last("culling", "failing").await;
+    let probe = failing.last_probe.unwrap();
+    assert_eq!(
+        (probe.result.as_str(), failing.last_activity),
+        ("Failure", 0),
+        "failures never set activity"
+    );
+    assert!(
+        probe.message.contains("Exec probe failed: unexpected exit code 3"),
+        "{}",
+        probe.message
+    );
+    let slow = last("culling", "slow").await.last_probe.unwrap();
+    assert_eq!(slow.result, "Timeout", "{}", slow.message);
+    assert!(events(&env, "culling", "failing", "ProbeFailing").await >= 1);
+
+    // The dry run evented and counted, but paused nothing.
+    assert!(events(&env, "dry", "idle", "WouldCull").await >= 1, "{}", dry.log());
+
+    // minProbeInterval (5 s) holds for failing and timing-out probes too.
+    let elapsed = started.elapsed().as_secs() as usize;
+    for (i, (ns, name, _)) in cases.iter().enumerate() {
+        let count = probe_starts[i].len();
+        assert!(count >= 2, "{ns}/{name} was probed {count} times");
+        let starts: Vec<i64> = probe_starts[i].iter().copied().collect();
+        for pair in starts.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= 5000,
+                "{ns}/{name} probed {} ms apart",
+                pair[1] - pair[0]
+            );
+        }
+        assert!(
+            count <= elapsed / 5 + 1,
+            "{ns}/{name} probed {count} times in {elapsed}s"
+        );
+    }
+}
