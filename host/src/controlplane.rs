@@ -43,16 +43,26 @@ fn free_port() -> anyhow::Result<u16> {
 /// Where the control-plane binaries are: `$WORKSPACE_CULLER_CONTROLPLANE`,
 /// or built by `scripts/ensure-controlplane` from the repository.
 pub fn binaries() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("WORKSPACE_CULLER_CONTROLPLANE") {
+    ensured("WORKSPACE_CULLER_CONTROLPLANE", "ensure-controlplane")
+}
+
+/// Where a `jupyter-server` is: `$WORKSPACE_CULLER_JUPYTER_BIN`, or the
+/// virtualenv `scripts/ensure-jupyter` creates.
+pub fn jupyter_binaries() -> anyhow::Result<PathBuf> {
+    ensured("WORKSPACE_CULLER_JUPYTER_BIN", "ensure-jupyter")
+}
+
+fn ensured(var: &str, script: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(var) {
         return Ok(PathBuf::from(dir));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-controlplane");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts").join(script);
     let out = Command::new(&script)
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run {}", script.display()))?;
     if !out.status.success() {
-        bail!("{} failed: the control plane could not be built", script.display());
+        bail!("{} failed", script.display());
     }
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }

@@ -9,5 +9,6 @@ pub mod crd;
 pub mod decide;
 pub mod engine;
 pub mod harness;
+pub mod local;
 pub mod plan;
 pub mod transport;

@@ -30,6 +30,8 @@ enum Command {
     Crds,
     /// Run the culling controller.
     Controller(ControllerArgs),
+    /// Run everything on this machine: a real control plane, Jupyter, sample workspaces, the controller.
+    Local,
 }
 
 #[derive(Args)]
@@ -58,6 +60,15 @@ struct ControllerArgs {
     /// Where compiled probe components are cached.
     #[arg(long, env = "WORKSPACE_CULLER_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Act only while holding a Lease, so several replicas never both act.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "workspace-culler")]
+    leader_election_lease: String,
 }
 
 async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
@@ -109,7 +120,39 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::info!(dry_run = settings.dry_run, http_mode = ?settings.http_mode, "starting the culling controller");
     readiness.set(true);
-    controller::run(client, engine, settings, metrics, shutdown_signal()).await?;
+    if !args.leader_elect {
+        controller::run(client, engine, settings, metrics, shutdown_signal()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("workspace-culler-{}", std::process::id()));
+    let elector = Arc::new(controller::leader::Elector::new(
+        client.clone(),
+        &args.leader_election_namespace,
+        &args.leader_election_lease,
+        &identity,
+    ));
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+    }
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+    let holder = elector.clone();
+    tokio::spawn(async move {
+        holder.hold().await;
+        let _ = lost_tx.send(());
+    });
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = lost.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = lost_rx => flag.store(true, std::sync::atomic::Ordering::SeqCst),
+        }
+    };
+    controller::run(client, engine, settings, metrics, stop).await?;
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("lost the leader lease; exiting so that only the new leader acts");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -295,6 +338,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
         Command::Controller(_) => "workspace_culler=info,probe=info,warn",
+        Command::Local => "error",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
@@ -319,6 +363,12 @@ fn main() -> ExitCode {
             Command::Probe(ProbeCommand::Test(args)) => probe_test(args).await,
             Command::Probe(ProbeCommand::Inspect(arg)) => probe_inspect(arg).await,
             Command::Controller(args) => controller(args).await,
+            Command::Local => {
+                let controlplane = workspace_culler::controlplane::binaries()?;
+                let jupyter = workspace_culler::controlplane::jupyter_binaries()?;
+                workspace_culler::local::run(&controlplane, &jupyter).await?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Crds => {
                 print!("{}", workspace_culler::crd::crds_yaml());
                 Ok(ExitCode::SUCCESS)

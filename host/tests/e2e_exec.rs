@@ -65,7 +65,16 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     for (ns, name, spec) in &cases {
         env.running_workspace(ns, name, spec.clone()).await;
     }
-    let controller = env.controller("controller", &["--namespace", "culling"]);
+    // Two replicas with leader election: only one may act.
+    let elect = [
+        "--namespace",
+        "culling",
+        "--leader-elect",
+        "--leader-election-namespace",
+        "culling",
+    ];
+    let controller = env.controller("controller", &elect);
+    let standby = env.controller("controller-standby", &elect);
     let dry = env.controller("controller-dry", &["--namespace", "dry", "--dry-run"]);
     let started = Instant::now();
 
@@ -83,12 +92,13 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
         }
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "the idle workspace was not paused\n{}",
-            controller.log()
+            "the idle workspace was not paused\n{}\n---\n{}",
+            controller.log(),
+            standby.log()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let log = controller.log();
+    let log = format!("{}\n---\n{}", controller.log(), standby.log());
     assert!(
         paused_after >= Duration::from_secs(60),
         "paused after {paused_after:?}, before the idle window\n{log}"
@@ -123,6 +133,16 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     let slow = last("culling", "slow").await.last_probe.unwrap();
     assert_eq!(slow.result, "Timeout", "{}", slow.message);
     assert!(events(&env, "culling", "failing", "ProbeFailing").await >= 1);
+
+    // Exactly one replica led, and the other never probed.
+    let (a, b) = (controller.log(), standby.log());
+    let leaders = [&a, &b].iter().filter(|l| l.contains("became the leader")).count();
+    assert_eq!(leaders, 1, "replica logs:\n{a}\n---\n{b}");
+    let follower = if a.contains("became the leader") { &b } else { &a };
+    assert!(
+        follower.contains("standing by") && !follower.contains("probed"),
+        "{follower}"
+    );
 
     // The dry run evented and counted, but paused nothing.
     assert!(events(&env, "dry", "idle", "WouldCull").await >= 1, "{}", dry.log());

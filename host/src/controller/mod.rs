@@ -8,6 +8,7 @@
 //! for when it becomes due.
 
 pub mod capabilities;
+pub mod leader;
 pub mod metrics;
 pub mod server;
 

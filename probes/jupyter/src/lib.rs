@@ -97,7 +97,15 @@ impl JupyterConfig {
         match response.status {
             200 => Ok(response),
             403 if self.token.is_none() => Err(failure(format!("HTTP 403 from {url} (a token is required)"))),
-            403 => Err(failure(format!("HTTP 403 from {url} (the token was refused)"))),
+            403 => {
+                let said: String = String::from_utf8_lossy(&response.body).chars().take(160).collect();
+                let said = if said.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", said.trim())
+                };
+                Err(failure(format!("HTTP 403 from {url} (the token was refused{said})")))
+            }
             status => Err(failure(format!("HTTP {status} from {url}"))),
         }
     }
