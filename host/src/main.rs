@@ -338,7 +338,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
         Command::Controller(_) => "workspace_culler=info,probe=info,warn",
-        Command::Local => "error",
+        // The demo prints its own progress; the apiserver's start-up is not an error.
+        Command::Local => "error,kube_client=off",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());

@@ -37,7 +37,9 @@ async fn events(env: &Env, namespace: &str, name: &str, reason: &str) -> usize {
     events
         .iter()
         .filter(|e| e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason))
-        .count()
+        // Repeats of an Event are counted in its series rather than as new objects.
+        .map(|e| e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1).max(1) as usize)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -393,6 +393,15 @@ fn error_policy(_workspace: Arc<Workspace>, error: &Error, ctx: Arc<Context>) ->
     Action::requeue(Duration::from_secs(5))
 }
 
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Run the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -414,7 +423,8 @@ pub async fn run(
     let kinds_reflector = reflector(writer, watcher(kinds_api.clone(), watcher::Config::default()))
         .applied_objects()
         .for_each(|_| futures::future::ready(()));
-    tokio::spawn(kinds_reflector);
+    // Ends with the controller (dropping the guard aborts it).
+    let _kinds_reflector = AbortOnDrop(tokio::spawn(kinds_reflector));
     kinds.wait_until_ready().await?;
 
     let reporter = Reporter {
