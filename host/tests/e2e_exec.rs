@@ -52,6 +52,24 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     env.apply_kind(kind("exec-failing", FAILING, true)).await;
     env.apply_kind(kind("exec-slow", SLOW, true)).await;
     env.apply_kind(kind("exec-disabled", IDLE, false)).await;
+    // Custom probe components by path, pinned by sha256 (right and wrong).
+    let module = env!("PROBE_HOSTILE_WASM");
+    let digest = workspace_culler::engine::sha256_hex(&std::fs::read(module).unwrap());
+    for (name, sha256) in [("module-idle", digest.clone()), ("module-wrong", "0".repeat(64))] {
+        env.apply_kind(serde_json::json!({
+            "apiVersion": "kubeflow.org/v1beta1",
+            "kind": "WorkspaceKind",
+            "metadata": {"name": name},
+            "spec": {"podTemplate": {"culling": {
+                "maxInactiveSeconds": 60, "minProbeInterval": 5, "maxProbeInterval": 10,
+                "activityProbe": {"module": {"location": module, "sha256": sha256,
+                    "config": {"mode": "echo", "json": "{\"has_activity\": false}"}}},
+            }}},
+        }))
+        .await;
+        env.running_workspace("culling", name, serde_json::json!({"kind": name}))
+            .await;
+    }
     let cases = [
         ("culling", "idle", serde_json::json!({"kind": "exec-idle"})),
         (
@@ -107,6 +125,16 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     );
     assert_eq!(events(&env, "culling", "idle", "Culled").await, 1, "{log}");
 
+    // The custom module decides like the built-in: idle, so paused too (started together).
+    let started_module = Instant::now();
+    while !env.workspace("culling", "module-idle").await.spec.paused {
+        assert!(
+            started_module.elapsed() < Duration::from_secs(30),
+            "module-idle was not paused\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     // Give the others the same time again, to be sure nothing else is paused.
     tokio::time::sleep(Duration::from_secs(10)).await;
     for (ns, name, _) in &cases[1..] {
@@ -132,6 +160,15 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
         "{}",
         probe.message
     );
+    let wrong = last("culling", "module-wrong").await;
+    let wrong_probe = wrong.last_probe.unwrap();
+    assert_eq!((wrong_probe.result.as_str(), wrong.last_activity), ("Failure", 0));
+    assert!(
+        wrong_probe.message.contains("digest mismatch") && wrong_probe.message.contains(&digest),
+        "{}",
+        wrong_probe.message
+    );
+    assert!(!env.workspace("culling", "module-wrong").await.spec.paused);
     let slow = last("culling", "slow").await.last_probe.unwrap();
     assert_eq!(slow.result, "Timeout", "{}", slow.message);
     assert!(events(&env, "culling", "failing", "ProbeFailing").await >= 1);
@@ -144,6 +181,37 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     assert!(
         follower.contains("standing by") && !follower.contains("probed"),
         "{follower}"
+    );
+
+    // The leader's metrics and health.
+    let leader = if a.contains("became the leader") {
+        &controller
+    } else {
+        &standby
+    };
+    assert_eq!(leader.get("/healthz").await, (200, "ok".to_string()));
+    assert_eq!(leader.get("/readyz").await.0, 200);
+    let (_, metrics) = leader.get("/metrics").await;
+    for line in [
+        "workspace_culler_culls_total{dry_run=\"false\"} 2",
+        "workspace_culler_probes_total{kind=\"exec-failing\",result=\"Failure\"}",
+        "workspace_culler_probes_total{kind=\"exec-slow\",result=\"Timeout\"}",
+        "workspace_culler_probes_total{kind=\"exec-idle\",result=\"Success\"}",
+        "workspace_culler_probe_duration_seconds_count",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    // Seven workspaces are managed; some may be mid-probe rather than waiting.
+    let due: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("workspace_culler_due_workspaces "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1);
+    assert!((1..=7).contains(&due), "due workspaces: {due}\n{metrics}");
+    let (_, dry_metrics) = dry.get("/metrics").await;
+    assert!(
+        dry_metrics.contains("workspace_culler_culls_total{dry_run=\"true\"}"),
+        "{dry_metrics}"
     );
 
     // The dry run evented and counted, but paused nothing.

@@ -7,12 +7,14 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 pub struct Metrics {
     /// Where the metrics are registered.
     pub registry: Registry,
-    /// Probes by result (`Success`, `Failure`, `Timeout`) and probe name.
+    /// Probes by result (`Success`, `Failure`, `Timeout`) and WorkspaceKind.
     pub probes: IntCounterVec,
     /// Probe latency in seconds.
     pub probe_seconds: Histogram,
     /// Workspaces paused (or, in dry-run, that would have been).
     pub culls: IntCounterVec,
+    /// Workspaces waiting for a later probe.
+    pub due_queue: IntGauge,
     /// Reconcile errors by kind.
     pub errors: IntCounterVec,
     /// Probes waiting for a free slot.
@@ -25,7 +27,10 @@ impl Metrics {
     /// Create and register every metric.
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new_custom(Some("workspace_culler".into()), None)?;
-        let probes = IntCounterVec::new(Opts::new("probes_total", "Probes run, by result"), &["result", "probe"])?;
+        let probes = IntCounterVec::new(
+            Opts::new("probes_total", "Probes run, by result and WorkspaceKind"),
+            &["result", "kind"],
+        )?;
         let probe_seconds = Histogram::with_opts(
             HistogramOpts::new("probe_duration_seconds", "Time a probe took")
                 .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
@@ -34,12 +39,14 @@ impl Metrics {
             Opts::new("culls_total", "Workspaces paused for inactivity"),
             &["dry_run"],
         )?;
+        let due_queue = IntGauge::new("due_workspaces", "Workspaces scheduled for a later probe")?;
         let errors = IntCounterVec::new(Opts::new("reconcile_errors_total", "Reconcile errors"), &["error"])?;
         let probes_waiting = IntGauge::new("probes_waiting", "Probes waiting for a free evaluation slot")?;
         let conflicts = IntCounter::new("cull_conflicts_total", "Cull patches retried after a conflict")?;
         registry.register(Box::new(probes.clone()))?;
         registry.register(Box::new(probe_seconds.clone()))?;
         registry.register(Box::new(culls.clone()))?;
+        registry.register(Box::new(due_queue.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(probes_waiting.clone()))?;
         registry.register(Box::new(conflicts.clone()))?;
@@ -48,6 +55,7 @@ impl Metrics {
             probes,
             probe_seconds,
             culls,
+            due_queue,
             errors,
             probes_waiting,
             conflicts,

@@ -62,6 +62,13 @@ pub struct Context {
     /// The metrics.
     pub metrics: Metrics,
     clock: fn() -> i64,
+    /// The workspaces the controller watches (to prune `due`).
+    watched: Store<Workspace>,
+    /// Workspaces waiting for a later probe (the due-queue metric).
+    due: std::sync::Mutex<std::collections::HashSet<ObjectRef<Workspace>>>,
+    /// The activity this process last wrote per workspace: the watch cache
+    /// can lag behind our own status patch, and decisions must not.
+    written: std::sync::Mutex<std::collections::HashMap<ObjectRef<Workspace>, crate::crd::Activity>>,
 }
 
 /// Why a reconcile failed (it is retried; nothing is culled on an error).
@@ -101,6 +108,55 @@ fn after(now_ms: i64, at_ms: i64) -> Duration {
 }
 
 impl Context {
+    /// Turn a due time into the reconcile's action, keeping the due-queue metric.
+    fn schedule(&self, workspace: &Workspace, due: ProbeDue, now: i64) -> Action {
+        let key = ObjectRef::from_obj(workspace);
+        let mut queued = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        let action = match due {
+            ProbeDue::At(at) => {
+                queued.insert(key);
+                Action::requeue(after(now, at))
+            }
+            ProbeDue::Now => {
+                queued.remove(&key);
+                Action::requeue(Duration::from_secs(1))
+            }
+            ProbeDue::NotManaged(why) => {
+                tracing::debug!(%why, "not probing");
+                queued.remove(&key);
+                Action::await_change()
+            }
+        };
+        // Deleted workspaces are never reconciled again: drop them here.
+        queued.retain(|r| self.watched.get(r).is_some());
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r, _| self.watched.get(r).is_some());
+        self.metrics
+            .due_queue
+            .set(i64::try_from(queued.len()).unwrap_or(i64::MAX));
+        action
+    }
+
+    /// The workspace's status, with the activity we wrote ourselves when the
+    /// cached object does not show it yet (so `minProbeInterval` holds and
+    /// `lastActivity` never goes back).
+    fn freshest_status(&self, workspace: &Workspace) -> crate::crd::WorkspaceStatus {
+        let mut status = workspace.status.clone().unwrap_or_default();
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ours) = written.get(&ObjectRef::from_obj(workspace)) {
+            let start = |a: Option<&crate::crd::Activity>| {
+                a.and_then(|a| a.last_probe.as_ref())
+                    .map_or(i64::MIN, |p| p.start_time_ms)
+            };
+            if start(Some(ours)) > start(status.activity.as_ref()) {
+                status.activity = Some(ours.clone());
+            }
+        }
+        status
+    }
+
     fn workspaces(&self, namespace: &str) -> Api<Workspace> {
         Api::namespaced(self.client.clone(), namespace)
     }
@@ -332,13 +388,10 @@ async fn reconcile_in_span(workspace: Arc<Workspace>, ctx: Arc<Context>) -> Resu
         .ok_or_else(|| Error::NoNamespace(workspace.name_any()))?;
     let now = (ctx.clock)();
     let culling = ctx.culling(&workspace);
-    match decide::probe_due(culling.as_ref().map(|(_, c)| c), workspace.status.as_ref(), now) {
-        ProbeDue::NotManaged(why) => {
-            tracing::debug!(%why, "not probing");
-            return Ok(Action::await_change());
-        }
-        ProbeDue::At(at) => return Ok(Action::requeue(after(now, at))),
+    let status = ctx.freshest_status(&workspace);
+    match decide::probe_due(culling.as_ref().map(|(_, c)| c), Some(&status), now) {
         ProbeDue::Now => {}
+        due => return Ok(ctx.schedule(&workspace, due, now)),
     }
     let Some((kind, culling)) = culling else {
         return Ok(Action::await_change());
@@ -350,7 +403,7 @@ async fn reconcile_in_span(workspace: Arc<Workspace>, ctx: Arc<Context>) -> Resu
     ctx.metrics
         .probe_seconds
         .observe((evaluation.finished_at_ms - evaluation.started_at_ms) as f64 / 1000.0);
-    let previous = workspace.status.as_ref().and_then(|s| s.activity.as_ref());
+    let previous = status.activity.as_ref();
     let activity = decide::record(previous, &evaluation, pod_started);
     tracing::info!(result, message = %activity.last_probe.as_ref().map(|p| p.message.as_str()).unwrap_or(""), last_activity = activity.last_activity, "probed");
 
@@ -358,6 +411,10 @@ async fn reconcile_in_span(workspace: Arc<Workspace>, ctx: Arc<Context>) -> Resu
     ctx.workspaces(&namespace)
         .patch_status(&workspace.name_any(), &patch_params(), &Patch::Merge(&patch))
         .await?;
+    ctx.written
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(ObjectRef::from_obj(&*workspace), activity.clone());
 
     let failed_before = previous
         .and_then(|a| a.last_probe.as_ref())
@@ -377,14 +434,10 @@ async fn reconcile_in_span(workspace: Arc<Workspace>, ctx: Arc<Context>) -> Resu
     // Schedule the next probe from the status just written.
     let status = crate::crd::WorkspaceStatus {
         activity: Some(activity),
-        ..workspace.status.clone().unwrap_or_default()
+        ..status
     };
     let now = (ctx.clock)();
-    Ok(match decide::probe_due(Some(&culling), Some(&status), now) {
-        ProbeDue::At(at) => Action::requeue(after(now, at)),
-        ProbeDue::Now => Action::requeue(Duration::from_secs(1)),
-        ProbeDue::NotManaged(_) => Action::await_change(),
-    })
+    Ok(ctx.schedule(&workspace, decide::probe_due(Some(&culling), Some(&status), now), now))
 }
 
 fn error_policy(_workspace: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -433,6 +486,9 @@ pub async fn run(
     };
     let recorder = Recorder::new(client.clone(), reporter);
     let concurrency = settings.concurrency;
+    let controller = Controller::new(workspaces, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let store = controller.store();
     let ctx = Arc::new(Context {
         client,
         engine,
@@ -441,11 +497,10 @@ pub async fn run(
         recorder,
         metrics,
         clock: now_ms,
+        watched: store.clone(),
+        due: Default::default(),
+        written: Default::default(),
     });
-
-    let controller = Controller::new(workspaces, watcher::Config::default())
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
-    let store = controller.store();
     controller
         .watches(kinds_api, watcher::Config::default(), move |kind: WorkspaceKind| {
             let name = kind.name_any();

@@ -166,12 +166,13 @@ impl Env {
     /// Start the controller binary against this control plane.
     pub fn controller(&self, log_name: &str, extra: &[&str]) -> Controller {
         let log_path = self.cp.dir().join(format!("{log_name}.log"));
+        let metrics_port = free_port();
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
             .args(["controller", "--http-mode", "port-forward", "--concurrency", "4"])
             .arg("--kubeconfig")
             .arg(self.cp.kubeconfig())
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
             .env("RUST_LOG", "workspace_culler=debug,probe=info,warn")
             .env("WORKSPACE_CULLER_CACHE_DIR", self.cp.dir().join("probe-cache"))
@@ -179,16 +180,33 @@ impl Env {
             .stderr(log.try_clone().unwrap())
             .spawn()
             .unwrap();
-        Controller { child, log_path }
+        Controller {
+            child,
+            log_path,
+            metrics_port,
+        }
     }
 }
 
 pub struct Controller {
     child: Child,
     pub log_path: PathBuf,
+    metrics_port: u16,
 }
 
 impl Controller {
+    /// GET a path of the controller's metrics/health server: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let request = workspace_culler::engine::HttpRequest {
+            method: http::Method::GET,
+            uri: format!("http://127.0.0.1:{}{path}", self.metrics_port).parse().unwrap(),
+            headers: Default::default(),
+            body: Default::default(),
+        };
+        let response = workspace_culler::transport::http(request).await.unwrap();
+        (response.status, String::from_utf8_lossy(&response.body).into_owned())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
