@@ -36,7 +36,8 @@ impl Drop for ControlPlane {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

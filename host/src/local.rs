@@ -193,7 +193,7 @@ pub async fn run(controlplane_bin: &Path, jupyter_bin: &Path) -> anyhow::Result<
         dry_run: false,
         http_mode: HttpMode::PortForward,
         connect_path: crate::plan::DEFAULT_CONNECT_PATH.into(),
-        namespace: Some(NS.into()),
+        namespaces: vec![NS.into()],
         concurrency: 4,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

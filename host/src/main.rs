@@ -39,9 +39,9 @@ struct ControllerArgs {
     /// A kubeconfig file (default: in-cluster service account, else ~/.kube/config).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
-    /// Watch only this namespace (default: all).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only this namespace (repeatable; default: all).
+    #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
     /// Probes running at once.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
@@ -115,7 +115,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         dry_run: args.dry_run,
         http_mode: args.http_mode,
         connect_path: args.connect_path,
-        namespace: args.namespace,
+        namespaces: args.namespaces,
         concurrency: args.concurrency,
     };
     tracing::info!(dry_run = settings.dry_run, http_mode = ?settings.http_mode, "starting the culling controller");

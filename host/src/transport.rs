@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Read a stream to its end, keeping at most `cap` bytes.
-pub async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+async fn read_capped(stream: Option<impl AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
+    let Some(mut stream) = stream else { return Vec::new() };
     let mut kept = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -22,6 +23,16 @@ pub async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> Vec<
             }
         }
     }
+}
+
+/// Read a command's stdout and stderr together (neither may block the
+/// other), each to its end and capped at `cap` bytes.
+pub async fn read_outputs(
+    stdout: Option<impl AsyncRead + Unpin>,
+    stderr: Option<impl AsyncRead + Unpin>,
+    cap: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    tokio::join!(read_capped(stdout, cap), read_capped(stderr, cap))
 }
 
 /// Run a command as a local process.
@@ -48,25 +59,9 @@ pub async fn exec(command: ExecCommand, output_cap: usize) -> Result<ExecOutput,
             let _ = stdin.write_all(&input).await;
         }
     };
-    let stdout = child.stdout.take().map(|s| read_capped(s, output_cap));
-    let stderr = child.stderr.take().map(|s| read_capped(s, output_cap));
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let run = async {
-        let (_, out, err, status) = tokio::join!(
-            writer,
-            async {
-                match stdout {
-                    Some(f) => f.await,
-                    None => Vec::new(),
-                }
-            },
-            async {
-                match stderr {
-                    Some(f) => f.await,
-                    None => Vec::new(),
-                }
-            },
-            child.wait()
-        );
+        let (_, (out, err), status) = tokio::join!(writer, read_outputs(stdout, stderr, output_cap), child.wait());
         (out, err, status)
     };
     let timeout = Duration::from_millis(u64::from(command.timeout_ms));

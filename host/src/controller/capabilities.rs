@@ -59,27 +59,9 @@ impl PodCapabilities {
             let _ = stdin.write_all(&command.stdin).await;
             let _ = stdin.shutdown().await;
         }
-        let stdout = process
-            .stdout()
-            .map(|s| crate::transport::read_capped(s, self.output_cap));
-        let stderr = process
-            .stderr()
-            .map(|s| crate::transport::read_capped(s, self.output_cap));
         let status = process.take_status();
-        let (stdout, stderr) = tokio::join!(
-            async {
-                match stdout {
-                    Some(f) => f.await,
-                    None => Vec::new(),
-                }
-            },
-            async {
-                match stderr {
-                    Some(f) => f.await,
-                    None => Vec::new(),
-                }
-            }
-        );
+        let (stdout, stderr) =
+            crate::transport::read_outputs(process.stdout(), process.stderr(), self.output_cap).await;
         let status = match status {
             Some(status) => status.await,
             None => None,

@@ -46,8 +46,8 @@ pub struct Settings {
     pub http_mode: HttpMode,
     /// Jupyter's connect path template.
     pub connect_path: String,
-    /// Watch only this namespace (all when `None`).
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (all when empty).
+    pub namespaces: Vec<String>,
     /// Probes running at once.
     pub concurrency: u16,
 }
@@ -455,7 +455,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Run the controller until `shutdown` resolves.
+/// Run the controller until `shutdown` resolves: over all namespaces, or
+/// one controller per namespace in `settings.namespaces`.
 pub async fn run(
     client: Client,
     engine: Arc<ProbeEngine>,
@@ -463,14 +464,6 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let workspaces: Api<Workspace> = match &settings.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let pods: Api<Pod> = match &settings.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let kinds_api: Api<WorkspaceKind> = Api::all(client.clone());
     let (kinds, writer) = reflector::store();
     let kinds_reflector = reflector(writer, watcher(kinds_api.clone(), watcher::Config::default()))
@@ -485,46 +478,61 @@ pub async fn run(
         instance: std::env::var("POD_NAME").ok(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let concurrency = settings.concurrency;
-    let controller = Controller::new(workspaces, watcher::Config::default())
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
-    let store = controller.store();
-    let ctx = Arc::new(Context {
-        client,
-        engine,
-        settings,
-        kinds,
-        recorder,
-        metrics,
-        clock: now_ms,
-        watched: store.clone(),
-        due: Default::default(),
-        written: Default::default(),
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let runs = scopes.into_iter().map(|namespace| {
+        let (workspaces, pods): (Api<Workspace>, Api<Pod>) = match &namespace {
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+        let controller = Controller::new(workspaces, watcher::Config::default())
+            .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
+        let store = controller.store();
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            engine: engine.clone(),
+            settings: settings.clone(),
+            kinds: kinds.clone(),
+            recorder: recorder.clone(),
+            metrics: metrics.clone(),
+            clock: now_ms,
+            watched: store.clone(),
+            due: Default::default(),
+            written: Default::default(),
+        });
+        controller
+            .watches(
+                kinds_api.clone(),
+                watcher::Config::default(),
+                move |kind: WorkspaceKind| {
+                    let name = kind.name_any();
+                    store
+                        .state()
+                        .into_iter()
+                        .filter(|w| w.spec.kind == name)
+                        .map(|w| ObjectRef::from_obj(&*w))
+                        .collect::<Vec<_>>()
+                },
+            )
+            .watches(pods, watcher::Config::default().labels(WORKSPACE_LABEL), |pod: Pod| {
+                let name = pod.labels().get(WORKSPACE_LABEL).cloned();
+                let namespace = pod.namespace();
+                name.zip(namespace)
+                    .map(|(n, ns)| ObjectRef::<Workspace>::new(&n).within(&ns))
+            })
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "reconcile ended with an error");
+                }
+                futures::future::ready(())
+            })
     });
-    controller
-        .watches(kinds_api, watcher::Config::default(), move |kind: WorkspaceKind| {
-            let name = kind.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|w| w.spec.kind == name)
-                .map(|w| ObjectRef::from_obj(&*w))
-                .collect::<Vec<_>>()
-        })
-        .watches(pods, watcher::Config::default().labels(WORKSPACE_LABEL), |pod: Pod| {
-            let name = pod.labels().get(WORKSPACE_LABEL).cloned();
-            let namespace = pod.namespace();
-            name.zip(namespace)
-                .map(|(n, ns)| ObjectRef::<Workspace>::new(&n).within(&ns))
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile ended with an error");
-            }
-            futures::future::ready(())
-        })
-        .await;
+    futures::future::join_all(runs).await;
     Ok(())
 }

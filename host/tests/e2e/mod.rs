@@ -19,11 +19,7 @@ pub struct Env {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    workspace_culler::controlplane::free_port().unwrap()
 }
 
 /// Poll `check` every 250 ms until it returns `Some`, or panic after `limit`.
@@ -163,15 +159,20 @@ impl Env {
             .unwrap()
     }
 
-    /// Start the controller binary against this control plane.
+    /// Start the controller binary against this control plane, as the admin.
     pub fn controller(&self, log_name: &str, extra: &[&str]) -> Controller {
+        self.controller_as(&self.cp.kubeconfig(), log_name, extra)
+    }
+
+    /// Start the controller binary with the credentials of `kubeconfig`.
+    pub fn controller_as(&self, kubeconfig: &std::path::Path, log_name: &str, extra: &[&str]) -> Controller {
         let log_path = self.cp.dir().join(format!("{log_name}.log"));
         let metrics_port = free_port();
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
             .args(["controller", "--http-mode", "port-forward", "--concurrency", "4"])
             .arg("--kubeconfig")
-            .arg(self.cp.kubeconfig())
+            .arg(kubeconfig)
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
             .env("RUST_LOG", "workspace_culler=debug,probe=info,warn")

@@ -47,11 +47,7 @@ impl Drop for Jupyter {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    workspace_culler::controlplane::free_port().unwrap()
 }
 
 impl Jupyter {

@@ -1,0 +1,53 @@
+{{/* The release's full name. */}}
+{{- define "workspace-culler.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "workspace-culler.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "workspace-culler.selector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "workspace-culler.serviceAccountName" -}}
+{{- default (include "workspace-culler.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{/* The rules the controller needs on namespaced objects. */}}
+{{- define "workspace-culler.namespacedRules" -}}
+- apiGroups: ["kubeflow.org"]
+  resources: ["workspaces"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["kubeflow.org"]
+  resources: ["workspaces/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["pods/exec"]
+  verbs: ["create", "get"]
+{{- if eq .Values.controller.httpMode "port-forward" }}
+- apiGroups: [""]
+  resources: ["pods/portforward"]
+  verbs: ["create", "get"]
+{{- end }}
+# Jupyter tokens named by a kind's jupyter.tokenSecret.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

@@ -1,0 +1,263 @@
+//! The Helm chart: `helm lint` and `helm template` (helm built from its Go
+//! module) for default and non-default values, the schema rejecting a wrong
+//! type, every rendered object accepted by the real apiserver, and the
+//! controller running as the chart's ServiceAccount — enough to pause an idle
+//! workspace, and refused what its role does not grant.
+
+mod e2e;
+
+use e2e::Env;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::pinned_kind;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const RELEASE: &str = "culler";
+const NS: &str = "culler-system";
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/workspace-culler")
+}
+
+fn helm() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-helm");
+    let out = Command::new(script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scripts/ensure-helm failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// `helm template` with `--set` values: (success, stdout, stderr).
+fn template(helm: &Path, sets: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", RELEASE]).arg(chart()).args(["--namespace", NS, "--kube-version", "1.34.4"]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn docs(rendered: &str) -> Vec<serde_yaml::Value> {
+    rendered
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).ok())
+        .filter(|v| v.get("kind").is_some())
+        .collect()
+}
+
+fn kinds(rendered: &str) -> Vec<String> {
+    docs(rendered)
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn chart_lints_renders_and_validates_values() {
+    let helm = helm();
+    let lint = Command::new(&helm).arg("lint").arg(chart()).output().unwrap();
+    assert!(
+        lint.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+
+    let (ok, default, err) = template(&helm, &[]);
+    assert!(ok, "{err}");
+    let default_kinds = kinds(&default);
+    for expected in [
+        "CustomResourceDefinition/workspaces.kubeflow.org",
+        "CustomResourceDefinition/workspacekinds.kubeflow.org",
+        "ServiceAccount/culler-workspace-culler",
+        "ClusterRole/culler-workspace-culler",
+        "ClusterRoleBinding/culler-workspace-culler",
+        "Role/culler-workspace-culler-leader",
+        "Deployment/culler-workspace-culler",
+        "Service/culler-workspace-culler-metrics",
+    ] {
+        assert!(
+            default_kinds.contains(&expected.to_string()),
+            "missing {expected} in {default_kinds:?}"
+        );
+    }
+    assert!(
+        !default.contains("pods/portforward"),
+        "port-forward is granted only in that mode"
+    );
+    assert!(default.contains("readOnlyRootFilesystem: true") && default.contains("RuntimeDefault"));
+
+    let (ok, no_crds, err) = template(&helm, &["crds.install=false"]);
+    assert!(ok, "{err}");
+    assert!(!no_crds.contains("kind: CustomResourceDefinition"));
+
+    let (ok, scoped, err) = template(
+        &helm,
+        &["rbac.namespaces={team-a,team-b}", "controller.httpMode=port-forward"],
+    );
+    assert!(ok, "{err}");
+    let scoped_kinds = kinds(&scoped);
+    assert!(
+        !scoped_kinds.contains(&"ClusterRole/culler-workspace-culler".to_string()),
+        "{scoped_kinds:?}"
+    );
+    let roles = docs(&scoped)
+        .into_iter()
+        .filter(|d| d["kind"] == "Role" && d["metadata"]["name"] == "culler-workspace-culler");
+    let role_namespaces: Vec<String> = roles
+        .map(|r| r["metadata"]["namespace"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(role_namespaces, ["team-a", "team-b"]);
+    assert!(scoped.contains("--namespace=team-a") && scoped.contains("--namespace=team-b"));
+    assert!(scoped.contains("pods/portforward"));
+
+    let (ok, dry, err) = template(&helm, &["controller.dryRun=true", "replicas=2"]);
+    assert!(ok, "{err}");
+    assert!(dry.contains("- --dry-run") && dry.contains("- --leader-elect"));
+
+    let (ok, modules, err) = template(&helm, &["probeModules.configMaps[0].name=vscode-probe"]);
+    assert!(ok, "{err}");
+    assert!(
+        modules.contains("mountPath: /probes/vscode-probe") && modules.contains("name: vscode-probe"),
+        "{modules}"
+    );
+
+    let (ok, _, err) = template(&helm, &["controller.concurrency=many"]);
+    assert!(!ok, "a wrong type must be rejected");
+    assert!(err.contains("concurrency") && err.contains("integer"), "{err}");
+    let (ok, _, err) = template(&helm, &["controller.httpMode=carrier-pigeon"]);
+    assert!(!ok && err.contains("httpMode"), "{err}");
+}
+
+/// Server-side apply of every rendered object, each validated by the apiserver
+/// itself (`dry_run`: validated and admitted, but not stored).
+async fn apply_all(env: &Env, rendered: &str, dry_run: bool) {
+    for doc in docs(rendered) {
+        let object: DynamicObject = serde_json::from_value(serde_json::to_value(&doc).unwrap()).unwrap();
+        let types = object.types.clone().unwrap();
+        let (group, version) = types.api_version.split_once('/').unwrap_or(("", &types.api_version));
+        let gvk = GroupVersionKind::gvk(group, version, &types.kind);
+        let (resource, caps) = pinned_kind(&env.client, &gvk).await.unwrap();
+        let name = object.metadata.name.clone().unwrap();
+        let api: Api<DynamicObject> = match (caps.scope, object.metadata.namespace.as_deref()) {
+            (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(env.client.clone(), ns, &resource),
+            (kube::discovery::Scope::Namespaced, None) => Api::namespaced_with(env.client.clone(), NS, &resource),
+            (kube::discovery::Scope::Cluster, _) => Api::all_with(env.client.clone(), &resource),
+        };
+        let mut params = PatchParams::apply("chart-test").force();
+        params.dry_run = dry_run;
+        api.patch(&name, &params, &Patch::Apply(&object))
+            .await
+            .unwrap_or_else(|e| panic!("the apiserver refused {}/{name}: {e}", types.kind));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_service_account_is_enough_and_no_more() {
+    let helm = helm();
+    let env = Env::start().await;
+    for ns in [NS, "team-a", "team-b"] {
+        env.namespace(ns).await;
+    }
+    // Every object of a namespace-restricted rendering is accepted (dry run)...
+    let sets = [
+        "rbac.namespaces={team-a,team-b}",
+        "networkPolicy.enabled=true",
+        "probeModules.configMaps[0].name=p",
+    ];
+    let (ok, scoped, err) = template(&helm, &sets);
+    assert!(ok, "{err}");
+    apply_all(&env, &scoped, true).await;
+    // ...and the default, cluster-wide one is installed and used below (with port-forward).
+    let (ok, cluster, err) = template(&helm, &["controller.httpMode=port-forward"]);
+    assert!(ok, "{err}");
+    apply_all(&env, &cluster, false).await;
+
+    // A token of the chart's ServiceAccount, and a kubeconfig with it.
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), NS);
+    let request: TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let token = accounts
+        .create_token_request("culler-workspace-culler", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let kubeconfig = env.cp.dir().join("chart-sa.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
+            env.cp.server
+        ),
+    )
+    .unwrap();
+
+    env.apply_kind(serde_json::json!({
+        "apiVersion": "kubeflow.org/v1beta1", "kind": "WorkspaceKind", "metadata": {"name": "idle"},
+        "spec": {"podTemplate": {"culling": {"maxInactiveSeconds": 60, "minProbeInterval": 5, "maxProbeInterval": 10,
+            "activityProbe": {"exec": {"script": "#!/bin/sh\necho '{\"has_activity\": false}' > \"$OUTPUT_JSON_PATH\"\n",
+                                       "outputPath": "activity_probe.json", "timeoutSeconds": 5}}}}},
+    }))
+    .await;
+    env.running_workspace("team-a", "ws", serde_json::json!({"kind": "idle"}))
+        .await;
+    let controller = env.controller_as(
+        &kubeconfig,
+        "controller-sa",
+        &["--leader-elect", "--leader-election-namespace", NS],
+    );
+    let started = Instant::now();
+    while !env.workspace("team-a", "ws").await.spec.paused {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not paused as the chart's ServiceAccount\n{}",
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        !controller.log().contains("403"),
+        "the role lacked something:\n{}",
+        controller.log()
+    );
+
+    // What the role does not grant is refused.
+    let sa_client = {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        kube::Client::try_from(config).unwrap()
+    };
+    let pods: Api<Pod> = Api::namespaced(sa_client.clone(), "team-a");
+    match pods.delete("ws-0", &DeleteParams::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{e:?}"),
+        other => panic!("deleting a pod as the culler should be forbidden, got {other:?}"),
+    }
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(sa_client, "team-a");
+    match secrets.list(&Default::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "listing secrets: {e:?}"),
+        other => panic!("listing secrets as the culler should be forbidden, got {other:?}"),
+    }
+}
