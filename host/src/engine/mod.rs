@@ -382,7 +382,6 @@ impl ProbeEngine {
             Workspace::empty(),
             Arc::new(NoCapabilities),
             Instant::now() + Duration::from_secs(5),
-            "info".into(),
         );
         let mut store = self.store(state, Instant::now() + Duration::from_secs(5));
         let instance = probe.pre.instantiate_async(&mut store).await.map_err(to_anyhow)?;
@@ -428,7 +427,6 @@ impl ProbeEngine {
             request.workspace.clone(),
             request.capabilities.clone(),
             deadline_at,
-            request.probe_name.clone(),
         );
         let mut store = self.store(state, deadline_at);
         let call = async {

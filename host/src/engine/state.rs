@@ -74,7 +74,6 @@ impl ProbeState {
         workspace: Workspace,
         capabilities: Arc<dyn Capabilities>,
         deadline_at: Instant,
-        _probe_name: String,
     ) -> Self {
         let stdout = MemoryOutputPipe::new(limits.stdio_bytes);
         let stderr = MemoryOutputPipe::new(limits.stdio_bytes);
