@@ -36,7 +36,9 @@ fn helm() -> PathBuf {
 /// `helm template` with `--set` values: (success, stdout, stderr).
 fn template(helm: &Path, sets: &[&str]) -> (bool, String, String) {
     let mut cmd = Command::new(helm);
-    cmd.args(["template", RELEASE]).arg(chart()).args(["--namespace", NS, "--kube-version", "1.34.4"]);
+    cmd.args(["template", RELEASE])
+        .arg(chart())
+        .args(["--namespace", NS, "--kube-version", "1.34.4"]);
     for set in sets {
         cmd.args(["--set", set]);
     }
