@@ -328,8 +328,10 @@ async fn cull(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Resu
         let Some((_, culling)) = ctx.culling(&fresh) else {
             return Ok(());
         };
-        let state = fresh.status.as_ref().and_then(|s| s.state.as_deref());
-        let decision = decide::cull_decision(&culling, &fresh.spec, activity, state == Some("Running"), (ctx.clock)());
+        // Still our successful probe of a still-Running workspace.
+        let running = fresh.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Running");
+        let succeeded = activity.last_probe.as_ref().is_some_and(|p| p.result == "Success");
+        let decision = decide::cull_decision(&culling, &fresh.spec, activity, running && succeeded, (ctx.clock)());
         let CullDecision::Cull { idle_seconds } = decision else {
             tracing::info!(?decision, "no longer to be culled after a fresh read");
             return Ok(());
