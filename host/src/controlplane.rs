@@ -226,23 +226,47 @@ impl ControlPlane {
         Ok(kube::Client::try_from(config)?)
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let client = self.client().await?;
+    /// Poll `ready` until it holds, failing early if a component exits and
+    /// after `limit` with the last lines `component` logged.
+    async fn wait_until<F, Fut>(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        component: &str,
+        mut ready: F,
+    ) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<bool>>,
+    {
+        let deadline = Instant::now() + limit;
         loop {
             self.check_alive()?;
-            let request = http::Request::get("/readyz").body(Vec::new())?;
-            if client.request_text(request).await.is_ok_and(|body| body.trim() == "ok") {
+            if ready().await? {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "kube-apiserver was not ready within 90 s:\n{}",
-                    self.log_tail("kube-apiserver")
-                );
+                bail!("{what} within {} s:\n{}", limit.as_secs(), self.log_tail(component));
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        self.wait_until(
+            Duration::from_secs(90),
+            "kube-apiserver was not ready",
+            "kube-apiserver",
+            || {
+                let client = client.clone();
+                async move {
+                    let request = http::Request::get("/readyz").body(Vec::new())?;
+                    Ok(client.request_text(request).await.is_ok_and(|body| body.trim() == "ok"))
+                }
+            },
+        )
+        .await
     }
 
     /// Create CustomResourceDefinitions from multi-document YAML and wait until they are served.
@@ -297,25 +321,22 @@ impl ControlPlane {
             .create(&Default::default(), &node)
             .await
             .context("cannot register the kwok node")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            self.check_alive()?;
-            let node = nodes.get(NODE_NAME).await?;
-            let ready = node
-                .status
-                .and_then(|s| s.conditions)
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the kwok node did not become Ready within 60 s:\n{}",
-                    self.log_tail("kwok")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.wait_until(
+            Duration::from_secs(60),
+            "the kwok node did not become Ready",
+            "kwok",
+            || {
+                let nodes = nodes.clone();
+                async move {
+                    let node = nodes.get(NODE_NAME).await?;
+                    Ok(node
+                        .status
+                        .and_then(|s| s.conditions)
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+                }
+            },
+        )
+        .await
     }
 
     fn write_kubeconfig(&self) -> anyhow::Result<PathBuf> {

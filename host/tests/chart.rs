@@ -14,7 +14,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::pinned_kind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RELEASE: &str = "culler";
 const NS: &str = "culler-system";
@@ -227,15 +227,8 @@ async fn the_charts_service_account_is_enough_and_no_more() {
         "controller-sa",
         &["--leader-elect", "--leader-election-namespace", NS],
     );
-    let started = Instant::now();
-    while !env.workspace("team-a", "ws").await.spec.paused {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "not paused as the chart's ServiceAccount\n{}",
-            controller.log()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    env.wait_paused("team-a", "ws", Duration::from_secs(120), || controller.log())
+        .await;
     let log = controller.log();
     assert!(
         !log.to_lowercase().contains("forbidden"),

@@ -7,8 +7,6 @@
 mod e2e;
 
 use e2e::Env;
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -29,17 +27,6 @@ fn kind(name: &str, script: &str, enabled: bool) -> serde_json::Value {
             "activityProbe": {"exec": {"script": script, "outputPath": "activity_probe.json", "timeoutSeconds": 2}},
         }}},
     })
-}
-
-async fn events(env: &Env, namespace: &str, name: &str, reason: &str) -> usize {
-    let api: Api<Event> = Api::namespaced(env.client.clone(), namespace);
-    let events = api.list(&ListParams::default()).await.unwrap().items;
-    events
-        .iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason))
-        // Repeats of an Event are counted in its series rather than as new objects.
-        .map(|e| e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1).max(1) as usize)
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +110,7 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
         paused_after >= Duration::from_secs(60),
         "paused after {paused_after:?}, before the idle window\n{log}"
     );
-    assert_eq!(events(&env, "culling", "idle", "Culled").await, 1, "{log}");
+    assert_eq!(env.events("culling", "idle", "Culled").await, 1, "{log}");
 
     // The custom module decides like the built-in: idle, so paused too (started together).
     let started_module = Instant::now();
@@ -171,7 +158,7 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     assert!(!env.workspace("culling", "module-wrong").await.spec.paused);
     let slow = last("culling", "slow").await.last_probe.unwrap();
     assert_eq!(slow.result, "Timeout", "{}", slow.message);
-    assert!(events(&env, "culling", "failing", "ProbeFailing").await >= 1);
+    assert!(env.events("culling", "failing", "ProbeFailing").await >= 1);
 
     // Exactly one replica led, and the other never probed.
     let (a, b) = (controller.log(), standby.log());
@@ -215,7 +202,7 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     );
 
     // The dry run evented and counted, but paused nothing.
-    assert!(events(&env, "dry", "idle", "WouldCull").await >= 1, "{}", dry.log());
+    assert!(env.events("dry", "idle", "WouldCull").await >= 1, "{}", dry.log());
 
     // minProbeInterval (5 s) holds for failing and timing-out probes too.
     let elapsed = started.elapsed().as_secs() as usize;

@@ -6,34 +6,14 @@
 mod e2e;
 
 use e2e::Env;
-use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use std::time::{Duration, Instant};
 use workspace_culler::controlplane::NODE_NAME;
 use workspace_culler::crd::Workspace;
 
 const NS: &str = "lifecycle";
 const IDLE: &str = "#!/bin/sh\necho '{\"has_activity\": false}' > \"$OUTPUT_JSON_PATH\"\n";
-
-async fn culled_events(env: &Env, name: &str) -> usize {
-    let api: Api<Event> = Api::namespaced(env.client.clone(), NS);
-    let events = api.list(&ListParams::default()).await.unwrap().items;
-    events
-        .iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some("Culled"))
-        // Repeats of an Event are counted in its series rather than as new objects.
-        .map(|e| e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1).max(1) as usize)
-        .sum()
-}
-
-async fn wait_paused(env: &Env, name: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    while !env.workspace(NS, name).await.spec.paused {
-        assert!(started.elapsed() < limit, "{name} was not paused within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    started.elapsed()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_concurrent_edits_and_resumes_are_safe() {
@@ -98,11 +78,12 @@ async fn restarts_concurrent_edits_and_resumes_are_safe() {
         "no probe after restart"
     );
 
-    wait_paused(&env, "ws", Duration::from_secs(90)).await;
+    env.wait_paused(NS, "ws", Duration::from_secs(90), || restarted.log())
+        .await;
     editor.abort();
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert_eq!(
-        culled_events(&env, "ws").await,
+        env.events(NS, "ws", "Culled").await,
         1,
         "culled more than once\n{}",
         restarted.log()
@@ -166,11 +147,13 @@ async fn restarts_concurrent_edits_and_resumes_are_safe() {
         .await
         .unwrap();
     let resumed = Instant::now();
-    let paused_again = wait_paused(&env, "ws", Duration::from_secs(120)).await;
+    let paused_again = env
+        .wait_paused(NS, "ws", Duration::from_secs(120), || restarted.log())
+        .await;
     assert!(
         resumed.elapsed() >= Duration::from_secs(60),
         "paused {paused_again:?} after resuming, within the idle window\n{}",
         restarted.log()
     );
-    assert_eq!(culled_events(&env, "ws").await, 2);
+    assert_eq!(env.events(NS, "ws", "Culled").await, 2);
 }

@@ -152,6 +152,38 @@ impl Env {
             .unwrap();
     }
 
+    /// How many times an Event with `reason` was recorded for workspace `namespace/name`
+    /// (repeats of an Event are counted in its series rather than as new objects).
+    pub async fn events(&self, namespace: &str, name: &str, reason: &str) -> usize {
+        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), namespace);
+        let events = api.list(&Default::default()).await.unwrap().items;
+        events
+            .iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason))
+            .map(|e| e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1).max(1) as usize)
+            .sum()
+    }
+
+    /// Wait until workspace `namespace/name` is paused; how long that took.
+    pub async fn wait_paused(
+        &self,
+        namespace: &str,
+        name: &str,
+        limit: Duration,
+        log: impl Fn() -> String,
+    ) -> Duration {
+        let started = Instant::now();
+        while !self.workspace(namespace, name).await.spec.paused {
+            assert!(
+                started.elapsed() < limit,
+                "{namespace}/{name} was not paused within {limit:?}\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        started.elapsed()
+    }
+
     pub async fn workspace(&self, namespace: &str, name: &str) -> Workspace {
         Api::<Workspace>::namespaced(self.client.clone(), namespace)
             .get(name)
