@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use workspace_culler::builtin::{self, BUILTINS};
 use workspace_culler::controller::{self, capabilities::HttpMode};
-use workspace_culler::engine::{EngineConfig, LoadedProbe, ProbeEngine};
+use workspace_culler::engine::{EngineConfig, LoadedProbe, ProbeEngine, WIT_PACKAGE, WIT_VERSION};
 use workspace_culler::harness::{self, Expectation, Fixture, LiveMode};
 
 #[derive(Parser)]
@@ -206,6 +206,10 @@ struct TestArgs {
     /// Workspace as `namespace/name`.
     #[arg(long)]
     workspace: Option<String>,
+    /// Write a fixture that replays this run (the replies of the live calls,
+    /// the clock, and the outcome as expectation) to this file.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 fn parse_port(s: &str) -> Result<(String, u16), String> {
@@ -283,6 +287,12 @@ async fn probe_test(args: TestArgs) -> anyhow::Result<ExitCode> {
         http: args.live_http,
     };
     let cases = fixtures(args.fixture.as_deref())?;
+    if args.record.is_some() && cases.len() != 1 {
+        bail!("--record writes one case; give one fixture file (or none), not a directory");
+    }
+    if args.record.is_some() && !args.live_exec && !args.live_http {
+        bail!("--record records live calls; add --live-exec and/or --live-http");
+    }
     let (mut passed, mut failed) = (0, 0);
     for (source, mut fixture) in cases {
         if let Some(config) = &args.config {
@@ -306,6 +316,20 @@ async fn probe_test(args: TestArgs) -> anyhow::Result<ExitCode> {
             "{}",
             harness::render(&format!("{name} (sha256 {})", &probe.digest[..16]), &fixture, &report)
         );
+        if let Some(path) = &args.record {
+            let mut recording = report.recording.clone();
+            recording
+                .description
+                .get_or_insert_with(|| format!("recorded from a live run of {name}"));
+            let yaml = serde_yaml::to_string(&recording)?;
+            std::fs::write(path, yaml).with_context(|| format!("cannot write {}", path.display()))?;
+            println!(
+                "recorded   {} (replay: probe test {} --fixture {})",
+                path.display(),
+                args.probe.probe,
+                path.display()
+            );
+        }
         if report.mismatches.is_empty() {
             passed += 1;
         } else {
@@ -325,13 +349,52 @@ async fn probe_test(args: TestArgs) -> anyhow::Result<ExitCode> {
 async fn probe_inspect(arg: ProbeArg) -> anyhow::Result<ExitCode> {
     let (engine, probe, _) = load(&arg)?;
     let info = engine.info(&probe).await?;
+    let unknown = "(none: it imports nothing of the contract)".to_string();
     println!("name          {}", info.name);
     println!("version       {}", info.version);
     println!("description   {}", info.description);
     println!("capabilities  {}", info.capabilities.join(", "));
-    println!("world         workspace-culler:probe/activity-probe@0.1.0");
+    println!("world         {WIT_PACKAGE}/activity-probe");
+    println!(
+        "wit version   {} (this host: {WIT_VERSION})",
+        probe.wit_version.as_ref().unwrap_or(&unknown)
+    );
     println!("sha256        {}", probe.digest);
+    println!("size          {} KiB", probe.size.div_ceil(1024));
+    for (i, import) in probe.imports.iter().enumerate() {
+        println!("{:<13} {import}", if i == 0 { "imports" } else { "" });
+    }
+    println!("exports       {}", probe.exports.join(", "));
+    for warning in capability_warnings(&info.capabilities, &probe.imports) {
+        println!("warning       {warning}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where what a probe says it uses and what it imports disagree.
+fn capability_warnings(declared: &[String], imports: &[String]) -> Vec<String> {
+    let imported = |prefix: &str| imports.iter().any(|i| i.starts_with(prefix));
+    let capabilities = [
+        ("exec", format!("{WIT_PACKAGE}/exec@")),
+        ("log", format!("{WIT_PACKAGE}/log@")),
+        ("http", "wasi:http/outgoing-handler@".to_string()),
+    ];
+    let mut warnings = Vec::new();
+    for (capability, import) in &capabilities {
+        // Importing more than it declares is common (the SDK binds the whole
+        // world); declaring what it cannot call is a mistake.
+        if declared.iter().any(|d| d == capability) && !imported(import) {
+            warnings.push(format!(
+                "declares capability {capability:?} but does not import {import}*"
+            ));
+        }
+    }
+    for d in declared {
+        if !capabilities.iter().any(|(c, _)| c == d) {
+            warnings.push(format!("declares unknown capability {d:?} (known: exec, http, log)"));
+        }
+    }
+    warnings
 }
 
 fn main() -> ExitCode {

@@ -278,6 +278,26 @@ fn loading_checks_digest_and_world() {
         .unwrap();
     let err = engine.load(&alien, None).err().expect("an alien import cannot link");
     assert!(matches!(err, LoadError::Link(_)), "{err}");
+
+    // A component built against another version of the contract says which.
+    for version in ["0.2.0", "0.1.7", "1.0.0"] {
+        let other = wat::parse_str(format!(
+            r#"(component (import "workspace-culler:probe/types@{version}" (instance)))"#
+        ))
+        .unwrap();
+        let err = engine
+            .load(&other, None)
+            .err()
+            .expect("another contract version cannot run");
+        assert!(matches!(err, LoadError::WitVersion { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "probe module was built against workspace-culler:probe@{version}, which this host cannot run: \
+                 it implements @0.1.0 and runs probes built against 0.1.0"
+            )
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

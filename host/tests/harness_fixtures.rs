@@ -68,3 +68,84 @@ fn a_malformed_fixture_is_a_clear_error() {
         "{text}"
     );
 }
+
+#[test]
+fn a_live_exec_run_is_recorded_and_replays_the_recorded_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = dir.path().join("case.yaml");
+    let recorded = dir.path().join("recorded.yaml");
+    // The script's output differs on every run: replay must give the recorded one.
+    std::fs::write(
+        &case,
+        "config:\n  script: |\n    #!/bin/sh\n    echo \"{\\\"last_activity\\\": \\\"$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)\\\"}\" > \"$OUTPUT_JSON_PATH\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
+            .args(["probe", "test", "exec-script"])
+            .args(args)
+            .env("WORKSPACE_CULLER_CACHE_DIR", dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, live) = run(&[
+        "--live-exec",
+        "--fixture",
+        case.to_str().unwrap(),
+        "--record",
+        recorded.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{live}");
+    let fixture = std::fs::read_to_string(&recorded).unwrap();
+    let at = fixture
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("activity: "))
+        .unwrap_or_else(|| panic!("no recorded activity in {fixture}"))
+        .trim_matches(['\'', '"'])
+        .to_string();
+    assert!(
+        fixture.contains("last_activity"),
+        "the exec output is recorded: {fixture}"
+    );
+
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (code, replay) = run(&["--fixture", recorded.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{replay}");
+    assert!(replay.contains("expect     Success ✔"), "{replay}");
+    let when = chrono::DateTime::parse_from_rfc3339(&at).unwrap().to_rfc3339();
+    assert!(
+        replay.contains(&when[..19]),
+        "replay shows the recorded time {at}: {replay}"
+    );
+
+    // --record without a live capability has nothing to record.
+    let (code, text) = run(&["--record", recorded.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--record records live calls"), "{text}");
+}
+
+#[test]
+fn inspect_shows_the_contract_version_and_what_the_probe_imports() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
+        .args(["probe", "inspect", "exec-script"])
+        .env("WORKSPACE_CULLER_CACHE_DIR", tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "name          exec-script",
+        "capabilities  exec",
+        "world         workspace-culler:probe/activity-probe",
+        "wit version   0.1.0 (this host: 0.1.0)",
+        "imports       ",
+        "exports       info, probe",
+    ] {
+        assert!(text.contains(line), "{line:?} missing in:\n{text}");
+    }
+    assert!(text.contains(" workspace-culler:probe/exec@0.1.0\n"), "{text}");
+    assert!(text.contains(" workspace-culler:probe/types@0.1.0\n"), "{text}");
+    assert!(!text.contains("warning"), "{text}");
+}

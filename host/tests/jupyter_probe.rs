@@ -117,3 +117,92 @@ async fn jupyter_probe_against_a_real_server() {
     );
     assert_eq!(jupyter.last_activity().await, frozen, "the probe moved last_activity");
 }
+
+/// Runs the harness command; its exit code and output.
+fn harness_cli(args: &[&str], cache: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
+        .args(args)
+        .env("WORKSPACE_CULLER_CACHE_DIR", cache)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_run_is_recorded_and_replays_without_the_server() {
+    let jupyter = Jupyter::start(BASE_PATH).await;
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = dir.path().join("recorded.yaml");
+    let config = serde_json::json!({"lastActivity": true, "portId": "jupyterlab", "token": TOKEN}).to_string();
+    let port = format!("jupyterlab={}", jupyter.port);
+    let (code, live) = harness_cli(
+        &[
+            "probe",
+            "test",
+            "jupyter",
+            "--live-http",
+            "--workspace",
+            "ns/ws",
+            "--port",
+            &port,
+            "--config",
+            &config,
+            "--record",
+        ]
+        .into_iter()
+        .chain([recorded.to_str().unwrap()])
+        .collect::<Vec<_>>(),
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{live}");
+    let (_, status) = jupyter.get("api/status").await.unwrap();
+    let server_activity = ms(status["last_activity"].as_str().unwrap());
+    drop(jupyter);
+
+    // The fixture holds the server's real replies and the outcome they led to.
+    let fixture = Fixture::from_file(&recorded).unwrap();
+    // With no kernels running, the probe asks for the status and the terminals.
+    let urls: Vec<&str> = fixture.http.iter().map(|r| r.url.as_str()).collect();
+    assert_eq!(
+        urls,
+        [
+            "/workspace/connect/ns/ws/jupyterlab/api/status",
+            "/workspace/connect/ns/ws/jupyterlab/api/terminals?no_track_activity=1"
+        ]
+    );
+    let expect = fixture
+        .expect
+        .clone()
+        .expect("the outcome is recorded as the expectation");
+    assert_eq!(expect.result, "Success");
+    let expected_at = ms(expect.activity.as_deref().unwrap());
+    assert!(expected_at <= server_activity, "{expected_at} vs {server_activity}");
+
+    // With the server gone, the recording replays to the same outcome, twice.
+    for _ in 0..2 {
+        let (code, replay) = harness_cli(
+            &["probe", "test", "jupyter", "--fixture", recorded.to_str().unwrap()],
+            dir.path(),
+        );
+        assert_eq!(code, 0, "{replay}");
+        assert!(replay.contains("expect     Success ✔"), "{replay}");
+    }
+
+    // Replay really answers from the recording: altering it changes the outcome.
+    let text = std::fs::read_to_string(&recorded).unwrap();
+    std::fs::write(&recorded, text.replace("status: 200", "status: 500")).unwrap();
+    let (code, altered) = harness_cli(
+        &["probe", "test", "jupyter", "--fixture", recorded.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{altered}");
+    assert!(
+        altered.contains("MISMATCH   result: expected Success, got Failure"),
+        "{altered}"
+    );
+}

@@ -41,6 +41,11 @@ pub(crate) mod bindings {
 
 pub use bindings::workspace_culler::probe::types::ProbeInfo;
 
+/// The WIT package of the probe contract.
+pub const WIT_PACKAGE: &str = "workspace-culler:probe";
+/// The version of the contract this host implements (`wit/probe.wit`).
+pub const WIT_VERSION: &str = "0.1.0";
+
 /// How often the epoch advances; the granularity of CPU deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Extra wall-clock time beyond a probe's deadline before the call is cut.
@@ -125,12 +130,73 @@ pub enum LoadError {
     /// It does not export the probe world.
     #[error("probe module does not implement the activity-probe world of workspace-culler:probe@0.1: {0}")]
     NotAProbe(String),
+    /// It was built against a version of the contract this host does not speak.
+    #[error(
+        "probe module was built against {WIT_PACKAGE}@{found}, which this host cannot run: it implements \
+         @{WIT_VERSION} and runs probes built against {compatible}"
+    )]
+    WitVersion {
+        /// The contract version the component imports.
+        found: String,
+        /// The versions this host runs, e.g. `0.1.0`.
+        compatible: String,
+    },
+}
+
+/// The contract version a component was built against, from the names of
+/// its imports of `workspace-culler:probe/*` (every probe imports at least
+/// `types`, whose records the world's exports use).
+pub fn wit_version_of(imports: &[String]) -> Option<String> {
+    imports.iter().find_map(|name| {
+        let rest = name.strip_prefix(WIT_PACKAGE)?.strip_prefix('/')?;
+        Some(rest.split_once('@').map(|(_, v)| v.to_string()).unwrap_or_default())
+    })
+}
+
+/// Whether a probe built against contract `version` runs on this host: same
+/// major version (same minor while the major is 0), and not newer than ours.
+pub fn wit_version_runs_here(version: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let mut parts = v.split('-').next()?.splitn(3, '.').map(|p| p.parse::<u64>().ok());
+        Some((parts.next()??, parts.next()??, parts.next()??))
+    };
+    let (Some(theirs), Some(ours)) = (parse(version), parse(WIT_VERSION)) else {
+        return false;
+    };
+    let same_line = if ours.0 == 0 {
+        (theirs.0, theirs.1) == (ours.0, ours.1)
+    } else {
+        theirs.0 == ours.0
+    };
+    same_line && theirs <= ours
+}
+
+fn compatible_range() -> String {
+    let first = match WIT_VERSION.split('.').collect::<Vec<_>>().as_slice() {
+        ["0", minor, _] => format!("0.{minor}.0"),
+        [major, ..] => format!("{major}.0.0"),
+        _ => WIT_VERSION.to_string(),
+    };
+    if first == WIT_VERSION {
+        first
+    } else {
+        format!("{first} to {WIT_VERSION}")
+    }
 }
 
 /// A component ready to evaluate (compiled and linked once, reused).
 pub struct LoadedProbe {
     /// sha256 of the component bytes (hex).
     pub digest: String,
+    /// Size of the component in bytes.
+    pub size: usize,
+    /// What the component imports (instance and function names, e.g.
+    /// `workspace-culler:probe/exec@0.1.0`), in its own order.
+    pub imports: Vec<String>,
+    /// What it exports.
+    pub exports: Vec<String>,
+    /// The contract version it was built against.
+    pub wit_version: Option<String>,
     pre: bindings::ActivityProbePre<ProbeState>,
 }
 
@@ -314,6 +380,18 @@ impl ProbeEngine {
             return Ok(probe.clone());
         }
         let component = self.compile(bytes, &digest)?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let wit_version = wit_version_of(&imports);
+        if let Some(found) = &wit_version
+            && !wit_version_runs_here(found)
+        {
+            return Err(LoadError::WitVersion {
+                found: found.clone(),
+                compatible: compatible_range(),
+            });
+        }
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -321,6 +399,10 @@ impl ProbeEngine {
         let pre = bindings::ActivityProbePre::new(instance_pre).map_err(|e| LoadError::NotAProbe(format!("{e:#}")))?;
         let probe = Arc::new(LoadedProbe {
             digest: digest.clone(),
+            size: bytes.len(),
+            imports,
+            exports,
+            wit_version,
             pre,
         });
         self.lock_loaded().insert(digest, probe.clone());
@@ -520,5 +602,43 @@ impl Workspace {
             container: String::new(),
             ports: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_constant_is_the_wit_file_s() {
+        let wit = include_str!("../../../wit/probe.wit");
+        assert!(wit.contains(&format!("package {WIT_PACKAGE}@{WIT_VERSION};")));
+    }
+
+    #[test]
+    fn the_contract_version_comes_from_the_package_s_imports() {
+        let imports = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let probe = imports(&[
+            "wasi:io/streams@0.2.12",
+            "workspace-culler:probe/types@0.1.0",
+            "workspace-culler:probe/exec@0.1.0",
+        ]);
+        assert_eq!(wit_version_of(&probe).as_deref(), Some("0.1.0"));
+        assert_eq!(wit_version_of(&imports(&["wasi:cli/stdout@0.2.0"])), None);
+        assert_eq!(
+            wit_version_of(&imports(&["workspace-culler:probe-extra/x@9.0.0"])),
+            None
+        );
+    }
+
+    #[test]
+    fn probes_of_the_same_minor_line_and_not_newer_run_here() {
+        assert!(wit_version_runs_here(WIT_VERSION));
+        assert!(!wit_version_runs_here("0.2.0"));
+        assert!(!wit_version_runs_here("0.0.9"));
+        assert!(!wit_version_runs_here("1.1.0"));
+        assert!(!wit_version_runs_here("0.1.99"));
+        assert!(!wit_version_runs_here("not-a-version"));
+        assert!(!wit_version_runs_here(""));
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fixture {
     /// What the case is about (shown in reports).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// The workspace probed.
     #[serde(default)]
@@ -29,17 +29,17 @@ pub struct Fixture {
     #[serde(default)]
     pub config: serde_json::Value,
     /// The clock at the probe's start (RFC 3339); default: the real time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub now: Option<String>,
     /// Deadline of the whole evaluation; default: the config's
     /// `timeoutSeconds` + 5 s, or 30 s.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
     /// Replies to exec calls, consumed in order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exec: Vec<ExecReply>,
     /// Replies to HTTP requests, matched by URL or path.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpReply>,
     /// What should come of it.
     #[serde(default)]
@@ -57,7 +57,7 @@ pub struct FixtureWorkspace {
     #[serde(default = "default_name")]
     pub name: String,
     /// Pod name; default `<name>-0`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
     /// Pod IP.
     #[serde(default = "default_pod_ip")]
@@ -127,14 +127,17 @@ pub struct ExecReply {
     #[serde(default)]
     pub stdout: String,
     /// Standard error.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stderr: String,
     /// Wait this long before replying (a timeout still applies).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub delay_ms: u64,
     /// Reply that the command timed out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timeout: bool,
+    /// Reply that the command could not be started (or its connection broke), with this message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A scripted reply to HTTP requests.
@@ -146,15 +149,22 @@ pub struct HttpReply {
     /// Status code.
     #[serde(default = "ok_status")]
     pub status: u16,
+    /// Response headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
     /// Body: text, or any JSON value (sent as JSON).
     #[serde(default)]
     pub body: serde_json::Value,
     /// Wait this long before replying.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub delay_ms: u64,
     /// Fail the request with this transport error instead.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn ok_status() -> u16 {
@@ -188,14 +198,36 @@ pub struct Expectation {
     /// `Success`, `Failure` or `Timeout` (any case).
     pub result: String,
     /// On success: `active-now`, `idle`, `unknown`, or an RFC 3339 time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activity: Option<String>,
     /// The message (failure) contains this text.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_contains: Option<String>,
 }
 
 impl Expectation {
+    /// The expectation that exactly this outcome meets.
+    pub fn of(outcome: &ProbeOutcome) -> Self {
+        let mut expect = Expectation {
+            result: outcome.result().to_string(),
+            ..Expectation::default()
+        };
+        match outcome {
+            ProbeOutcome::Success(activity) => {
+                expect.activity = Some(match activity {
+                    ProbeActivity::ActiveNow => "active-now".into(),
+                    ProbeActivity::Idle => "idle".into(),
+                    ProbeActivity::Unknown => "unknown".into(),
+                    ProbeActivity::LastAt(ms) => chrono::DateTime::from_timestamp_millis(*ms)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                        .unwrap_or_default(),
+                })
+            }
+            ProbeOutcome::Failure(m) | ProbeOutcome::Timeout(m) => expect.message_contains = Some(m.clone()),
+        }
+        expect
+    }
+
     /// Differences between this expectation and an outcome (empty: it holds).
     pub fn mismatches(&self, outcome: &ProbeOutcome) -> Vec<String> {
         let mut out = Vec::new();
@@ -286,6 +318,8 @@ pub struct FixtureCapabilities {
     live: LiveMode,
     exec_output_cap: usize,
     calls: Mutex<Vec<String>>,
+    /// Replies of live calls, in order, to write into a fixture that replays them.
+    recorded: Mutex<(Vec<ExecReply>, Vec<HttpReply>)>,
 }
 
 impl FixtureCapabilities {
@@ -297,6 +331,89 @@ impl FixtureCapabilities {
             live,
             exec_output_cap: Limits::default().exec_output_bytes,
             calls: Mutex::default(),
+            recorded: Mutex::default(),
+        }
+    }
+
+    /// A fixture that replays this run: `base` with the replies of the live
+    /// calls in place of its scripted ones, the clock of the run, and the
+    /// outcome as its expectation.
+    pub fn recording(&self, base: &Fixture, now_ms: i64, outcome: &ProbeOutcome) -> Fixture {
+        let (exec, http) = self.recorded.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut fixture = base.clone();
+        if self.live.exec {
+            fixture.exec = exec;
+        }
+        if self.live.http {
+            fixture.http = http;
+        }
+        fixture.now = chrono::DateTime::from_timestamp_millis(now_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        fixture.expect = Some(Expectation::of(outcome));
+        fixture
+    }
+
+    fn record_exec(&self, result: &Result<ExecOutput, ExecError>) {
+        let reply = match result {
+            Ok(out) => ExecReply {
+                exit_code: out.exit_code,
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                ..ExecReply::default()
+            },
+            Err(ExecError::Timeout) => ExecReply {
+                timeout: true,
+                ..ExecReply::default()
+            },
+            Err(ExecError::Refused(e) | ExecError::Failed(e)) => ExecReply {
+                error: Some(e.clone()),
+                ..ExecReply::default()
+            },
+        };
+        self.recorded.lock().unwrap_or_else(|p| p.into_inner()).0.push(reply);
+    }
+
+    fn record_http(&self, uri: &http::Uri, result: &Result<HttpResponse, String>) {
+        let url = uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "/".into());
+        let reply = match result {
+            Ok(response) => {
+                let text = String::from_utf8_lossy(&response.body).into_owned();
+                // JSON bodies are kept as structure, so the fixture reads well.
+                let body = match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(json) if !json.is_string() => json,
+                    _ => serde_json::Value::String(text),
+                };
+                let headers = response
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect();
+                HttpReply {
+                    url,
+                    status: response.status,
+                    headers,
+                    body,
+                    delay_ms: 0,
+                    error: None,
+                }
+            }
+            Err(e) => HttpReply {
+                url,
+                status: ok_status(),
+                headers: BTreeMap::new(),
+                body: serde_json::Value::Null,
+                delay_ms: 0,
+                error: Some(e.clone()),
+            },
+        };
+        let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        // Replies are matched by URL: the first reply to a URL is the one replayed.
+        if !recorded.1.iter().any(|r| r.url == reply.url) {
+            recorded.1.push(reply);
         }
     }
 
@@ -316,7 +433,9 @@ impl Capabilities for FixtureCapabilities {
         let argv: Vec<String> = command.argv.iter().map(|a| abbreviate(a)).collect();
         self.record(format!("exec {argv:?} (timeout {}ms)", command.timeout_ms));
         if self.live.exec {
-            return crate::transport::exec(command, self.exec_output_cap).await;
+            let result = crate::transport::exec(command, self.exec_output_cap).await;
+            self.record_exec(&result);
+            return result;
         }
         let reply = self.exec.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         let Some(reply) = reply else {
@@ -331,6 +450,9 @@ impl Capabilities for FixtureCapabilities {
             return Err(ExecError::Timeout);
         }
         tokio::time::sleep(Duration::from_millis(reply.delay_ms)).await;
+        if let Some(error) = reply.error {
+            return Err(ExecError::Failed(error));
+        }
         Ok(ExecOutput {
             exit_code: reply.exit_code,
             stdout: reply.stdout.into_bytes(),
@@ -341,7 +463,10 @@ impl Capabilities for FixtureCapabilities {
     async fn http(&self, _workspace: &Workspace, request: HttpRequest) -> Result<HttpResponse, String> {
         self.record(format!("http {} {}", request.method, request.uri));
         if self.live.http {
-            return crate::transport::http(request).await;
+            let uri = request.uri.clone();
+            let result = crate::transport::http(request).await;
+            self.record_http(&uri, &result);
+            return result;
         }
         let Some(reply) = self.http.iter().find(|r| r.matches(&request.uri)) else {
             return Err(format!(
@@ -355,7 +480,7 @@ impl Capabilities for FixtureCapabilities {
         }
         Ok(HttpResponse {
             status: reply.status,
-            headers: Vec::new(),
+            headers: reply.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             body: reply.body_bytes().into(),
         })
     }
@@ -380,6 +505,8 @@ pub struct CaseReport {
     pub calls: Vec<String>,
     /// Expectation mismatches (empty when it holds or there is none).
     pub mismatches: Vec<String>,
+    /// A fixture that replays the run (its live calls recorded).
+    pub recording: Fixture,
 }
 
 /// Run a loaded probe against a fixture.
@@ -398,16 +525,19 @@ pub async fn run_case(
         capabilities: capabilities.clone(),
         probe_name: probe_name.to_string(),
     };
-    let evaluation = engine.evaluate(probe, request, fixture.now_ms()?).await;
+    let now_ms = fixture.now_ms()?;
+    let evaluation = engine.evaluate(probe, request, now_ms).await;
     let mismatches = fixture
         .expect
         .as_ref()
         .map(|e| e.mismatches(&evaluation.outcome))
         .unwrap_or_default();
+    let recording = capabilities.recording(fixture, now_ms, &evaluation.outcome);
     Ok(CaseReport {
         evaluation,
         calls: capabilities.calls(),
         mismatches,
+        recording,
     })
 }
 
