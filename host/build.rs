@@ -1,6 +1,6 @@
 //! Compiles the probe components (`wasm32-wasip2`) from source so the
 //! controller embeds them: the built-in probes, and the hostile probe the
-//! engine's tests use. A nested cargo with its own target dir avoids
+//! engine's tests use, and the Rust example probe the examples' tests run. A nested cargo with its own target dir avoids
 //! contending for the outer build's lock.
 
 use std::env;
@@ -14,6 +14,7 @@ const PROBES: &[(&str, &str, &str)] = &[
     ("probe-jupyter", "probe_jupyter", "PROBE_JUPYTER_WASM"),
     ("probe-exec-script", "probe_exec_script", "PROBE_EXEC_SCRIPT_WASM"),
     ("probe-hostile", "probe_hostile", "PROBE_HOSTILE_WASM"),
+    ("job-guard-probe", "job_guard_probe", "EXAMPLE_JOB_GUARD_WASM"),
 ];
 
 fn main() {
@@ -22,7 +23,15 @@ fn main() {
         .parent()
         .expect("host/ lives in the workspace root")
         .to_path_buf();
-    for watched in ["wit", "probe-sdk", "probes", "tests/probes", "Cargo.lock", "Cargo.toml"] {
+    for watched in [
+        "wit",
+        "probe-sdk",
+        "probes",
+        "tests/probes",
+        "examples/rust-job-guard",
+        "Cargo.lock",
+        "Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = env::var_os("CARGO_TARGET_DIR")

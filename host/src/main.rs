@@ -262,22 +262,16 @@ fn fixtures(path: Option<&Path>) -> anyhow::Result<Vec<(String, Fixture)>> {
     let Some(path) = path else {
         return Ok(vec![("(no fixture)".into(), Fixture::default())]);
     };
-    if !path.is_dir() {
-        return Ok(vec![(path.display().to_string(), Fixture::from_file(path)?)]);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("cannot list {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("{} holds no fixtures (*.yaml, *.yml, *.json)", path.display());
-    }
-    files
+    let cases = if path.is_dir() {
+        Fixture::from_dir(path)
+    } else {
+        Fixture::from_file(path).map(|f| vec![(path.to_path_buf(), f)])
+    };
+    Ok(cases
+        .map_err(anyhow::Error::msg)?
         .into_iter()
-        .map(|p| Ok((p.display().to_string(), Fixture::from_file(&p)?)))
-        .collect()
+        .map(|(p, f)| (p.display().to_string(), f))
+        .collect())
 }
 
 async fn probe_test(args: TestArgs) -> anyhow::Result<ExitCode> {

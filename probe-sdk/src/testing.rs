@@ -17,7 +17,8 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 
 /// A scripted [`Host`]: exec replies are consumed in order, HTTP replies are
-/// matched by URL (query string included, or by path prefix with `*`).
+/// matched by URL, query string included (a reply URL starting with `/`
+/// matches the request's path and query; a trailing `*` matches any rest).
 #[derive(Default)]
 pub struct FakeHost {
     exec_replies: RefCell<VecDeque<Result<ExecOutput, ExecError>>>,
@@ -96,9 +97,16 @@ impl Host for FakeHost {
         self.requests.borrow_mut().push(request.clone());
         self.http_replies
             .iter()
-            .find(|(url, _)| match url.strip_suffix('*') {
-                Some(prefix) => request.url.starts_with(prefix),
-                None => *url == request.url,
+            .find(|(url, _)| {
+                let subject = if url.starts_with('/') {
+                    path_and_query(&request.url)
+                } else {
+                    &request.url
+                };
+                match url.strip_suffix('*') {
+                    Some(prefix) => subject.starts_with(prefix),
+                    None => subject == url,
+                }
             })
             .map(|(_, reply)| reply.clone())
             .unwrap_or_else(|| {
@@ -111,5 +119,131 @@ impl Host for FakeHost {
 
     fn log(&self, level: LogLevel, message: &str) {
         self.logs.borrow_mut().push((level, message.to_string()));
+    }
+}
+
+/// The path and query of an absolute URL (`/` when it has none).
+fn path_and_query(url: &str) -> &str {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    rest.find('/').map(|i| &rest[i..]).unwrap_or("/")
+}
+
+#[cfg(feature = "fixtures")]
+pub use fixtures::{run_fixture, run_fixtures};
+
+/// The harness's fixture files, run natively against a probe's logic: the
+/// cases `workspace-culler probe test` runs against the compiled component.
+#[cfg(feature = "fixtures")]
+mod fixtures {
+    use super::FakeHost;
+    use crate::host::{ExecError, ExecOutput, HttpError, HttpResponse};
+    use crate::{Activity, Probe, ProbeError, Reply, Workspace};
+    use probe_fixture::{Fixture, Outcome};
+    use std::path::Path;
+
+    /// Run one fixture against `P` with a [`FakeHost`] scripted from it; the
+    /// differences from what it expects (empty: the case passes).
+    ///
+    /// Natively there is no clock and no deadline: `delayMs` is ignored, and
+    /// a result the probe relays as JSON text is read leniently (the host's
+    /// validator, and its messages, apply only in the harness).
+    pub fn run_fixture<P: Probe>(fixture: &Fixture) -> Vec<String> {
+        let mut host = FakeHost::new();
+        for reply in &fixture.exec {
+            host = host.exec_result(if reply.timeout {
+                Err(ExecError::Timeout)
+            } else if let Some(e) = &reply.error {
+                Err(ExecError::Failed(e.clone()))
+            } else {
+                Ok(ExecOutput {
+                    exit_code: reply.exit_code,
+                    stdout: reply.stdout.clone().into_bytes(),
+                    stderr: reply.stderr.clone().into_bytes(),
+                })
+            });
+        }
+        for reply in &fixture.http {
+            let result = match &reply.error {
+                Some(e) => Err(HttpError(e.clone())),
+                None => Ok(HttpResponse {
+                    status: reply.status,
+                    body: reply.body_bytes(),
+                }),
+            };
+            host = host.http_result(&reply.url, result);
+        }
+        let ws = &fixture.workspace;
+        let workspace = Workspace {
+            namespace: ws.namespace.clone(),
+            name: ws.name.clone(),
+            pod_name: ws.pod_name.clone().unwrap_or_else(|| format!("{}-0", ws.name)),
+            pod_ip: ws.pod_ip.clone(),
+            container: ws.container.clone(),
+            ports: ws.ports.iter().map(|(id, n)| (id.clone(), *n)).collect(),
+        };
+        let outcome = match P::probe(&host, &workspace, &fixture.config_text()) {
+            Ok(Reply::Activity(activity)) => outcome_of(activity),
+            Ok(Reply::Json(text)) => read_json(&text),
+            Err(ProbeError::Failure(m)) => Outcome::Failure(m),
+            Err(ProbeError::Timeout(m)) => Outcome::Timeout(m),
+        };
+        match &fixture.expect {
+            Some(expect) => expect.mismatches(&outcome),
+            None => Vec::new(),
+        }
+    }
+
+    /// Run every fixture of `dir` against `P`; `Err` lists each failing case
+    /// with its differences (also when the directory holds no fixture).
+    ///
+    /// ```ignore
+    /// #[test]
+    /// fn the_harness_fixtures_pass_natively() {
+    ///     probe_sdk::testing::run_fixtures::<MyProbe>(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures")).unwrap();
+    /// }
+    /// ```
+    pub fn run_fixtures<P: Probe>(dir: impl AsRef<Path>) -> Result<usize, String> {
+        let cases = Fixture::from_dir(dir.as_ref())?;
+        let mut report = String::new();
+        for (path, fixture) in &cases {
+            let mismatches = run_fixture::<P>(fixture);
+            if !mismatches.is_empty() {
+                report.push_str(&format!("{}:\n", path.display()));
+                for m in mismatches {
+                    report.push_str(&format!("  {m}\n"));
+                }
+            }
+        }
+        if report.is_empty() {
+            Ok(cases.len())
+        } else {
+            Err(report)
+        }
+    }
+
+    fn outcome_of(activity: Activity) -> Outcome {
+        match activity {
+            Activity::ActiveNow => Outcome::ActiveNow,
+            Activity::Idle => Outcome::Idle,
+            Activity::LastAt(ms) => Outcome::LastAt(ms),
+            Activity::Unknown => Outcome::Unknown,
+        }
+    }
+
+    fn read_json(text: &str) -> Outcome {
+        let value: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return Outcome::Failure(format!("invalid probe result: not JSON: {e}")),
+        };
+        match (value.get("has_activity"), value.get("last_activity")) {
+            (Some(serde_json::Value::Bool(true)), _) => Outcome::ActiveNow,
+            (Some(serde_json::Value::Bool(false)), _) => Outcome::Idle,
+            (None, Some(serde_json::Value::Null)) => Outcome::Unknown,
+            (None, Some(serde_json::Value::String(t))) => match crate::activity::parse_rfc3339(t) {
+                Some(ms) => Outcome::LastAt(ms),
+                None => Outcome::Failure(format!("invalid probe result: {t:?} is not an RFC 3339 time")),
+            },
+            _ => Outcome::Failure(format!("invalid probe result: {text}")),
+        }
     }
 }
