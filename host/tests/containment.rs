@@ -386,3 +386,28 @@ async fn more_evaluations_than_pool_slots_wait_instead_of_failing() {
         "6 runs through 2 slots take 3 rounds"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_s_wall_clock_is_the_evaluation_s_clock() {
+    // The controller passes the real time; the harness a fixture's `now`, so
+    // a probe that reads the time gives the same result on every replay.
+    let engine = engine(Allocation::OnDemand);
+    let probe = engine.load(HOSTILE, None).unwrap();
+    let (outcome, _) = run(
+        &engine,
+        &probe,
+        serde_json::json!({"mode": "clock"}),
+        Duration::from_secs(5),
+        Arc::new(Stubborn::default()),
+    )
+    .await;
+    match outcome {
+        ProbeOutcome::Success(ProbeActivity::LastAt(ms)) => {
+            assert!(
+                (NOW_MS..NOW_MS + 5_000).contains(&ms),
+                "{ms} is not the evaluation's {NOW_MS}"
+            )
+        }
+        other => panic!("expected the probe's clock reading, got {other:?}"),
+    }
+}

@@ -464,6 +464,9 @@ impl ProbeEngine {
             Workspace::empty(),
             Arc::new(NoCapabilities),
             Instant::now() + Duration::from_secs(5),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         );
         let mut store = self.store(state, Instant::now() + Duration::from_secs(5));
         let instance = probe.pre.instantiate_async(&mut store).await.map_err(to_anyhow)?;
@@ -509,6 +512,7 @@ impl ProbeEngine {
             request.workspace.clone(),
             request.capabilities.clone(),
             deadline_at,
+            now_ms,
         );
         let mut store = self.store(state, deadline_at);
         let call = async {

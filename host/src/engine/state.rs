@@ -68,12 +68,32 @@ pub(crate) struct ProbeState {
     logs: Logs,
 }
 
+/// The probe's wall clock: the evaluation's clock at its start, advancing in
+/// real time. It is the real time in the controller, and a fixture's `now`
+/// in the harness, so a probe that reads the time replays deterministically.
+struct EvaluationClock {
+    start_ms: i64,
+    started: Instant,
+}
+
+impl wasmtime_wasi::HostWallClock for EvaluationClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        let start = std::time::Duration::from_millis(u64::try_from(self.start_ms).unwrap_or(0));
+        start + self.started.elapsed()
+    }
+}
+
 impl ProbeState {
     pub(crate) fn new(
         limits: &Limits,
         workspace: Workspace,
         capabilities: Arc<dyn Capabilities>,
         deadline_at: Instant,
+        now_ms: i64,
     ) -> Self {
         let stdout = MemoryOutputPipe::new(limits.stdio_bytes);
         let stderr = MemoryOutputPipe::new(limits.stdio_bytes);
@@ -85,6 +105,10 @@ impl ProbeState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .wall_clock(EvaluationClock {
+                start_ms: now_ms,
+                started: Instant::now(),
+            })
             .build();
         let logs = Logs::default();
         ProbeState {

@@ -1,7 +1,7 @@
 //! A probe that misbehaves on request (`{"mode": ...}`), so the tests can
 //! prove the engine contains every kind of misbehaviour.
 
-use probe_sdk::{Command, Host, HttpRequest, Probe, ProbeError, ProbeInfo, Reply, Workspace};
+use probe_sdk::{Activity, Command, Host, HttpRequest, Probe, ProbeError, ProbeInfo, Reply, Workspace};
 use std::io::Write;
 
 /// The misbehaving probe.
@@ -66,6 +66,12 @@ impl Probe for Hostile {
                 }
             }
             // Return whatever JSON text the config carries, for contract tests.
+            "clock" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_err(|e| ProbeError::Failure(e.to_string()))?;
+                Ok(Activity::last_at(now.as_millis() as i64).into())
+            }
             "echo" => Ok(Reply::Json(config["json"].as_str().unwrap_or("").to_string())),
             "log" => {
                 host.log(probe_sdk::LogLevel::Warn, "hello from the probe");
