@@ -50,6 +50,7 @@ fn request(capabilities: Arc<dyn Capabilities>) -> ProbeRequest {
         deadline: Duration::from_secs(15),
         capabilities,
         probe_name: "exec-script".into(),
+        frozen_clock: false,
     }
 }
 

@@ -78,6 +78,7 @@ async fn run(
         deadline,
         capabilities: caps,
         probe_name: "hostile".into(),
+        frozen_clock: false,
     };
     let started = Instant::now();
     let evaluation = engine.evaluate(probe, request, NOW_MS).await;
@@ -230,6 +231,7 @@ async fn logs_and_stderr_are_captured() {
         deadline: Duration::from_secs(5),
         capabilities: Arc::new(Stubborn::default()),
         probe_name: "hostile".into(),
+        frozen_clock: false,
     };
     let evaluation = engine.evaluate(&probe, request, NOW_MS).await;
     assert_eq!(evaluation.outcome, ProbeOutcome::Success(ProbeActivity::Idle));

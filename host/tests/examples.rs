@@ -48,7 +48,6 @@ fn inspect_shows(component: &Path, name: &str, imports: &[&str], cache: &Path) -
         format!("name          {name}\n"),
         "version       0.1.0\n".to_string(),
         "wit version   0.1.0 (this host: 0.1.0)\n".to_string(),
-        "exports       info, probe\n".to_string(),
     ] {
         assert!(text.contains(&line), "{line:?} missing in:\n{text}");
     }
@@ -101,4 +100,151 @@ fn rust_job_guard_passes_the_cases_its_native_tests_run() {
     job.kill().unwrap();
     job.wait().unwrap();
     live("activity   not active now");
+}
+
+/// Builds an example (its folder `dir`) with its own build script; the component's path.
+fn build(dir: &Path, out: &Path) -> PathBuf {
+    let result = Command::new("bash")
+        .arg(dir.join("build.sh"))
+        .arg(out)
+        .env("WORKSPACE_CULLER_ROOT", repo_root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{}/build.sh failed:\n{stdout}{}",
+        dir.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let component = PathBuf::from(stdout.lines().last().unwrap_or_default());
+    assert!(component.is_file(), "build.sh printed no component path: {stdout}");
+    component
+}
+
+/// A copy of an example whose `file` has `from` replaced by `to` (its
+/// installed toolchain shared, not copied).
+fn altered_copy(example: &Path, file: &str, from: &str, to: &str) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    copy_tree(example, copy.path());
+    let path = copy.path().join(file);
+    let source = std::fs::read_to_string(&path).unwrap();
+    assert!(source.contains(from), "{file} no longer contains {from:?}");
+    std::fs::write(&path, source.replacen(from, to, 1)).unwrap();
+    copy
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let name = entry.file_name();
+        if name == "node_modules" || name == ".venv" {
+            std::os::unix::fs::symlink(&source, &target).unwrap();
+        } else if name == "out" {
+            continue;
+        } else if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir(&target).unwrap();
+            copy_tree(&source, &target);
+        } else {
+            std::fs::copy(&source, &target).unwrap();
+        }
+    }
+}
+
+/// An example's full check: built from source, its fixtures pass, inspect
+/// describes it, and a copy whose output has a wrong type fails `case` with
+/// the validator's message.
+fn check_example(
+    example: &str,
+    name: &str,
+    cases: usize,
+    imports: &[&str],
+    broken: (&str, &str, &str),
+    case: &str,
+    message: &str,
+) {
+    let dir = repo_root().join("examples").join(example);
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let component = build(&dir, out.path());
+    fixtures_pass(&component, &dir.join("fixtures"), cases, cache.path());
+    let inspected = inspect_shows(&component, name, imports, cache.path());
+    assert!(
+        inspected.contains("workspace-culler:probe/types@0.1.0\n"),
+        "{inspected}"
+    );
+
+    let (file, from, to) = broken;
+    let copy = altered_copy(&dir, file, from, to);
+    let broken_out = tempfile::tempdir().unwrap();
+    let broken_component = build(copy.path(), broken_out.path());
+    let fixture = dir.join("fixtures").join(case);
+    let (code, text) = harness(
+        &[
+            "probe",
+            "test",
+            broken_component.to_str().unwrap(),
+            "--fixture",
+            fixture.to_str().unwrap(),
+        ],
+        cache.path(),
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&format!("message    {message}\n")), "{text}");
+    assert!(
+        text.contains("MISMATCH   result: expected Success, got Failure"),
+        "{text}"
+    );
+}
+
+#[test]
+fn go_code_server_is_built_with_standard_go_and_passes_its_fixtures() {
+    check_example(
+        "go-code-server",
+        "code-server",
+        8,
+        &["wasi:http/outgoing-handler@0.2.12", "workspace-culler:probe/log@0.1.0"],
+        (
+            "src/export_wit_world/probe.go",
+            r#"map[string]any{"has_activity": true}"#,
+            r#"map[string]any{"has_activity": "true"}"#,
+        ),
+        "01-alive.yaml",
+        "invalid probe result: has_activity must be true or false, got a string",
+    );
+}
+
+#[test]
+fn js_rstudio_is_built_with_componentize_js_and_passes_its_fixtures() {
+    check_example(
+        "js-rstudio",
+        "rstudio",
+        8,
+        &["wasi:http/outgoing-handler@0.2.12", "workspace-culler:probe/log@0.1.0"],
+        (
+            "src/rstudio.js",
+            "{ last_activity: last.toISOString() }",
+            "{ last_activity: last.getTime() }",
+        ),
+        "01-recently-used.yaml",
+        "invalid probe result: last_activity must be an RFC 3339 timestamp string or null, got a number",
+    );
+}
+
+#[test]
+fn python_cpu_is_built_with_componentize_py_and_passes_its_fixtures() {
+    check_example(
+        "python-cpu",
+        "cpu-time",
+        7,
+        &["workspace-culler:probe/exec@0.1.0", "workspace-culler:probe/log@0.1.0"],
+        (
+            "app/app.py",
+            r#"json.dumps({"has_activity": active})"#,
+            r#"json.dumps({"has_activity": "yes" if active else "no"})"#,
+        ),
+        "01-busy.yaml",
+        "invalid probe result: has_activity must be true or false, got a string",
+    );
 }

@@ -270,6 +270,7 @@ async fn probe(
             crate::engine::Limits::default().exec_output_bytes,
         )),
         probe_name: plan.probe_name(),
+        frozen_clock: false,
     };
     ctx.metrics.probes_waiting.inc();
     let evaluation = ctx.engine.evaluate(&probe, request, start_ms).await;

@@ -212,6 +212,9 @@ pub struct ProbeRequest {
     pub capabilities: Arc<dyn Capabilities>,
     /// Name used in logs (e.g. "jupyter").
     pub probe_name: String,
+    /// The probe's wall clock stands still at the evaluation's start (for
+    /// replaying fixtures) instead of advancing in real time.
+    pub frozen_clock: bool,
 }
 
 /// How an evaluation ended.
@@ -467,6 +470,7 @@ impl ProbeEngine {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            false,
         );
         let mut store = self.store(state, Instant::now() + Duration::from_secs(5));
         let instance = probe.pre.instantiate_async(&mut store).await.map_err(to_anyhow)?;
@@ -513,6 +517,7 @@ impl ProbeEngine {
             request.capabilities.clone(),
             deadline_at,
             now_ms,
+            request.frozen_clock,
         );
         let mut store = self.store(state, deadline_at);
         let call = async {

@@ -69,11 +69,13 @@ pub(crate) struct ProbeState {
 }
 
 /// The probe's wall clock: the evaluation's clock at its start, advancing in
-/// real time. It is the real time in the controller, and a fixture's `now`
-/// in the harness, so a probe that reads the time replays deterministically.
+/// real time, or standing still. It is the real time in the controller, and
+/// a fixture's `now` (frozen) in the harness, so a probe that reads the time
+/// replays deterministically.
 struct EvaluationClock {
     start_ms: i64,
     started: Instant,
+    frozen: bool,
 }
 
 impl wasmtime_wasi::HostWallClock for EvaluationClock {
@@ -83,7 +85,11 @@ impl wasmtime_wasi::HostWallClock for EvaluationClock {
 
     fn now(&self) -> std::time::Duration {
         let start = std::time::Duration::from_millis(u64::try_from(self.start_ms).unwrap_or(0));
-        start + self.started.elapsed()
+        if self.frozen {
+            start
+        } else {
+            start + self.started.elapsed()
+        }
     }
 }
 
@@ -94,6 +100,7 @@ impl ProbeState {
         capabilities: Arc<dyn Capabilities>,
         deadline_at: Instant,
         now_ms: i64,
+        frozen_clock: bool,
     ) -> Self {
         let stdout = MemoryOutputPipe::new(limits.stdio_bytes);
         let stderr = MemoryOutputPipe::new(limits.stdio_bytes);
@@ -108,6 +115,7 @@ impl ProbeState {
             .wall_clock(EvaluationClock {
                 start_ms: now_ms,
                 started: Instant::now(),
+                frozen: frozen_clock,
             })
             .build();
         let logs = Logs::default();

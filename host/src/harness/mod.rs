@@ -265,6 +265,8 @@ pub async fn run_case(
         deadline: fixture.deadline(),
         capabilities: capabilities.clone(),
         probe_name: probe_name.to_string(),
+        // A fixture that sets the clock gets the same time on every replay.
+        frozen_clock: fixture.now.is_some(),
     };
     let now_ms = fixture.now_ms().map_err(anyhow::Error::msg)?;
     let evaluation = engine.evaluate(probe, request, now_ms).await;
