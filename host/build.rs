@@ -26,9 +26,11 @@ fn main() {
     for watched in [
         "wit",
         "probe-sdk",
-        "probes",
+        // Not all of probes/: the other languages' examples hold installed toolchains.
+        "probes/jupyter",
+        "probes/exec-script",
         "tests/probes",
-        "examples/rust-job-guard",
+        "probes/examples/rust-job-guard",
         "Cargo.lock",
         "Cargo.toml",
     ] {

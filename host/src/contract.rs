@@ -290,4 +290,28 @@ mod tests {
         );
         assert_eq!(ProbeActivity::LastAt(500_999).next_last_activity(10, start_ms), 500);
     }
+
+    #[test]
+    fn the_authors_guide_quotes_every_message_exactly() {
+        let guide = include_str!("../../docs/contract.md");
+        let big = format!(r#"{{"has_activity": true}}{}"#, " ".repeat(70_000 - 22));
+        for output in [
+            "",
+            big.as_str(),
+            r#"{"has_activity": tru"#,
+            "[true]",
+            r#"{"active": true}"#,
+            "{}",
+            r#"{"has_activity": "yes"}"#,
+            r#"{"last_activity": 1767322800}"#,
+            r#"{"last_activity": "yesterday"}"#,
+            r#"{"last_activity": "2026-11-29T11:30:24Z"}"#,
+        ] {
+            let message = validate(output, START).expect_err(output).to_string();
+            assert!(
+                guide.contains(&format!("`{message}`")),
+                "docs/contract.md lacks {message:?}"
+            );
+        }
+    }
 }

@@ -162,8 +162,22 @@ enum ProbeCommand {
     Test(TestArgs),
     /// Show what a probe says about itself, and its digest.
     Inspect(ProbeArg),
+    /// Measure what a probe costs: compiling, loading from the cache, one evaluation.
+    Bench(BenchArgs),
     /// List the built-in probes.
     List,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A built-in probe name or a component file.
+    probe: String,
+    /// The fixture evaluated (scripted replies; default: none).
+    #[arg(long)]
+    fixture: Option<PathBuf>,
+    /// Evaluations measured.
+    #[arg(long, default_value_t = 200)]
+    iterations: u32,
 }
 
 #[derive(Args)]
@@ -365,6 +379,88 @@ async fn probe_inspect(arg: ProbeArg) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn probe_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use std::time::{Duration, Instant};
+    let bytes = match builtin::builtin(&args.probe) {
+        Some(b) => b.component.to_vec(),
+        None => std::fs::read(&args.probe).with_context(|| format!("cannot read {}", args.probe))?,
+    };
+    let cache = tempfile::tempdir()?;
+    let engine = |cache_dir: Option<PathBuf>| {
+        ProbeEngine::new(EngineConfig {
+            concurrency: 1,
+            cache_dir,
+            ..EngineConfig::default()
+        })
+    };
+    // Compiling: an engine without a cache.
+    let uncached = engine(None)?;
+    let started = Instant::now();
+    uncached.load(&bytes, None)?;
+    let compile = started.elapsed();
+    drop(uncached);
+    // Loading compiled code from the disk cache (written by a first load).
+    let cached = engine(Some(cache.path().to_path_buf()))?;
+    cached.load(&bytes, None)?;
+    let mut loads = Vec::new();
+    for _ in 0..5 {
+        cached.unload_all();
+        let started = Instant::now();
+        cached.load(&bytes, None)?;
+        loads.push(started.elapsed());
+    }
+    loads.sort();
+    let load = loads[loads.len() / 2];
+    // Evaluations, after a warm-up.
+    let probe = cached.load(&bytes, None)?;
+    let fixture = match &args.fixture {
+        Some(path) => Fixture::from_file(path).map_err(anyhow::Error::msg)?,
+        None => Fixture::default(),
+    };
+    let live = LiveMode::default();
+    let mut runs = Vec::with_capacity(args.iterations as usize);
+    let mut outcome = String::new();
+    for i in 0..args.iterations.max(1) + 5 {
+        let started = Instant::now();
+        let report = harness::run_case(&cached, &probe, "bench", &fixture, live).await?;
+        if i >= 5 {
+            runs.push(started.elapsed());
+        }
+        outcome = report.evaluation.outcome.result().to_string();
+    }
+    runs.sort();
+    let at = |q: f64| runs[((runs.len() - 1) as f64 * q) as usize];
+    let ms = |d: Duration| {
+        if d < Duration::from_millis(1) {
+            format!("{:.1} µs", d.as_secs_f64() * 1e6)
+        } else {
+            format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+        }
+    };
+    println!(
+        "component     {} ({} KiB, sha256 {})",
+        args.probe,
+        bytes.len().div_ceil(1024),
+        &probe.digest[..16]
+    );
+    println!("compile       {}", ms(compile));
+    println!(
+        "cached load   {} (median of 5; {:.0}x faster than compiling)",
+        ms(load),
+        compile.as_secs_f64() / load.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "evaluation    p50 {}, p90 {} over {} runs ({outcome}; {})",
+        ms(at(0.5)),
+        ms(at(0.9)),
+        runs.len(),
+        args.fixture
+            .as_deref()
+            .map_or("no fixture".into(), |p| p.display().to_string())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Where what a probe says it uses and what it imports disagree.
 fn capability_warnings(declared: &[String], imports: &[String]) -> Vec<String> {
     let imported = |prefix: &str| imports.iter().any(|i| i.starts_with(prefix));
@@ -420,6 +516,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Probe(ProbeCommand::Test(args)) => probe_test(args).await,
             Command::Probe(ProbeCommand::Inspect(arg)) => probe_inspect(arg).await,
+            Command::Probe(ProbeCommand::Bench(args)) => probe_bench(args).await,
             Command::Controller(args) => controller(args).await,
             Command::Local => {
                 let controlplane = workspace_culler::controlplane::binaries()?;

@@ -39,8 +39,10 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     env.apply_kind(kind("exec-failing", FAILING, true)).await;
     env.apply_kind(kind("exec-slow", SLOW, true)).await;
     env.apply_kind(kind("exec-disabled", IDLE, false)).await;
-    // Custom probe components by path, pinned by sha256 (right and wrong).
-    let module = env!("PROBE_HOSTILE_WASM");
+    // A custom probe component by path (the job-guard example), pinned by
+    // sha256 (right and wrong); no process runs the job it looks for.
+    let module = env!("EXAMPLE_JOB_GUARD_WASM");
+    let no_job = format!("no-such-job-{}", std::process::id());
     let digest = workspace_culler::engine::sha256_hex(&std::fs::read(module).unwrap());
     for (name, sha256) in [("module-idle", digest.clone()), ("module-wrong", "0".repeat(64))] {
         env.apply_kind(serde_json::json!({
@@ -50,7 +52,7 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
             "spec": {"podTemplate": {"culling": {
                 "maxInactiveSeconds": 60, "minProbeInterval": 5, "maxProbeInterval": 10,
                 "activityProbe": {"module": {"location": module, "sha256": sha256,
-                    "config": {"mode": "echo", "json": "{\"has_activity\": false}"}}},
+                    "config": {"patterns": [no_job]}}},
             }}},
         }))
         .await;

@@ -1,4 +1,4 @@
-//! The example probes of `examples/`, compiled, through the harness command
+//! The example probes of `probes/examples/`, compiled, through the harness command
 //! a probe author runs: their fixture suites pass, `probe inspect` describes
 //! them, and they work against real processes where they use exec.
 
@@ -65,7 +65,7 @@ fn inspect_shows(component: &Path, name: &str, imports: &[&str], cache: &Path) -
 fn rust_job_guard_passes_the_cases_its_native_tests_run() {
     let cache = tempfile::tempdir().unwrap();
     let component = Path::new(env!("EXAMPLE_JOB_GUARD_WASM"));
-    let fixtures = repo_root().join("examples/rust-job-guard/fixtures");
+    let fixtures = repo_root().join("probes/examples/rust-job-guard/fixtures");
     fixtures_pass(component, &fixtures, 7, cache.path());
     inspect_shows(
         component,
@@ -164,7 +164,7 @@ fn check_example(
     case: &str,
     message: &str,
 ) {
-    let dir = repo_root().join("examples").join(example);
+    let dir = repo_root().join("probes/examples").join(example);
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let component = build(&dir, out.path());

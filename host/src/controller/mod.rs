@@ -307,7 +307,13 @@ async fn load(ctx: &Context, plan: &ProbePlan) -> Result<Arc<crate::engine::Load
             (bytes, Some(sha256.clone()))
         }
     };
-    ctx.engine.load(&bytes, pinned.as_deref()).map_err(|e| e.to_string())
+    // Compiling a large component (an interpreter inside) takes seconds of
+    // CPU: off the async workers, so other workspaces' probes go on meanwhile.
+    let engine = ctx.engine.clone();
+    tokio::task::spawn_blocking(move || engine.load(&bytes, pinned.as_deref()))
+        .await
+        .map_err(|e| format!("loading the probe module failed: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// Pause the workspace: a patch of `spec.paused` alone, guarded by the

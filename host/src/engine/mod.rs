@@ -261,6 +261,9 @@ pub struct ProbeEngine {
     config: EngineConfig,
     pooling: bool,
     loaded: Mutex<HashMap<String, Arc<LoadedProbe>>>,
+    /// Held while compiling, so a component wanted by many workspaces at once
+    /// is compiled once (the others find it loaded).
+    compiling: Mutex<()>,
     /// Evaluations beyond the pool's size wait here rather than fail.
     slots: tokio::sync::Semaphore,
     ticker_stop: Arc<AtomicBool>,
@@ -357,6 +360,7 @@ impl ProbeEngine {
             config,
             pooling,
             loaded: Mutex::default(),
+            compiling: Mutex::default(),
             ticker_stop,
         })
     }
@@ -379,6 +383,11 @@ impl ProbeEngine {
                 });
             }
         }
+        if let Some(probe) = self.lock_loaded().get(&digest) {
+            return Ok(probe.clone());
+        }
+        // A panic while compiling cannot leave `()` inconsistent.
+        let _compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(probe) = self.lock_loaded().get(&digest) {
             return Ok(probe.clone());
         }

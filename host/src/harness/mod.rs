@@ -190,7 +190,7 @@ impl Capabilities for FixtureCapabilities {
             tokio::time::sleep(timeout.min(Duration::from_millis(reply.delay_ms))).await;
             return Err(ExecError::Timeout);
         }
-        tokio::time::sleep(Duration::from_millis(reply.delay_ms)).await;
+        delay(reply.delay_ms).await;
         if let Some(error) = reply.error {
             return Err(ExecError::Failed(error));
         }
@@ -215,7 +215,7 @@ impl Capabilities for FixtureCapabilities {
                 request.method, request.uri
             ));
         };
-        tokio::time::sleep(Duration::from_millis(reply.delay_ms)).await;
+        delay(reply.delay_ms).await;
         if let Some(error) = &reply.error {
             return Err(error.clone());
         }
@@ -224,6 +224,14 @@ impl Capabilities for FixtureCapabilities {
             headers: reply.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             body: reply.body_bytes().into(),
         })
+    }
+}
+
+/// A reply's scripted delay (none at all for 0: even a zero sleep waits for
+/// the timer's next tick, a millisecond that would swamp a probe's own cost).
+async fn delay(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
 

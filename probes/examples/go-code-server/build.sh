@@ -5,7 +5,7 @@
 # Usage: ./build.sh [OUT_DIR]   (default: ./out; the component is OUT_DIR/code-server.wasm)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-root="${WORKSPACE_CULLER_ROOT:-$(cd "$here/../.." && pwd)}"
+root="${WORKSPACE_CULLER_ROOT:-$(cd "$here/../../.." && pwd)}"
 wit="${WIT_DIR:-$root/wit}"
 out=$(mkdir -p "${1:-$here/out}" && cd "${1:-$here/out}" && pwd)
 # wasm-tools, wit-bindgen, the adapter and Go support module, from crates.io.

@@ -3,12 +3,12 @@
 # Usage: ./build.sh [OUT_DIR]   (default: ./out; the component is OUT_DIR/cpu-time.wasm)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-root="${WORKSPACE_CULLER_ROOT:-$(cd "$here/../.." && pwd)}"
+root="${WORKSPACE_CULLER_ROOT:-$(cd "$here/../../.." && pwd)}"
 wit="${WIT_DIR:-$root/wit}"
 out=$(mkdir -p "${1:-$here/out}" && cd "${1:-$here/out}" && pwd)
 cd "$here"
 # The pinned toolchain in a virtualenv of its own, installed once.
-if ! cmp -s requirements.txt .venv/installed-requirements.txt; then
+if ! cmp -s requirements.txt .venv/installed-requirements.txt || ! .venv/bin/componentize-py --version >/dev/null 2>&1; then
   rm -rf .venv && python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt >&2
   cp requirements.txt .venv/installed-requirements.txt

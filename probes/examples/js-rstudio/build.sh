@@ -3,7 +3,7 @@
 # Usage: ./build.sh [OUT_DIR]   (default: ./out; the component is OUT_DIR/rstudio.wasm)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-root="${WORKSPACE_CULLER_ROOT:-$(cd "$here/../.." && pwd)}"
+root="${WORKSPACE_CULLER_ROOT:-$(cd "$here/../../.." && pwd)}"
 wit="${WIT_DIR:-$root/wit}"
 out=$(mkdir -p "${1:-$here/out}" && cd "${1:-$here/out}" && pwd)
 cd "$here"
