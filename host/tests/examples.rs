@@ -2,6 +2,8 @@
 //! a probe author runs: their fixture suites pass, `probe inspect` describes
 //! them, and they work against real processes where they use exec.
 
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,24 +11,9 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// Runs `workspace-culler <args>`; its exit code and output.
-fn harness(args: &[&str], cache: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
-        .args(args)
-        .env("WORKSPACE_CULLER_CACHE_DIR", cache)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 /// `probe test` of a component against a fixture directory passes every case.
 fn fixtures_pass(component: &Path, fixtures: &Path, cases: usize, cache: &Path) {
-    let (code, text) = harness(
+    let (code, text) = cli::run(
         &[
             "probe",
             "test",
@@ -42,7 +29,7 @@ fn fixtures_pass(component: &Path, fixtures: &Path, cases: usize, cache: &Path) 
 
 /// `probe inspect` shows the name, version, contract version and the imports.
 fn inspect_shows(component: &Path, name: &str, imports: &[&str], cache: &Path) -> String {
-    let (code, text) = harness(&["probe", "inspect", component.to_str().unwrap()], cache);
+    let (code, text) = cli::run(&["probe", "inspect", component.to_str().unwrap()], cache);
     assert_eq!(code, 0, "{text}");
     for line in [
         format!("name          {name}\n"),
@@ -83,7 +70,7 @@ fn rust_job_guard_passes_the_cases_its_native_tests_run() {
     let case = cache.path().join("live.yaml");
     std::fs::write(&case, format!("config: {{patterns: [\"{marker}\"]}}\n")).unwrap();
     let live = |expect: &str| {
-        let (_, text) = harness(
+        let (_, text) = cli::run(
             &[
                 "probe",
                 "test",
@@ -180,7 +167,7 @@ fn check_example(
     let broken_out = tempfile::tempdir().unwrap();
     let broken_component = build(copy.path(), broken_out.path());
     let fixture = dir.join("fixtures").join(case);
-    let (code, text) = harness(
+    let (code, text) = cli::run(
         &[
             "probe",
             "test",

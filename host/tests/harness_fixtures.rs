@@ -1,25 +1,20 @@
 //! The harness's own fixtures (tests/fixtures/<probe>/) pass through the
 //! harness command, as a probe author's CI step would run them.
 
+mod cli;
+
 use std::path::Path;
 
-fn run_fixture_dir(probe: &str) -> (i32, String) {
+fn fixtures(probe: &str) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures")
         .join(probe);
+    dir.to_str().unwrap().to_string()
+}
+
+fn run_fixture_dir(probe: &str) -> (i32, String) {
     let cache = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
-        .args(["probe", "test", probe, "--fixture"])
-        .arg(&dir)
-        .env("WORKSPACE_CULLER_CACHE_DIR", cache.path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    cli::run(&["probe", "test", probe, "--fixture", &fixtures(probe)], cache.path())
 }
 
 #[test]
@@ -39,15 +34,12 @@ fn exec_script_fixtures_pass() {
 #[test]
 fn a_fixture_run_against_the_wrong_probe_fails_loudly() {
     // The jupyter fixtures run against exec-script: every case mismatches.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/jupyter");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
-        .args(["probe", "test", "exec-script", "--fixture"])
-        .arg(&dir)
-        .env("WORKSPACE_CULLER_CACHE_DIR", tempfile::tempdir().unwrap().path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let cache = tempfile::tempdir().unwrap();
+    let (code, text) = cli::run(
+        &["probe", "test", "exec-script", "--fixture", &fixtures("jupyter")],
+        cache.path(),
+    );
+    assert_eq!(code, 1, "{text}");
     assert!(text.contains("0 passed, 6 failed"), "{text}");
 }
 
@@ -56,13 +48,11 @@ fn a_malformed_fixture_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "workspace: {podIP: 10.0.0.7}\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
-        .args(["probe", "test", "jupyter", "--fixture"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (code, text) = cli::run(
+        &["probe", "test", "jupyter", "--fixture", bad.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{text}");
     assert!(
         text.contains("is malformed") && text.contains("unknown field `podIP`"),
         "{text}"
@@ -81,14 +71,9 @@ fn a_live_exec_run_is_recorded_and_replays_the_recorded_output() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
-            .args(["probe", "test", "exec-script"])
-            .args(args)
-            .env("WORKSPACE_CULLER_CACHE_DIR", dir.path())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), text)
+        let all: Vec<&str> = ["probe", "test", "exec-script"].iter().chain(args).copied().collect();
+        let (code, text) = cli::run(&all, dir.path());
+        (Some(code), text)
     };
     let (code, live) = run(&[
         "--live-exec",
@@ -128,13 +113,9 @@ fn a_live_exec_run_is_recorded_and_replays_the_recorded_output() {
 
 #[test]
 fn inspect_shows_the_contract_version_and_what_the_probe_imports() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
-        .args(["probe", "inspect", "exec-script"])
-        .env("WORKSPACE_CULLER_CACHE_DIR", tempfile::tempdir().unwrap().path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let cache = tempfile::tempdir().unwrap();
+    let (code, text) = cli::run(&["probe", "inspect", "exec-script"], cache.path());
+    assert_eq!(code, 0, "{text}");
     for line in [
         "name          exec-script",
         "capabilities  exec",

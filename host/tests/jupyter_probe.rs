@@ -1,6 +1,7 @@
 //! The built-in Jupyter probe through the harness against a real
 //! `jupyter-server` (from PyPI, installed by `scripts/ensure-jupyter`) on loopback.
 
+mod cli;
 mod jupyter;
 
 use jupyter::{Jupyter, TOKEN, ms, repo_root};
@@ -118,21 +119,6 @@ async fn jupyter_probe_against_a_real_server() {
     assert_eq!(jupyter.last_activity().await, frozen, "the probe moved last_activity");
 }
 
-/// Runs the harness command; its exit code and output.
-fn harness_cli(args: &[&str], cache: &std::path::Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
-        .args(args)
-        .env("WORKSPACE_CULLER_CACHE_DIR", cache)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_run_is_recorded_and_replays_without_the_server() {
     let jupyter = Jupyter::start(BASE_PATH).await;
@@ -140,7 +126,7 @@ async fn a_live_run_is_recorded_and_replays_without_the_server() {
     let recorded = dir.path().join("recorded.yaml");
     let config = serde_json::json!({"lastActivity": true, "portId": "jupyterlab", "token": TOKEN}).to_string();
     let port = format!("jupyterlab={}", jupyter.port);
-    let (code, live) = harness_cli(
+    let (code, live) = cli::run(
         &[
             "probe",
             "test",
@@ -185,7 +171,7 @@ async fn a_live_run_is_recorded_and_replays_without_the_server() {
 
     // With the server gone, the recording replays to the same outcome, twice.
     for _ in 0..2 {
-        let (code, replay) = harness_cli(
+        let (code, replay) = cli::run(
             &["probe", "test", "jupyter", "--fixture", recorded.to_str().unwrap()],
             dir.path(),
         );
@@ -196,7 +182,7 @@ async fn a_live_run_is_recorded_and_replays_without_the_server() {
     // Replay really answers from the recording: altering it changes the outcome.
     let text = std::fs::read_to_string(&recorded).unwrap();
     std::fs::write(&recorded, text.replace("status: 200", "status: 500")).unwrap();
-    let (code, altered) = harness_cli(
+    let (code, altered) = cli::run(
         &["probe", "test", "jupyter", "--fixture", recorded.to_str().unwrap()],
         dir.path(),
     );
