@@ -235,3 +235,20 @@ fn python_cpu_is_built_with_componentize_py_and_passes_its_fixtures() {
         "invalid probe result: has_activity must be true or false, got a string",
     );
 }
+
+#[test]
+fn js_quickjs_terminals_is_built_with_componentize_qjs_and_passes_its_fixtures() {
+    check_example(
+        "js-quickjs-terminals",
+        "terminals",
+        7,
+        &["workspace-culler:probe/exec@0.1.0", "workspace-culler:probe/log@0.1.0"],
+        (
+            "src/terminals.js",
+            "{ last_activity: new Date(at).toISOString() }",
+            "{ last_activity: at }",
+        ),
+        "01-terminal-in-use.yaml",
+        "invalid probe result: last_activity must be an RFC 3339 timestamp string or null, got a number",
+    );
+}
