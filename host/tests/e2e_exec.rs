@@ -44,6 +44,33 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     let module = env!("EXAMPLE_JOB_GUARD_WASM");
     let no_job = format!("no-such-job-{}", std::process::id());
     let digest = workspace_culler::engine::sha256_hex(&std::fs::read(module).unwrap());
+    // And modules that cannot be used: missing, and built against another contract version.
+    let scratch = tempfile::tempdir().unwrap();
+    let old_contract = scratch.path().join("old-contract.wasm");
+    std::fs::write(
+        &old_contract,
+        wat::parse_str(r#"(component (import "workspace-culler:probe/types@0.2.0" (instance)))"#).unwrap(),
+    )
+    .unwrap();
+    let old_digest = workspace_culler::engine::sha256_hex(&std::fs::read(&old_contract).unwrap());
+    let unusable = [
+        ("module-missing", "/nonexistent/probe.wasm".to_string(), digest.clone()),
+        ("module-old", old_contract.display().to_string(), old_digest),
+    ];
+    for (name, location, sha256) in &unusable {
+        env.apply_kind(serde_json::json!({
+            "apiVersion": "kubeflow.org/v1beta1",
+            "kind": "WorkspaceKind",
+            "metadata": {"name": name},
+            "spec": {"podTemplate": {"culling": {
+                "maxInactiveSeconds": 60, "minProbeInterval": 5, "maxProbeInterval": 10,
+                "activityProbe": {"module": {"location": location, "sha256": sha256}},
+            }}},
+        }))
+        .await;
+        env.running_workspace("culling", name, serde_json::json!({"kind": name}))
+            .await;
+    }
     for (name, sha256) in [("module-idle", digest.clone()), ("module-wrong", "0".repeat(64))] {
         env.apply_kind(serde_json::json!({
             "apiVersion": "kubeflow.org/v1beta1",
@@ -158,6 +185,23 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
         wrong_probe.message
     );
     assert!(!env.workspace("culling", "module-wrong").await.spec.paused);
+    for (name, message) in [
+        ("module-missing", "cannot read probe module /nonexistent/probe.wasm"),
+        (
+            "module-old",
+            "probe module was built against workspace-culler:probe@0.2.0, which this host cannot run",
+        ),
+    ] {
+        let status = last("culling", name).await;
+        let probe = status.last_probe.unwrap();
+        assert_eq!((probe.result.as_str(), status.last_activity), ("Failure", 0), "{name}");
+        assert!(probe.message.contains(message), "{name}: {}", probe.message);
+        assert!(!env.workspace("culling", name).await.spec.paused, "{name} was paused");
+        assert!(
+            env.events("culling", name, "ProbeFailing").await >= 1,
+            "{name}: no event"
+        );
+    }
     let slow = last("culling", "slow").await.last_probe.unwrap();
     assert_eq!(slow.result, "Timeout", "{}", slow.message);
     assert!(env.events("culling", "failing", "ProbeFailing").await >= 1);
@@ -190,13 +234,13 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
-    // Seven workspaces are managed; some may be mid-probe rather than waiting.
+    // Nine workspaces are managed; some may be mid-probe rather than waiting.
     let due: i64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("workspace_culler_due_workspaces "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(-1);
-    assert!((1..=7).contains(&due), "due workspaces: {due}\n{metrics}");
+    assert!((1..=9).contains(&due), "due workspaces: {due}\n{metrics}");
     let (_, dry_metrics) = dry.get("/metrics").await;
     assert!(
         dry_metrics.contains("workspace_culler_culls_total{dry_run=\"true\"}"),
