@@ -29,6 +29,10 @@ fn default_timeout() -> u32 {
 /// Longest shebang line the kernel honours.
 const MAX_SHEBANG: usize = 255;
 
+/// Longest script: it travels as one argument, and Linux refuses a single
+/// argument over 128 KiB (MAX_ARG_STRLEN) with a bare "argument list too long".
+const MAX_SCRIPT_BYTES: usize = 128 * 1024 - 1;
+
 /// Marks the runner's own errors on stderr, to tell them from the script's.
 const RUNNER_MARK: &str = "activity-probe-runner:";
 
@@ -59,6 +63,13 @@ impl ExecConfig {
     fn interpreter(&self) -> Result<(String, String), ProbeError> {
         let first = self.script.lines().next().unwrap_or("");
         let fail = |why: &str| ProbeError::Failure(format!("Exec probe failed: invalid script: {why}"));
+        if self.script.len() > MAX_SCRIPT_BYTES {
+            return Err(fail(&format!(
+                "it is {} bytes; at most {MAX_SCRIPT_BYTES} bytes fit in one exec argument (keep the script small, \
+                 or ship a larger program in the image and call it)",
+                self.script.len()
+            )));
+        }
         let line = first
             .strip_prefix("#!")
             .ok_or_else(|| fail("it must start with a shebang line (#!...)"))?;
@@ -217,5 +228,22 @@ mod tests {
             matches!(reply, Err(ProbeError::Failure(ref m)) if m.contains("unknown field `scrpt`")),
             "{reply:?}"
         );
+    }
+
+    #[test]
+    fn a_script_too_long_for_one_argument_is_refused_by_its_size() {
+        let long = format!("#!/bin/sh\n{}", "# padding\n".repeat(14_000));
+        let host = FakeHost::new();
+        match ExecScript::probe(&host, &Workspace::default(), &config(&long)) {
+            Err(ProbeError::Failure(m)) => assert!(
+                m.contains(&format!("it is {} bytes; at most 131071 bytes", long.len())),
+                "{m}"
+            ),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert!(host.commands().is_empty());
+        let fits = format!("#!/bin/sh\n{}", "x".repeat(MAX_SCRIPT_BYTES - 10));
+        let host = FakeHost::new().exec_reply(0, r#"{"has_activity": true}"#, "");
+        assert!(ExecScript::probe(&host, &Workspace::default(), &config(&fits)).is_ok());
     }
 }
