@@ -53,33 +53,41 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     )
     .unwrap();
     let old_digest = workspace_culler::engine::sha256_hex(&std::fs::read(&old_contract).unwrap());
-    let unusable = [
-        ("module-missing", "/nonexistent/probe.wasm".to_string(), digest.clone()),
-        ("module-old", old_contract.display().to_string(), old_digest),
+    // (kind, location, pinned sha256, config)
+    let modules = [
+        (
+            "module-idle",
+            module.to_string(),
+            digest.clone(),
+            serde_json::json!({"patterns": [no_job]}),
+        ),
+        (
+            "module-wrong",
+            module.to_string(),
+            "0".repeat(64),
+            serde_json::json!({"patterns": [no_job]}),
+        ),
+        (
+            "module-missing",
+            "/nonexistent/probe.wasm".to_string(),
+            digest.clone(),
+            serde_json::json!({}),
+        ),
+        (
+            "module-old",
+            old_contract.display().to_string(),
+            old_digest,
+            serde_json::json!({}),
+        ),
     ];
-    for (name, location, sha256) in &unusable {
+    for (name, location, sha256, config) in &modules {
         env.apply_kind(serde_json::json!({
             "apiVersion": "kubeflow.org/v1beta1",
             "kind": "WorkspaceKind",
             "metadata": {"name": name},
             "spec": {"podTemplate": {"culling": {
                 "maxInactiveSeconds": 60, "minProbeInterval": 5, "maxProbeInterval": 10,
-                "activityProbe": {"module": {"location": location, "sha256": sha256}},
-            }}},
-        }))
-        .await;
-        env.running_workspace("culling", name, serde_json::json!({"kind": name}))
-            .await;
-    }
-    for (name, sha256) in [("module-idle", digest.clone()), ("module-wrong", "0".repeat(64))] {
-        env.apply_kind(serde_json::json!({
-            "apiVersion": "kubeflow.org/v1beta1",
-            "kind": "WorkspaceKind",
-            "metadata": {"name": name},
-            "spec": {"podTemplate": {"culling": {
-                "maxInactiveSeconds": 60, "minProbeInterval": 5, "maxProbeInterval": 10,
-                "activityProbe": {"module": {"location": module, "sha256": sha256,
-                    "config": {"patterns": [no_job]}}},
+                "activityProbe": {"module": {"location": location, "sha256": sha256, "config": config}},
             }}},
         }))
         .await;

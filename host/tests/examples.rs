@@ -91,18 +91,11 @@ fn rust_job_guard_passes_the_cases_its_native_tests_run() {
 
 /// Builds an example (its folder `dir`) with its own build script; the component's path.
 fn build(dir: &Path, out: &Path) -> PathBuf {
-    let result = Command::new("bash")
-        .arg(dir.join("build.sh"))
-        .arg(out)
-        .env("WORKSPACE_CULLER_ROOT", repo_root())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(
-        result.status.success(),
-        "{}/build.sh failed:\n{stdout}{}",
-        dir.display(),
-        String::from_utf8_lossy(&result.stderr)
+    let stdout = cli::succeed(
+        Command::new("bash")
+            .arg(dir.join("build.sh"))
+            .arg(out)
+            .env("WORKSPACE_CULLER_ROOT", repo_root()),
     );
     let component = PathBuf::from(stdout.lines().last().unwrap_or_default());
     assert!(component.is_file(), "build.sh printed no component path: {stdout}");

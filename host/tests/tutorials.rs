@@ -33,13 +33,7 @@ fn write(path: &Path, text: &str) {
 }
 
 fn run(command: &mut Command) {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli::succeed(command);
 }
 
 /// The tutorial's first fixture passes against the component it built.

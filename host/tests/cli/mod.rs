@@ -1,4 +1,8 @@
-//! The `workspace-culler` command, run the way a user runs it.
+//! The `workspace-culler` command, run the way a user runs it, and other
+//! commands a test needs to succeed.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Command;
@@ -17,4 +21,16 @@ pub fn run(args: &[&str], cache: &Path) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// Runs `command`, which must succeed; its standard output.
+pub fn succeed(command: &mut Command) -> String {
+    let out = command.output().expect("start the command");
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
