@@ -241,6 +241,25 @@ fn default_cache_dir() -> Option<PathBuf> {
         .map(|d| d.join("workspace-culler"))
 }
 
+/// The component a command line names (a built-in name or a file), and a
+/// label for reports.
+fn probe_bytes(probe: &str) -> anyhow::Result<(Vec<u8>, String)> {
+    if let Some(b) = builtin::builtin(probe) {
+        return Ok((b.component.to_vec(), b.name.to_string()));
+    }
+    let path = Path::new(probe);
+    if !path.exists() {
+        let names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
+        bail!("{probe} is neither a built-in probe ({}) nor a file", names.join(", "));
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let label = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((bytes, label))
+}
+
 /// The engine and the loaded probe named on the command line.
 fn load(arg: &ProbeArg) -> anyhow::Result<(ProbeEngine, std::sync::Arc<LoadedProbe>, String)> {
     let engine = ProbeEngine::new(EngineConfig {
@@ -248,26 +267,7 @@ fn load(arg: &ProbeArg) -> anyhow::Result<(ProbeEngine, std::sync::Arc<LoadedPro
         cache_dir: arg.cache_dir.clone().or_else(default_cache_dir),
         ..EngineConfig::default()
     })?;
-    let (bytes, label) = match builtin::builtin(&arg.probe) {
-        Some(b) => (b.component.to_vec(), b.name.to_string()),
-        None => {
-            let path = Path::new(&arg.probe);
-            if !path.exists() {
-                let names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
-                bail!(
-                    "{} is neither a built-in probe ({}) nor a file",
-                    arg.probe,
-                    names.join(", ")
-                );
-            }
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let label = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            (bytes, label)
-        }
-    };
+    let (bytes, label) = probe_bytes(&arg.probe)?;
     let probe = engine.load(&bytes, arg.sha256.as_deref())?;
     Ok((engine, probe, label))
 }
@@ -381,10 +381,7 @@ async fn probe_inspect(arg: ProbeArg) -> anyhow::Result<ExitCode> {
 
 async fn probe_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     use std::time::{Duration, Instant};
-    let bytes = match builtin::builtin(&args.probe) {
-        Some(b) => b.component.to_vec(),
-        None => std::fs::read(&args.probe).with_context(|| format!("cannot read {}", args.probe))?,
-    };
+    let (bytes, _) = probe_bytes(&args.probe)?;
     let cache = tempfile::tempdir()?;
     let engine = |cache_dir: Option<PathBuf>| {
         ProbeEngine::new(EngineConfig {
