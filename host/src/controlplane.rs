@@ -37,7 +37,23 @@ impl Drop for ControlPlane {
 }
 
 /// A TCP port on loopback that was free a moment ago.
+///
+/// The port lies below the kernel's ephemeral range (32768–60999 by
+/// default): a port the kernel hands out is free now, but an outgoing
+/// connection opened meanwhile (the apiserver to etcd, a test to a server)
+/// may take it before the server binds it.
 pub fn free_port() -> anyhow::Result<u16> {
+    use std::hash::BuildHasher;
+    static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Randomly keyed per process, so parallel tests draw different ports.
+    let random = std::collections::hash_map::RandomState::new();
+    for _ in 0..200 {
+        let draw = random.hash_one(DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let port = 20_000 + (draw % 12_768) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
