@@ -23,7 +23,11 @@ fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/workspace-culler")
 }
 
+/// `$WORKSPACE_CULLER_HELM` (set by `scripts/test`), or the helm `scripts/ensure-helm` builds.
 fn helm() -> PathBuf {
+    if let Some(helm) = std::env::var_os("WORKSPACE_CULLER_HELM") {
+        return PathBuf::from(helm);
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ensure-helm");
     let out = Command::new(script)
         .stderr(std::process::Stdio::inherit())

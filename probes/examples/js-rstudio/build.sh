@@ -7,10 +7,16 @@ root="${WORKSPACE_CULLER_ROOT:-$(cd "$here/../../.." && pwd)}"
 wit="${WIT_DIR:-$root/wit}"
 out=$(mkdir -p "${1:-$here/out}" && cd "${1:-$here/out}" && pwd)
 cd "$here"
-# Install the pinned toolchain (package-lock.json) once, and again when it changes.
-if ! cmp -s package-lock.json node_modules/.installed-package-lock.json; then
-  npm ci --no-audit --no-fund --loglevel=error >&2
-  cp package-lock.json node_modules/.installed-package-lock.json
-fi
+# The pinned toolchain (package-lock.json) in node_modules, installed once and
+# again when the lock file changes; safe when several builds start at once.
+. "$root/scripts/lib/install-once.sh"
+npm_ci() { # into
+  local work
+  work=$(mktemp -d)
+  cp package.json package-lock.json "$work/"
+  (cd "$work" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  rmdir "$1" && mv "$work/node_modules" "$1" && rm -rf "$work"
+}
+install_once "$here/node_modules" "$(sha256sum package-lock.json | cut -c1-64)" npm_ci
 node build.mjs "$wit" "$out/rstudio.wasm" >/dev/null
 echo "$out/rstudio.wasm"
