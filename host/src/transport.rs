@@ -129,12 +129,29 @@ where
         .iter()
         .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading body: {e}"))?
-        .to_bytes();
+    let body = read_body_capped(response.into_body(), request.response_body_cap).await;
     driver.abort();
-    Ok(HttpResponse { status, headers, body })
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body?,
+    })
+}
+
+/// Read a response body frame by frame, stopping as soon as it holds more
+/// than `cap` bytes: a body over the cap comes back cut at `cap + 1` bytes
+/// (for the engine to refuse), never read to its end.
+async fn read_body_capped(mut body: hyper::body::Incoming, cap: usize) -> Result<bytes::Bytes, String> {
+    let mut kept = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading body: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            let room = (cap + 1).saturating_sub(kept.len());
+            kept.extend_from_slice(&data[..data.len().min(room)]);
+            if kept.len() > cap {
+                break;
+            }
+        }
+    }
+    Ok(kept.freeze())
 }

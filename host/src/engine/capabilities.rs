@@ -30,6 +30,10 @@ pub struct HttpRequest {
     pub headers: http::HeaderMap,
     /// Body bytes (capped by the engine).
     pub body: Bytes,
+    /// The most response-body bytes the engine accepts: a capability stops
+    /// reading once the body is longer and returns what it has (over the
+    /// cap), so an endless body costs no more than this much memory.
+    pub response_body_cap: usize,
 }
 
 /// The response handed back to the probe.

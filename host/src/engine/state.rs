@@ -320,6 +320,7 @@ impl WasiHttpHooks for ConfinedHttp {
         let capabilities = self.capabilities.clone();
         let remaining = self.deadline_at.saturating_duration_since(Instant::now());
         let body_cap = self.body_cap;
+        let (logs, uri) = (self.logs.clone(), request.uri().clone());
         Box::new(async move {
             let (parts, body) = request.into_parts();
             let body = Limited::new(body, body_cap)
@@ -332,6 +333,7 @@ impl WasiHttpHooks for ConfinedHttp {
                 uri: parts.uri,
                 headers: parts.headers,
                 body,
+                response_body_cap: body_cap,
             };
             let response = match tokio::time::timeout(remaining, capabilities.http(&workspace, request)).await {
                 Err(_) => return Err(HttpError::ConnectionReadTimeout),
@@ -339,7 +341,12 @@ impl WasiHttpHooks for ConfinedHttp {
                 Ok(Ok(response)) => response,
             };
             if response.body.len() > body_cap {
-                return Err(HttpError::HttpResponseBodySize(Some(response.body.len() as u64)));
+                push_log(
+                    &logs,
+                    LogLevel::Warn,
+                    format!("the response body from {uri} is over the cap of {body_cap} bytes: cut off"),
+                );
+                return Err(HttpError::HttpResponseBodySize(None));
             }
             let mut builder = http::Response::builder().status(response.status);
             for (name, value) in &response.headers {

@@ -235,6 +235,7 @@ impl Controller {
             uri: format!("http://127.0.0.1:{}{path}", self.metrics_port).parse().unwrap(),
             headers: Default::default(),
             body: Default::default(),
+            response_body_cap: 16 << 20,
         };
         let response = workspace_culler::transport::http(request).await.unwrap();
         (response.status, String::from_utf8_lossy(&response.body).into_owned())

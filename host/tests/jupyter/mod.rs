@@ -112,6 +112,7 @@ impl Jupyter {
             } else {
                 Default::default()
             },
+            response_body_cap: 16 << 20,
         };
         let response = local::http(request).await?;
         let json = serde_json::from_slice(&response.body).unwrap_or(serde_json::Value::Null);

@@ -1,0 +1,110 @@
+//! A workspace's pod is not trusted: whatever it answers a probe's HTTP
+//! request costs the controller no more memory than the engine's body cap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use workspace_culler::builtin::builtin;
+use workspace_culler::engine::{Allocation, EngineConfig, HttpRequest, Limits, ProbeEngine, ProbeOutcome};
+use workspace_culler::harness::{self, Fixture, FixtureWorkspace, LiveMode};
+
+/// Where the server stops on its own, so a client that reads everything
+/// still ends (and the test fails on what it kept, not by running out of memory).
+const SERVER_LIMIT: usize = 256 << 20;
+const CAP: usize = 4 << 20;
+
+/// A local HTTP server that answers every request with a chunked body that
+/// does not end (up to `SERVER_LIMIT`); the port and the bytes it sent.
+async fn endless_body_server() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let data = vec![b' '; 64 << 10];
+                let chunk = [format!("{:x}\r\n", data.len()).as_bytes(), &data, b"\r\n"].concat();
+                while counter.load(Ordering::SeqCst) < SERVER_LIMIT {
+                    if socket.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(data.len(), Ordering::SeqCst);
+                }
+                let _ = socket.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    (port, sent)
+}
+
+#[tokio::test]
+async fn an_endless_response_body_is_cut_at_the_cap_not_read_to_its_end() {
+    let (port, sent) = endless_body_server().await;
+    let request = HttpRequest {
+        method: http::Method::GET,
+        uri: format!("http://127.0.0.1:{port}/api/status").parse().unwrap(),
+        headers: Default::default(),
+        body: Default::default(),
+        response_body_cap: CAP,
+    };
+    let response = workspace_culler::transport::http(request).await.unwrap();
+    assert_eq!(response.body.len(), CAP + 1, "the body is kept up to one byte over the cap");
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(sent < 64 << 20, "the client read on past the cap: the server sent {sent} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jupyter_probe_against_an_endless_body_fails_naming_the_cap() {
+    let (port, sent) = endless_body_server().await;
+    let engine = ProbeEngine::new(EngineConfig {
+        allocation: Allocation::OnDemand,
+        limits: Limits {
+            http_body_bytes: CAP,
+            ..Limits::default()
+        },
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let probe = engine.load(builtin("jupyter").unwrap().component, None).unwrap();
+    let fixture = Fixture {
+        workspace: FixtureWorkspace {
+            namespace: "ns".into(),
+            name: "ws".into(),
+            ports: [("jupyterlab".to_string(), port)].into(),
+            ..FixtureWorkspace::default()
+        },
+        config: serde_json::json!({"lastActivity": true, "portId": "jupyterlab"}),
+        ..Fixture::default()
+    };
+    let live = LiveMode { exec: false, http: true };
+    let run = harness::run_case(&engine, &probe, "jupyter", &fixture, live);
+    let evaluation = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the probe did not end")
+        .unwrap()
+        .evaluation;
+    assert!(
+        matches!(evaluation.outcome, ProbeOutcome::Failure(_)),
+        "expected a Failure, got {:?}",
+        evaluation.outcome
+    );
+    let logs = format!("{:?}", evaluation.logs);
+    assert!(logs.contains(&format!("over the cap of {CAP} bytes")), "no word of the cap in {logs}");
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(sent < 64 << 20, "the body was read on past the cap: the server sent {sent} bytes");
+}
