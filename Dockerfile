@@ -4,7 +4,8 @@ FROM rust:1.95-bookworm AS build
 RUN rustup target add wasm32-wasip2
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p workspace-culler \
+# Without the default `local` feature: no test or demo support in the image.
+RUN cargo build --release --locked -p workspace-culler --no-default-features \
  && install -D target/release/workspace-culler /out/workspace-culler
 
 FROM gcr.io/distroless/cc-debian12:nonroot

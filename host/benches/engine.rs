@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use criterion::{Criterion, criterion_group};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use workspace_culler::builtin::builtin;
-use workspace_culler::engine::{
+use workspace_culler_engine::builtin::builtin;
+use workspace_culler_engine::{
     Allocation, Capabilities, EngineConfig, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, LoadedProbe,
     Port, ProbeEngine, ProbeOutcome, ProbeRequest, Workspace,
 };

@@ -1,9 +1,9 @@
 //! The culling decisions of SPEC §4, as pure functions of (kind's culling
 //! config, workspace, pod start, probe evaluation, clock). No I/O here.
 
-use crate::contract::ProbeActivity;
 use crate::crd::{Activity, Culling, LastProbe, WorkspaceSpec, WorkspaceStatus};
-use crate::engine::{Evaluation, ProbeOutcome};
+use workspace_culler_engine::contract::ProbeActivity;
+use workspace_culler_engine::{Evaluation, ProbeOutcome};
 
 /// Culling waits this long past `maxInactiveSeconds` before pausing.
 pub const CULL_BUFFER_SECONDS: i64 = 5;

@@ -5,9 +5,7 @@
 
 use crate::controller::capabilities::HttpMode;
 use crate::controller::{self, Settings, metrics::Metrics};
-use crate::controlplane::{ControlPlane, NODE_NAME};
 use crate::crd::Workspace;
-use crate::engine::{EngineConfig, ProbeEngine};
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -17,6 +15,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use workspace_culler_engine::{EngineConfig, ProbeEngine};
+use workspace_culler_support::controlplane::{ControlPlane, NODE_NAME};
 
 const NS: &str = "demo";
 const JUPYTER_PORT: u16 = 8888;

@@ -117,7 +117,7 @@ pub fn plan(probe: &ActivityProbe, kind: &WorkspaceKindSpec, connect_path: &str)
         });
     }
     let module = probe.module.as_ref().ok_or("activityProbe.module is missing")?;
-    let is_builtin = crate::builtin::builtin(&module.location).is_some();
+    let is_builtin = workspace_culler_engine::builtin::builtin(&module.location).is_some();
     Ok(ProbePlan {
         module: if is_builtin {
             ModuleRef::Builtin(module.location.clone())

@@ -3,11 +3,11 @@
 //! over any stream (e.g. a Kubernetes port-forward). The engine has already
 //! confined every request to the workspace's pod IP.
 
-use crate::engine::{ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse};
 use http_body_util::{BodyExt, Full};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use workspace_culler_engine::{ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse};
 
 /// Read a stream to its end, keeping at most `cap` bytes.
 async fn read_capped(stream: Option<impl AsyncRead + Unpin>, cap: usize) -> Vec<u8> {

@@ -5,13 +5,17 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use workspace_culler::contract::ProbeActivity;
-use workspace_culler::engine::{
+use workspace_culler_engine::contract::ProbeActivity;
+use workspace_culler_engine::{
     Allocation, Capabilities, EngineConfig, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, Limits,
     LoadError, LoadedProbe, Port, ProbeEngine, ProbeOutcome, ProbeRequest, Workspace,
 };
 
-const HOSTILE: &[u8] = include_bytes!(env!("PROBE_HOSTILE_WASM"));
+/// The hostile probe's component (tests/probes/hostile), built on first use.
+fn hostile() -> &'static [u8] {
+    static HOSTILE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    HOSTILE.get_or_init(|| std::fs::read(workspace_culler_support::test_probes::hostile()).unwrap())
+}
 const NOW_MS: i64 = 1_795_951_704_000;
 
 /// Capabilities that hang in exec (ignoring the timeout they are given) and
@@ -106,7 +110,7 @@ async fn assert_still_works(engine: &ProbeEngine, probe: &LoadedProbe) {
 
 async fn every_misbehaviour_is_contained(allocation: Allocation) {
     let engine = engine(allocation);
-    let probe = engine.load(HOSTILE, None).expect("hostile probe loads");
+    let probe = engine.load(hostile(), None).expect("hostile probe loads");
     let caps: Arc<dyn Capabilities> = Arc::new(Stubborn::default());
     let second = Duration::from_secs(1);
 
@@ -197,7 +201,7 @@ async fn misbehaviour_is_contained_on_demand() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_reaches_only_the_workspace_pod() {
     let engine = engine(Allocation::OnDemand);
-    let probe = engine.load(HOSTILE, None).unwrap();
+    let probe = engine.load(hostile(), None).unwrap();
     let caps = Arc::new(Stubborn::default());
     for url in [
         "http://example.com/",
@@ -224,7 +228,7 @@ async fn http_reaches_only_the_workspace_pod() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_and_stderr_are_captured() {
     let engine = engine(Allocation::OnDemand);
-    let probe = engine.load(HOSTILE, None).unwrap();
+    let probe = engine.load(hostile(), None).unwrap();
     let request = ProbeRequest {
         workspace: workspace(),
         config: r#"{"mode":"log"}"#.into(),
@@ -246,16 +250,16 @@ async fn logs_and_stderr_are_captured() {
 #[test]
 fn loading_checks_digest_and_world() {
     let engine = engine(Allocation::OnDemand);
-    let digest = workspace_culler::engine::sha256_hex(HOSTILE);
-    assert!(engine.load(HOSTILE, Some(&digest)).is_ok());
+    let digest = workspace_culler_engine::sha256_hex(hostile());
+    assert!(engine.load(hostile(), Some(&digest)).is_ok());
     assert!(
         engine
-            .load(HOSTILE, Some(&format!("sha256:{}", digest.to_uppercase())))
+            .load(hostile(), Some(&format!("sha256:{}", digest.to_uppercase())))
             .is_ok()
     );
 
     let wrong = "0".repeat(64);
-    match engine.load(HOSTILE, Some(&wrong)) {
+    match engine.load(hostile(), Some(&wrong)) {
         Err(e @ LoadError::DigestMismatch { .. }) => {
             let m = e.to_string();
             assert!(m.contains(&wrong) && m.contains(&digest), "{m}");
@@ -312,7 +316,7 @@ async fn compiled_code_is_cached_verified_and_recompiled_when_corrupt() {
         ..EngineConfig::default()
     };
     let first = ProbeEngine::new(config()).unwrap();
-    first.load(HOSTILE, None).unwrap();
+    first.load(hostile(), None).unwrap();
     let cached: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -325,12 +329,12 @@ async fn compiled_code_is_cached_verified_and_recompiled_when_corrupt() {
         code.file_name()
             .unwrap()
             .to_string_lossy()
-            .starts_with(&workspace_culler::engine::sha256_hex(HOSTILE))
+            .starts_with(&workspace_culler_engine::sha256_hex(hostile()))
     );
 
     // A fresh engine loads from the cache and the probe works.
     let second = ProbeEngine::new(config()).unwrap();
-    let probe = second.load(HOSTILE, None).unwrap();
+    let probe = second.load(hostile(), None).unwrap();
     assert_still_works(&second, &probe).await;
 
     // Corrupt the cached code: the checksum catches it and the engine recompiles.
@@ -339,7 +343,7 @@ async fn compiled_code_is_cached_verified_and_recompiled_when_corrupt() {
     bytes[middle] ^= 0xff;
     std::fs::write(code, &bytes).unwrap();
     let third = ProbeEngine::new(config()).unwrap();
-    let probe = third.load(HOSTILE, None).unwrap();
+    let probe = third.load(hostile(), None).unwrap();
     assert_still_works(&third, &probe).await;
     assert_ne!(std::fs::read(code).unwrap(), bytes, "the corrupt entry was rewritten");
 }
@@ -367,7 +371,7 @@ impl Capabilities for Slow {
 async fn more_evaluations_than_pool_slots_wait_instead_of_failing() {
     // The pool holds 2 instances; 6 evaluations that each wait 300 ms in exec overlap.
     let engine = Arc::new(engine(Allocation::Pooling));
-    let probe = engine.load(HOSTILE, None).unwrap();
+    let probe = engine.load(hostile(), None).unwrap();
     let started = Instant::now();
     let runs: Vec<_> = (0..6)
         .map(|_| {
@@ -394,7 +398,7 @@ async fn the_probe_s_wall_clock_is_the_evaluation_s_clock() {
     // The controller passes the real time; the harness a fixture's `now`, so
     // a probe that reads the time gives the same result on every replay.
     let engine = engine(Allocation::OnDemand);
-    let probe = engine.load(HOSTILE, None).unwrap();
+    let probe = engine.load(hostile(), None).unwrap();
     let (outcome, _) = run(
         &engine,
         &probe,

@@ -41,9 +41,9 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     env.apply_kind(kind("exec-disabled", IDLE, false)).await;
     // A custom probe component by path (the job-guard example), pinned by
     // sha256 (right and wrong); no process runs the job it looks for.
-    let module = env!("EXAMPLE_JOB_GUARD_WASM");
+    let module = workspace_culler_support::test_probes::job_guard().display().to_string();
     let no_job = format!("no-such-job-{}", std::process::id());
-    let digest = workspace_culler::engine::sha256_hex(&std::fs::read(module).unwrap());
+    let digest = workspace_culler_engine::sha256_hex(&std::fs::read(&module).unwrap());
     // And modules that cannot be used: missing, and built against another contract version.
     let scratch = tempfile::tempdir().unwrap();
     let old_contract = scratch.path().join("old-contract.wasm");
@@ -52,7 +52,7 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
         wat::parse_str(r#"(component (import "workspace-culler:probe/types@0.2.0" (instance)))"#).unwrap(),
     )
     .unwrap();
-    let old_digest = workspace_culler::engine::sha256_hex(&std::fs::read(&old_contract).unwrap());
+    let old_digest = workspace_culler_engine::sha256_hex(&std::fs::read(&old_contract).unwrap());
     // (kind, location, pinned sha256, config)
     let modules = [
         (

@@ -9,8 +9,8 @@ use e2e::Env;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use std::time::{Duration, Instant};
-use workspace_culler::controlplane::NODE_NAME;
 use workspace_culler::crd::Workspace;
+use workspace_culler_support::controlplane::NODE_NAME;
 
 const NS: &str = "lifecycle";
 const IDLE: &str = "#!/bin/sh\necho '{\"has_activity\": false}' > \"$OUTPUT_JSON_PATH\"\n";

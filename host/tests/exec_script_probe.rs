@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use workspace_culler::builtin::builtin;
-use workspace_culler::contract::ProbeActivity;
-use workspace_culler::engine::{Allocation, EngineConfig, LoadedProbe, ProbeEngine, ProbeOutcome};
 use workspace_culler::harness::{self, Fixture, LiveMode};
+use workspace_culler_engine::builtin::builtin;
+use workspace_culler_engine::contract::ProbeActivity;
+use workspace_culler_engine::{Allocation, EngineConfig, LoadedProbe, ProbeEngine, ProbeOutcome};
 
 /// 2026-11-29T11:28:24Z, the fixture clock.
 const NOW: &str = "2026-11-29T11:28:24Z";

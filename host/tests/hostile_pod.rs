@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use workspace_culler::builtin::builtin;
-use workspace_culler::engine::{Allocation, EngineConfig, HttpRequest, Limits, ProbeEngine, ProbeOutcome};
 use workspace_culler::harness::{self, Fixture, FixtureWorkspace, LiveMode};
+use workspace_culler_engine::builtin::builtin;
+use workspace_culler_engine::{Allocation, EngineConfig, HttpRequest, Limits, ProbeEngine, ProbeOutcome};
 
 /// Where the server stops on its own, so a client that reads everything
 /// still ends (and the test fails on what it kept, not by running out of memory).
@@ -63,9 +63,16 @@ async fn an_endless_response_body_is_cut_at_the_cap_not_read_to_its_end() {
         response_body_cap: CAP,
     };
     let response = workspace_culler::transport::http(request).await.unwrap();
-    assert_eq!(response.body.len(), CAP + 1, "the body is kept up to one byte over the cap");
+    assert_eq!(
+        response.body.len(),
+        CAP + 1,
+        "the body is kept up to one byte over the cap"
+    );
     let sent = sent.load(Ordering::SeqCst);
-    assert!(sent < 64 << 20, "the client read on past the cap: the server sent {sent} bytes");
+    assert!(
+        sent < 64 << 20,
+        "the client read on past the cap: the server sent {sent} bytes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +98,10 @@ async fn the_jupyter_probe_against_an_endless_body_fails_naming_the_cap() {
         config: serde_json::json!({"lastActivity": true, "portId": "jupyterlab"}),
         ..Fixture::default()
     };
-    let live = LiveMode { exec: false, http: true };
+    let live = LiveMode {
+        exec: false,
+        http: true,
+    };
     let run = harness::run_case(&engine, &probe, "jupyter", &fixture, live);
     let evaluation = tokio::time::timeout(Duration::from_secs(60), run)
         .await
@@ -104,7 +114,13 @@ async fn the_jupyter_probe_against_an_endless_body_fails_naming_the_cap() {
         evaluation.outcome
     );
     let logs = format!("{:?}", evaluation.logs);
-    assert!(logs.contains(&format!("over the cap of {CAP} bytes")), "no word of the cap in {logs}");
+    assert!(
+        logs.contains(&format!("over the cap of {CAP} bytes")),
+        "no word of the cap in {logs}"
+    );
     let sent = sent.load(Ordering::SeqCst);
-    assert!(sent < 64 << 20, "the body was read on past the cap: the server sent {sent} bytes");
+    assert!(
+        sent < 64 << 20,
+        "the body was read on past the cap: the server sent {sent} bytes"
+    );
 }

@@ -32,7 +32,11 @@ build() {{ echo run >>'{}'; sleep 1; echo built >"$1/tool"; }}
 
 fn finish(child: Child) -> (bool, String) {
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -44,7 +48,11 @@ fn runs(count: &Path) -> usize {
 fn callers_started_at_once_on_an_empty_cache_both_succeed_with_one_build() {
     let dir = tempfile::tempdir().unwrap();
     let (count, dest) = (dir.path().join("count"), dir.path().join("cache/tool-v1"));
-    let script = format!("install_once '{}' v1 build && cat '{}/tool'", dest.display(), dest.display());
+    let script = format!(
+        "install_once '{}' v1 build && cat '{}/tool'",
+        dest.display(),
+        dest.display()
+    );
     let callers: Vec<Child> = (0..3).map(|_| start(&count, &script)).collect();
     for caller in callers {
         let (ok, text) = finish(caller);

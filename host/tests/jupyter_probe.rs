@@ -7,10 +7,10 @@ mod jupyter;
 use jupyter::{Jupyter, TOKEN, ms, repo_root};
 use std::process::Command;
 use std::time::Duration;
-use workspace_culler::builtin::builtin;
-use workspace_culler::contract::ProbeActivity;
-use workspace_culler::engine::{Allocation, EngineConfig, LoadedProbe, ProbeEngine, ProbeOutcome};
 use workspace_culler::harness::{self, Fixture, FixtureWorkspace, LiveMode};
+use workspace_culler_engine::builtin::builtin;
+use workspace_culler_engine::contract::ProbeActivity;
+use workspace_culler_engine::{Allocation, EngineConfig, LoadedProbe, ProbeEngine, ProbeOutcome};
 
 const BASE_PATH: &str = "/workspace/connect/ns/ws/jupyterlab/";
 

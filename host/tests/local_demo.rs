@@ -10,11 +10,11 @@ fn the_local_demo_pauses_both_idle_sample_workspaces() {
         .arg("local")
         .env(
             "WORKSPACE_CULLER_CONTROLPLANE",
-            workspace_culler::controlplane::binaries().unwrap(),
+            workspace_culler_support::controlplane::binaries().unwrap(),
         )
         .env(
             "WORKSPACE_CULLER_JUPYTER_BIN",
-            workspace_culler::controlplane::jupyter_binaries().unwrap(),
+            workspace_culler_support::controlplane::jupyter_binaries().unwrap(),
         )
         .env("WORKSPACE_CULLER_CACHE_DIR", tempfile::tempdir().unwrap().path())
         .output()

@@ -3,13 +3,13 @@
 //! directly at its IP (in-cluster) or through the apiserver's port-forward
 //! (out-of-cluster and tests). Each instance is bound to one pod.
 
-use crate::engine::{Capabilities, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, Workspace};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{Api, AttachParams};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use workspace_culler_engine::{Capabilities, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, Workspace};
 
 /// How probes reach their pod over HTTP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -8,13 +8,13 @@
 //! for when it becomes due.
 
 pub mod capabilities;
+pub mod command;
 pub mod leader;
 pub mod metrics;
 pub mod server;
 
 use crate::crd::{Culling, Workspace, WorkspaceKind};
 use crate::decide::{self, CullDecision, ProbeDue};
-use crate::engine::{Evaluation, Port, ProbeEngine, ProbeOutcome, ProbeRequest};
 use crate::plan::{self, ModuleRef, ProbePlan};
 use capabilities::{HttpMode, PodCapabilities};
 use futures::StreamExt;
@@ -29,6 +29,7 @@ use metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
+use workspace_culler_engine::{Evaluation, Port, ProbeEngine, ProbeOutcome, ProbeRequest};
 
 /// The label that ties a pod to its Workspace.
 pub const WORKSPACE_LABEL: &str = "notebooks.kubeflow.org/workspace-name";
@@ -252,7 +253,7 @@ async fn probe(
         .map(|(id, number)| Port { id, number })
         .collect();
     let request = ProbeRequest {
-        workspace: crate::engine::Workspace {
+        workspace: workspace_culler_engine::Workspace {
             namespace: namespace.clone(),
             name,
             pod_name: pod_name.clone(),
@@ -267,7 +268,7 @@ async fn probe(
             pod_name,
             MAIN_CONTAINER.into(),
             ctx.settings.http_mode,
-            crate::engine::Limits::default().exec_output_bytes,
+            workspace_culler_engine::Limits::default().exec_output_bytes,
         )),
         probe_name: plan.probe_name(),
         frozen_clock: false,
@@ -294,10 +295,11 @@ async fn read_secret(ctx: &Context, namespace: &str, name: &str, key: &str) -> R
         .map_err(|_| format!("Secret {namespace}/{name} key {key:?} is not text"))
 }
 
-async fn load(ctx: &Context, plan: &ProbePlan) -> Result<Arc<crate::engine::LoadedProbe>, String> {
+async fn load(ctx: &Context, plan: &ProbePlan) -> Result<Arc<workspace_culler_engine::LoadedProbe>, String> {
     let (bytes, pinned) = match &plan.module {
         ModuleRef::Builtin(name) => {
-            let builtin = crate::builtin::builtin(name).ok_or_else(|| format!("no built-in probe named {name:?}"))?;
+            let builtin = workspace_culler_engine::builtin::builtin(name)
+                .ok_or_else(|| format!("no built-in probe named {name:?}"))?;
             (builtin.component.to_vec(), plan.pinned_sha256.clone())
         }
         ModuleRef::File { path, sha256 } => {

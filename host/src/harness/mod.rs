@@ -2,16 +2,16 @@
 //! describes the workspace, scripted exec and HTTP replies and the clock,
 //! and checks the outcome against what the fixture expects.
 
-use crate::contract::ProbeActivity;
-use crate::engine::{
-    Capabilities, Evaluation, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, Limits, LoadedProbe, Port,
-    ProbeEngine, ProbeOutcome, ProbeRequest, Workspace,
-};
 use async_trait::async_trait;
 pub use probe_fixture::{ExecReply, Expectation, Fixture, FixtureWorkspace, HttpReply, Outcome};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use workspace_culler_engine::contract::ProbeActivity;
+use workspace_culler_engine::{
+    Capabilities, Evaluation, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, Limits, LoadedProbe, Port,
+    ProbeEngine, ProbeOutcome, ProbeRequest, Workspace,
+};
 
 /// The fixture's view of an outcome.
 pub fn outcome_of(outcome: &ProbeOutcome) -> Outcome {

@@ -10,8 +10,8 @@ use kube::core::{ApiResource, GroupVersionKind};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use workspace_culler::controlplane::{self, ControlPlane, NODE_NAME};
 use workspace_culler::crd::{Workspace, WorkspaceKind};
+use workspace_culler_support::controlplane::{self, ControlPlane, NODE_NAME};
 
 pub struct Env {
     pub cp: ControlPlane,
@@ -19,7 +19,7 @@ pub struct Env {
 }
 
 pub fn free_port() -> u16 {
-    workspace_culler::controlplane::free_port().unwrap()
+    workspace_culler_support::controlplane::free_port().unwrap()
 }
 
 /// Poll `check` every 250 ms until it returns `Some`, or panic after `limit`.
@@ -230,7 +230,7 @@ pub struct Controller {
 impl Controller {
     /// GET a path of the controller's metrics/health server: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let request = workspace_culler::engine::HttpRequest {
+        let request = workspace_culler_engine::HttpRequest {
             method: http::Method::GET,
             uri: format!("http://127.0.0.1:{}{path}", self.metrics_port).parse().unwrap(),
             headers: Default::default(),

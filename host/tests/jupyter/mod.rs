@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use workspace_culler::engine::HttpRequest;
 use workspace_culler::transport as local;
+use workspace_culler_engine::HttpRequest;
 
 /// The token every test server requires.
 pub const TOKEN: &str = "probe-test-token";
@@ -47,7 +47,7 @@ impl Drop for Jupyter {
 }
 
 pub fn free_port() -> u16 {
-    workspace_culler::controlplane::free_port().unwrap()
+    workspace_culler_support::controlplane::free_port().unwrap()
 }
 
 impl Jupyter {

@@ -1,6 +1,5 @@
-//! Compiles the probe components (`wasm32-wasip2`) from source so the
-//! controller embeds them: the built-in probes, and the hostile probe the
-//! engine's tests use, and the Rust example probe the examples' tests run. A nested cargo with its own target dir avoids
+//! Compiles the built-in probe components (`wasm32-wasip2`) from source so
+//! the engine embeds them. A nested cargo with its own target dir avoids
 //! contending for the outer build's lock.
 
 use std::env;
@@ -13,15 +12,14 @@ const PROFILE: &str = "probe";
 const PROBES: &[(&str, &str, &str)] = &[
     ("probe-jupyter", "probe_jupyter", "PROBE_JUPYTER_WASM"),
     ("probe-exec-script", "probe_exec_script", "PROBE_EXEC_SCRIPT_WASM"),
-    ("probe-hostile", "probe_hostile", "PROBE_HOSTILE_WASM"),
-    ("job-guard-probe", "job_guard_probe", "EXAMPLE_JOB_GUARD_WASM"),
 ];
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest
-        .parent()
-        .expect("host/ lives in the workspace root")
+        .ancestors()
+        .nth(2)
+        .expect("host/engine/ lives two levels under the workspace root")
         .to_path_buf();
     for watched in [
         "wit",
@@ -29,8 +27,6 @@ fn main() {
         // Not all of probes/: the other languages' examples hold installed toolchains.
         "probes/jupyter",
         "probes/exec-script",
-        "tests/probes",
-        "probes/examples/rust-job-guard",
         "Cargo.lock",
         "Cargo.toml",
     ] {

@@ -12,8 +12,32 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-/// Severity of a probe's log line.
-pub use log::Level as LogLevel;
+/// Severity of a probe's log line (the contract's `log.level`, in the engine's own type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Something failed.
+    Error,
+    /// Something is wrong but the probe goes on.
+    Warn,
+    /// Progress.
+    Info,
+    /// Detail for whoever debugs the probe.
+    Debug,
+    /// More detail.
+    Trace,
+}
+
+impl From<log::Level> for LogLevel {
+    fn from(level: log::Level) -> Self {
+        match level {
+            log::Level::Error => LogLevel::Error,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Trace => LogLevel::Trace,
+        }
+    }
+}
 
 /// A line a probe logged.
 pub(crate) type LogLine = (LogLevel, String);
@@ -238,9 +262,9 @@ impl WasiHttpView for ProbeState {
 impl types::Host for ProbeState {}
 
 impl log::Host for ProbeState {
-    async fn log(&mut self, level: LogLevel, message: String) {
+    async fn log(&mut self, level: log::Level, message: String) {
         let message: String = message.chars().take(4096).collect();
-        push_log(&self.logs, level, message);
+        push_log(&self.logs, level.into(), message);
     }
 }
 

@@ -73,7 +73,7 @@ fn ensured(var: &str, script: &str) -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os(var) {
         return Ok(PathBuf::from(dir));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts").join(script);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts").join(script);
     let out = Command::new(&script)
         .stderr(Stdio::inherit())
         .output()

@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn the_authors_guide_quotes_every_message_exactly() {
-        let guide = include_str!("../../docs/contract.md");
+        let guide = include_str!("../../../docs/contract.md");
         let big = format!(r#"{{"has_activity": true}}{}"#, " ".repeat(70_000 - 22));
         for output in [
             "",

@@ -3,10 +3,12 @@
 //! deadline, a memory cap and output caps. Nothing here knows Kubernetes;
 //! what a probe can reach comes in through [`Capabilities`].
 
+pub mod builtin;
 pub mod capabilities;
+pub mod contract;
 mod state;
 
-use crate::contract::{self, ProbeActivity};
+use crate::contract::ProbeActivity;
 pub use capabilities::{
     Capabilities, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, NoCapabilities, Port, Workspace,
 };
@@ -27,7 +29,7 @@ pub use state::LogLevel;
 /// Bindings generated from `wit/`, the single source of the probe contract.
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "activity-probe",
         imports: { default: async },
         exports: { default: async },
@@ -607,6 +609,42 @@ fn write_cache(
     std::fs::rename(&tmp_code, code_path)?;
     std::fs::rename(&tmp_sum, sum_path)?;
     Ok(())
+}
+
+/// Where what a probe declares it uses (`info().capabilities`) and what it
+/// imports disagree: a contract mistake worth a warning, not a refusal.
+pub fn capability_warnings(declared: &[String], imports: &[String]) -> Vec<String> {
+    let imported = |prefix: &str| imports.iter().any(|i| i.starts_with(prefix));
+    let capabilities = [
+        ("exec", format!("{WIT_PACKAGE}/exec@")),
+        ("log", format!("{WIT_PACKAGE}/log@")),
+        ("http", "wasi:http/outgoing-handler@".to_string()),
+    ];
+    let mut warnings = Vec::new();
+    for (capability, import) in &capabilities {
+        // Importing more than it declares is common (the SDK binds the whole
+        // world); declaring what it cannot call is a mistake.
+        if declared.iter().any(|d| d == capability) && !imported(import) {
+            warnings.push(format!(
+                "declares capability {capability:?} but does not import {import}*"
+            ));
+        }
+    }
+    for d in declared {
+        if !capabilities.iter().any(|(c, _)| c == d) {
+            warnings.push(format!("declares unknown capability {d:?} (known: exec, http, log)"));
+        }
+    }
+    warnings
+}
+
+/// Where compiled components are cached when no folder is given:
+/// `$XDG_CACHE_HOME/workspace-culler`, else `~/.cache/workspace-culler`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("workspace-culler"))
 }
 
 impl Workspace {

@@ -1,0 +1,136 @@
+//! `workspace-culler controller`: connect, serve metrics and health, and run
+//! the controller — under a leader Lease when asked, so that of several
+//! replicas only one acts, and one that loses the Lease stops.
+
+use super::capabilities::HttpMode;
+use super::{Settings, leader, metrics, server};
+use anyhow::Context;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use workspace_culler_engine::{EngineConfig, ProbeEngine};
+
+/// The controller's command line.
+#[derive(Args)]
+pub struct ControllerArgs {
+    /// A kubeconfig file (default: in-cluster service account, else ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (repeatable; default: all).
+    #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Probes running at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u16,
+    /// How probes reach pods over HTTP.
+    #[arg(long, value_enum, default_value = "direct")]
+    http_mode: HttpMode,
+    /// Record what would be culled without pausing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Where Jupyter serves inside the pod.
+    #[arg(long, default_value = crate::plan::DEFAULT_CONNECT_PATH)]
+    connect_path: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Where compiled probe components are cached.
+    #[arg(long, env = "WORKSPACE_CULLER_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Act only while holding a Lease, so several replicas never both act.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "workspace-culler")]
+    leader_election_lease: String,
+}
+
+/// A client from `kubeconfig`, or from the in-cluster service account.
+pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster service account and no kubeconfig")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Runs the controller until a shutdown signal, or until it loses its Lease.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let engine = Arc::new(ProbeEngine::new(EngineConfig {
+        concurrency: u32::from(args.concurrency),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .or_else(workspace_culler_engine::default_cache_dir),
+        ..EngineConfig::default()
+    })?);
+    let metrics = metrics::Metrics::new()?;
+    let readiness = server::Readiness::default();
+    tokio::spawn(server::serve(args.metrics_addr, metrics.clone(), readiness.clone()));
+    let settings = Settings {
+        dry_run: args.dry_run,
+        http_mode: args.http_mode,
+        connect_path: args.connect_path,
+        namespaces: args.namespaces,
+        concurrency: args.concurrency,
+    };
+    tracing::info!(dry_run = settings.dry_run, http_mode = ?settings.http_mode, "starting the culling controller");
+    readiness.set(true);
+    if !args.leader_elect {
+        super::run(client, engine, settings, metrics, shutdown_signal()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("workspace-culler-{}", std::process::id()));
+    let elector = Arc::new(leader::Elector::new(
+        client.clone(),
+        &args.leader_election_namespace,
+        &args.leader_election_lease,
+        &identity,
+    ));
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+    }
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+    let holder = elector.clone();
+    tokio::spawn(async move {
+        holder.hold().await;
+        let _ = lost_tx.send(());
+    });
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = lost.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = lost_rx => flag.store(true, std::sync::atomic::Ordering::SeqCst),
+        }
+    };
+    super::run(client, engine, settings, metrics, stop).await?;
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("lost the leader lease; exiting so that only the new leader acts");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,6 @@
+//! Test and demo support for workspace-culler, kept out of the product: a
+//! real local control plane (the end-to-end tests and `workspace-culler
+//! local`), and the probe components only tests run.
+
+pub mod controlplane;
+pub mod test_probes;
