@@ -41,6 +41,8 @@ pub const MIN_SECONDS_SINCE_ACTIVE: i32 = 16;
 /// Kubeflow's `podExec.script` length limit.
 pub const MAX_SCRIPT_LENGTH: usize = 2048;
 
+/// What Linux reads of a shebang line after `#!` (Kubeflow's webhook limit).
+const MAX_SHEBANG_LENGTH: usize = 255;
 const MAX_NAME_LENGTH: usize = 253;
 const MAX_PORT_ID_LENGTH: usize = 32;
 
@@ -382,6 +384,9 @@ fn validate_probe(probe: &ActivityProbe, errors: &mut Vec<String>) {
                 "{P}.podExec.script must be 1 to {MAX_SCRIPT_LENGTH} characters, got {length}"
             ));
         }
+        if let Some(problem) = shebang_problem(&exec.script) {
+            errors.push(format!("{P}.podExec.script: {problem}"));
+        }
         if exec.timeout_seconds < 1 {
             errors.push(format!(
                 "{P}.podExec.timeoutSeconds must be at least 1, got {}",
@@ -447,6 +452,26 @@ fn validate_probe(probe: &ActivityProbe, errors: &mut Vec<String>) {
                 module.timeout_seconds
             ));
         }
+    }
+}
+
+/// Kubeflow's webhook check of a script's first line (`^#![ \t]*([^ \t]+)(?:[ \t]+.+)?$`, and at
+/// most 255 bytes after `#!`, the kernel's limit), so a script it accepts is accepted here too.
+fn shebang_problem(script: &str) -> Option<&'static str> {
+    let line = script.split(['\r', '\n']).next().unwrap_or_default();
+    let valid = line.strip_prefix("#!").is_some_and(|rest| {
+        let rest = rest.trim_start_matches([' ', '\t']);
+        let interpreter = rest.find([' ', '\t']).unwrap_or(rest.len());
+        // Arguments, if any, are blanks and then at least one more character.
+        let arguments = &rest[interpreter..];
+        interpreter > 0 && (arguments.is_empty() || arguments.chars().count() >= 2)
+    });
+    if !valid {
+        Some("the first line must be a shebang such as '#!/bin/sh'")
+    } else if line.len().saturating_sub(2) > MAX_SHEBANG_LENGTH {
+        Some("shebang line exceeds the 255 character limit")
+    } else {
+        None
     }
 }
 

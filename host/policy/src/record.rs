@@ -14,6 +14,10 @@ pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// Marks a message that was cut to fit its cap.
 pub const TRUNCATION_MARKER: &str = "…";
 
+/// How far past the probe's end a reported `last_activity` may lie (clock skew); a later one
+/// is a `Failure` (SPEC §5), since `lastActivity` never moves back and would keep it forever.
+pub const MAX_LAST_ACTIVITY_AFTER_END_MS: i64 = 60_000;
+
 /// What a successful probe says about activity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeActivity {
@@ -33,10 +37,7 @@ impl std::fmt::Display for ProbeActivity {
             ProbeActivity::ActiveNow => f.write_str("active now"),
             ProbeActivity::Idle => f.write_str("not active now"),
             ProbeActivity::Unknown => f.write_str("last activity unknown"),
-            ProbeActivity::LastAt(ms) => match DateTime::from_timestamp_millis(*ms) {
-                Some(t) => write!(f, "last active at {}", t.to_rfc3339_opts(SecondsFormat::Millis, true)),
-                None => write!(f, "last active at {ms} ms"),
-            },
+            ProbeActivity::LastAt(ms) => write!(f, "last active at {}", time_text(*ms)),
         }
     }
 }
@@ -74,6 +75,31 @@ pub struct ProbeRun {
     pub outcome: ProbeOutcome,
 }
 
+/// A UNIX ms time as RFC 3339 (or in ms, when out of range).
+fn time_text(ms: i64) -> String {
+    match DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+        None => format!("{ms} ms"),
+    }
+}
+
+/// `run.outcome`, except that a `last_activity` more than
+/// [`MAX_LAST_ACTIVITY_AFTER_END_MS`] after the probe's end is a `Failure` (SPEC §5).
+fn checked_outcome(run: &ProbeRun) -> ProbeOutcome {
+    match run.outcome {
+        ProbeOutcome::Success(ProbeActivity::LastAt(at))
+            if at > run.end_ms.saturating_add(MAX_LAST_ACTIVITY_AFTER_END_MS) =>
+        {
+            ProbeOutcome::Failure(format!(
+                "invalid probe output: last_activity {} is more than 60 s after the probe ended ({})",
+                time_text(at),
+                time_text(run.end_ms)
+            ))
+        }
+        ref outcome => outcome.clone(),
+    }
+}
+
 /// The new `lastActivity` after a successful probe ending at `end_ms`, from the previous value
 /// (0 = unknown). It never moves backwards.
 pub fn next_last_activity(previous: i64, end_ms: i64, activity: ProbeActivity) -> i64 {
@@ -89,7 +115,8 @@ pub fn next_last_activity(previous: i64, end_ms: i64, activity: ProbeActivity) -
 }
 
 /// The workspace's `status.activity` after `run`: `lastProbe` always changes; `lastActivity`
-/// and `lastUpdate` only on success; `eligibleAfter` is recomputed for the matched rule.
+/// and `lastUpdate` only on success; `eligibleAfter` is recomputed for the matched rule. A
+/// `last_activity` too far past the probe's end makes the run a `Failure`.
 pub fn activity_after_probe(
     previous: Option<&Activity>,
     run: &ProbeRun,
@@ -97,11 +124,12 @@ pub fn activity_after_probe(
     rule: &RuleMatch,
 ) -> Activity {
     let previous = previous.cloned().unwrap_or_default();
-    let message = match &run.outcome {
+    let outcome = checked_outcome(run);
+    let message = match &outcome {
         ProbeOutcome::Success(activity) => format!("probe succeeded: {activity}"),
         ProbeOutcome::Failure(message) | ProbeOutcome::Timeout(message) => message.clone(),
     };
-    let (last_activity, last_update) = match &run.outcome {
+    let (last_activity, last_update) = match &outcome {
         ProbeOutcome::Success(activity) => (
             next_last_activity(previous.last_activity, run.end_ms, *activity),
             run.end_ms,
@@ -114,7 +142,7 @@ pub fn activity_after_probe(
         last_probe: Some(LastProbe {
             start_time: run.start_ms,
             end_time: run.end_ms,
-            result: run.outcome.result(),
+            result: outcome.result(),
             message: cap_message(&message, MAX_MESSAGE_BYTES),
         }),
         rules: Some(ActivityRulesStatus {
@@ -287,6 +315,36 @@ mod tests {
         );
         let from_unknown = after(None, ProbeOutcome::Success(ProbeActivity::LastAt(NOW - 7_200_000)));
         assert_eq!(from_unknown.last_activity, NOW - 7_200_000);
+    }
+
+    #[test]
+    fn a_last_activity_more_than_60_s_after_the_probe_end_is_a_failure() {
+        let before = previous(NOW - 7_200_000);
+        let too_late = after(
+            Some(&before),
+            ProbeOutcome::Success(ProbeActivity::LastAt(END + 60_001)),
+        );
+        assert_eq!(too_late.last_activity, before.last_activity, "a failure never moves it");
+        assert_eq!(too_late.last_update, before.last_update);
+        let probe = too_late.last_probe.unwrap();
+        assert_eq!(probe.result, ProbeResult::Failure);
+        assert!(probe.message.contains("last_activity"), "{}", probe.message);
+        assert!(probe.message.contains("more than 60 s after"), "{}", probe.message);
+        // Up to 60 s of clock skew is accepted.
+        let skewed = after(
+            Some(&before),
+            ProbeOutcome::Success(ProbeActivity::LastAt(END + 60_000)),
+        );
+        assert_eq!(skewed.last_probe.unwrap().result, ProbeResult::Success);
+        assert_eq!(skewed.last_activity, END + 60_000);
+        // Saturates instead of overflowing at the end of time.
+        let run = ProbeRun {
+            start_ms: i64::MAX - 10,
+            end_ms: i64::MAX,
+            outcome: ProbeOutcome::Success(ProbeActivity::LastAt(i64::MAX)),
+        };
+        let at_the_end = activity_after_probe(None, &run, 0, &pausing(3600));
+        assert_eq!(at_the_end.last_probe.unwrap().result, ProbeResult::Success);
     }
 
     #[test]

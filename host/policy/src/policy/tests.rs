@@ -511,3 +511,46 @@ fn module_settings_are_checked() {
     });
     assert_eq!(validate(&spec), Ok(()), "'..' inside a file name is fine");
 }
+
+#[test]
+fn a_pod_exec_script_must_start_with_a_valid_shebang() {
+    // Kubeflow's webhook (and its CRD's description of `script`) requires a shebang line.
+    let with_script = |script: &str| {
+        let mut spec = valid();
+        spec.activity_probe.jupyter = None;
+        spec.activity_probe.pod_exec = Some(PodExecProbe {
+            script: script.into(),
+            timeout_seconds: 60,
+        });
+        spec
+    };
+    for script in [
+        "#!/bin/sh\nexit 0",
+        "#!/usr/bin/env bash\r\necho '{}' > \"$OUTPUT_JSON_PATH\"",
+        "#! /usr/bin/env python3 -u\nprint()",
+        "#!/bin/sh",
+    ] {
+        assert_eq!(validate(&with_script(script)), Ok(()), "{script:?}");
+    }
+    for script in [
+        "echo '{\"has_activity\": true}' > \"$OUTPUT_JSON_PATH\"",
+        " #!/bin/sh\nexit 0",
+        "#!\nexit 0",
+        "#!  \nexit 0",
+        "\n#!/bin/sh\nexit 0",
+    ] {
+        let message = errors(&with_script(script));
+        assert!(
+            message.contains("spec.activityProbe.podExec.script: the first line must be a shebang"),
+            "{script:?}: {message}"
+        );
+    }
+    // The kernel reads at most 255 characters after "#!".
+    let longest = format!("#!/{}\nexit 0", "a".repeat(254));
+    assert_eq!(validate(&with_script(&longest)), Ok(()));
+    let message = errors(&with_script(&format!("#!/{}\nexit 0", "a".repeat(255))));
+    assert!(
+        message.contains("shebang line exceeds the 255 character limit"),
+        "{message}"
+    );
+}
