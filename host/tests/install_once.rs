@@ -123,7 +123,8 @@ fn every_install_step_uses_the_helper() {
     for script in scripts {
         let text = std::fs::read_to_string(&script).unwrap();
         assert!(
-            text.contains("scripts/lib/install-once.sh") && text.contains("install_once "),
+            text.contains("scripts/lib/install-once.sh")
+                && (text.contains("install_once ") || text.contains("install_node_modules ")),
             "{} installs without scripts/lib/install-once.sh",
             script.display()
         );

@@ -43,6 +43,19 @@ install_once() {
   )
 }
 
+# The npm toolchain pinned by DIR/package-lock.json, in DIR/node_modules:
+# installed once, and again when the lock file changes.
+install_node_modules() { # DIR
+  install_once "$1/node_modules" "$(sha256sum "$1/package-lock.json" | cut -c1-64)" _npm_ci "$1"
+}
+_npm_ci() { # DIR into
+  local work
+  work=$(mktemp -d)
+  cp "$1/package.json" "$1/package-lock.json" "$work/"
+  (cd "$work" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  rmdir "$2" && mv "$work/node_modules" "$2" && rm -rf "$work"
+}
+
 # The folder expensive artifacts are kept in: $WORKSPACE_CULLER_INSTALL_DIR, or
 # .cache at the top of the repository ($1).
 install_cache_dir() {

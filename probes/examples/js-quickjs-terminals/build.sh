@@ -11,14 +11,7 @@ cd "$here"
 # The pinned toolchain (package-lock.json) in node_modules, installed once and
 # again when the lock file changes; safe when several builds start at once.
 . "$root/scripts/lib/install-once.sh"
-npm_ci() { # into
-  local work
-  work=$(mktemp -d)
-  cp package.json package-lock.json "$work/"
-  (cd "$work" && npm ci --no-audit --no-fund --loglevel=error >&2)
-  rmdir "$1" && mv "$work/node_modules" "$1" && rm -rf "$work"
-}
-install_once "$here/node_modules" "$(sha256sum package-lock.json | cut -c1-64)" npm_ci
+install_node_modules "$here"
 # componentize-qjs 0.4 cannot build a world that imports wasi:http, so it
 # builds against the contract without that import: a probe may import less
 # than the world offers.
