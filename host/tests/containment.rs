@@ -417,3 +417,96 @@ async fn the_probe_s_wall_clock_is_the_evaluation_s_clock() {
         other => panic!("expected the probe's clock reading, got {other:?}"),
     }
 }
+
+/// Capabilities that answer every exec and HTTP call at once, counting them.
+#[derive(Default)]
+struct Obliging {
+    exec_calls: AtomicUsize,
+    http_calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Capabilities for Obliging {
+    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+        self.exec_calls.fetch_add(1, Ordering::SeqCst);
+        Ok(ExecOutput {
+            exit_code: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        })
+    }
+
+    async fn http(&self, _: &Workspace, _: HttpRequest) -> Result<HttpResponse, String> {
+        self.http_calls.fetch_add(1, Ordering::SeqCst);
+        Ok(HttpResponse {
+            status: 200,
+            ..HttpResponse::default()
+        })
+    }
+}
+
+/// Each allowance a probe could otherwise use to make the host hold memory
+/// (or hammer the user's pod) is capped per evaluation: the probe fails with
+/// a message naming the cap, the capabilities never see more than the cap,
+/// and the engine goes on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_per_evaluation_allowance_is_capped_and_named() {
+    let engine = engine(Allocation::OnDemand);
+    let probe = engine.load(hostile(), None).unwrap();
+    let limits = Limits::default();
+    let url = "http://10.0.0.7:8888/api/status";
+    let cases = [
+        (
+            serde_json::json!({"mode": "log-flood", "lines": 100_000, "bytes": 16}),
+            format!("cap of {} lines", limits.log_lines),
+        ),
+        (
+            serde_json::json!({"mode": "log-flood", "lines": 150, "bytes": 4096}),
+            format!("cap of {} bytes per evaluation", limits.log_bytes),
+        ),
+        (
+            serde_json::json!({"mode": "exec-many", "calls": 10_000}),
+            format!("cap of {} commands", limits.exec_calls),
+        ),
+        (
+            serde_json::json!({"mode": "exec-big", "bytes": 1 << 20}),
+            format!("over its cap of {} bytes", limits.exec_input_bytes),
+        ),
+        (
+            serde_json::json!({"mode": "http-many", "url": url, "requests": 10_000}),
+            format!("cap of {} HTTP requests", limits.http_requests),
+        ),
+        (
+            serde_json::json!({"mode": "handles"}),
+            format!("cap of {} resource handles", limits.resource_handles),
+        ),
+    ];
+    for (config, needle) in cases {
+        let caps = Arc::new(Obliging::default());
+        let (outcome, _) = run(&engine, &probe, config.clone(), Duration::from_secs(20), caps.clone()).await;
+        failure_containing(&outcome, &needle);
+        assert!(caps.exec_calls.load(Ordering::SeqCst) <= limits.exec_calls, "{config}");
+        assert!(
+            caps.http_calls.load(Ordering::SeqCst) <= limits.http_requests,
+            "{config}"
+        );
+        assert_still_works(&engine, &probe).await;
+    }
+}
+
+#[tokio::test]
+async fn log_lines_under_the_caps_are_all_kept() {
+    let engine = engine(Allocation::OnDemand);
+    let probe = engine.load(hostile(), None).unwrap();
+    let request = ProbeRequest {
+        workspace: workspace(),
+        config: serde_json::json!({"mode": "log-flood", "lines": 50, "bytes": 8}).to_string(),
+        deadline: Duration::from_secs(5),
+        capabilities: Arc::new(Obliging::default()),
+        probe_name: "hostile".into(),
+        frozen_clock: false,
+    };
+    let evaluation = engine.evaluate(&probe, request, NOW_MS).await;
+    assert_eq!(evaluation.outcome, ProbeOutcome::Success(ProbeActivity::Idle));
+    assert_eq!(evaluation.logs.len(), 50);
+}

@@ -64,6 +64,18 @@ pub struct Limits {
     pub exec_output_bytes: usize,
     /// Bytes of one HTTP request or response body.
     pub http_body_bytes: usize,
+    /// Lines a probe may log in one evaluation (the `log` import).
+    pub log_lines: usize,
+    /// Bytes a probe may log in one evaluation, all lines together.
+    pub log_bytes: usize,
+    /// Commands a probe may run in one evaluation.
+    pub exec_calls: usize,
+    /// Bytes of one command's argv and stdin together.
+    pub exec_input_bytes: usize,
+    /// HTTP requests a probe may send in one evaluation (so also at once).
+    pub http_requests: usize,
+    /// Resource handles (streams, HTTP fields and bodies, …) a probe may hold at once.
+    pub resource_handles: usize,
 }
 
 impl Default for Limits {
@@ -73,6 +85,12 @@ impl Default for Limits {
             stdio_bytes: 1 << 20,
             exec_output_bytes: 1 << 20,
             http_body_bytes: 4 << 20,
+            log_lines: 200,
+            log_bytes: 64 << 10,
+            exec_calls: 32,
+            exec_input_bytes: 256 << 10,
+            http_requests: 32,
+            resource_handles: 4096,
         }
     }
 }
@@ -562,9 +580,12 @@ impl ProbeEngine {
                 outcome
             }
         };
-        let outcome = match (outcome, state.stdio_overflow()) {
-            (ProbeOutcome::Failure(_), Some(overflow)) => ProbeOutcome::Failure(overflow),
-            (outcome, _) => outcome,
+        let outcome = match (outcome, state.stdio_overflow(), state.cap_exceeded()) {
+            // A probe that ran into a cap fails for that reason, whatever it
+            // returned, and even if it then looped on until its deadline.
+            (_, _, Some(cap)) => ProbeOutcome::Failure(cap),
+            (ProbeOutcome::Failure(_), Some(overflow), _) => ProbeOutcome::Failure(overflow),
+            (outcome, _, _) => outcome,
         };
         let logs = state.finish_logs();
         let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);

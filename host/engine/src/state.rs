@@ -44,15 +44,41 @@ pub(crate) type LogLine = (LogLevel, String);
 
 type Logs = Arc<Mutex<Vec<LogLine>>>;
 
-fn push_log(logs: &Logs, level: LogLevel, message: String) {
-    match level {
-        LogLevel::Error => tracing::error!(target: "probe", "{message}"),
-        LogLevel::Warn => tracing::warn!(target: "probe", "{message}"),
-        LogLevel::Info => tracing::info!(target: "probe", "{message}"),
-        LogLevel::Debug => tracing::debug!(target: "probe", "{message}"),
-        LogLevel::Trace => tracing::trace!(target: "probe", "{message}"),
+/// The first cap a probe ran into, shared by the parts of its sandbox: the
+/// evaluation then fails with this message, whatever the probe returned.
+#[derive(Clone, Default)]
+pub(crate) struct CapExceeded(Arc<Mutex<Option<String>>>);
+
+impl CapExceeded {
+    fn record(&self, message: String) {
+        let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            tracing::info!(target: "probe", "{message}");
+            *first = Some(message);
+        }
     }
-    logs.lock().unwrap_or_else(|p| p.into_inner()).push((level, message));
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Lines of one evaluation that also reach the controller's own log; the
+/// rest are kept with the evaluation only, so a chatty probe cannot flood it.
+const LINES_TO_CONTROLLER_LOG: usize = 20;
+
+fn push_log(logs: &Logs, level: LogLevel, message: String) {
+    let mut logs = logs.lock().unwrap_or_else(|p| p.into_inner());
+    if logs.len() < LINES_TO_CONTROLLER_LOG {
+        match level {
+            LogLevel::Error => tracing::error!(target: "probe", "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "probe", "{message}"),
+            LogLevel::Info => tracing::info!(target: "probe", "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "probe", "{message}"),
+            LogLevel::Trace => tracing::trace!(target: "probe", "{message}"),
+        }
+    }
+    logs.push((level, message));
 }
 
 /// Memory cap that remembers it was hit, so the trap can say so.
@@ -90,6 +116,18 @@ pub(crate) struct ProbeState {
     workspace: Workspace,
     deadline_at: Instant,
     logs: Logs,
+    limits: Limits,
+    /// What the probe used so far of what `limits` counts.
+    used: Usage,
+    exceeded: CapExceeded,
+}
+
+/// What a probe used of its per-evaluation allowances.
+#[derive(Default)]
+struct Usage {
+    log_lines: usize,
+    log_bytes: usize,
+    exec_calls: usize,
 }
 
 /// The probe's wall clock: the evaluation's clock at its start, advancing in
@@ -143,16 +181,22 @@ impl ProbeState {
             })
             .build();
         let logs = Logs::default();
+        let exceeded = CapExceeded::default();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.resource_handles);
         ProbeState {
             wasi,
             http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            table,
             hooks: ConfinedHttp {
                 workspace: workspace.clone(),
                 capabilities: capabilities.clone(),
                 deadline_at,
                 body_cap: limits.http_body_bytes,
                 logs: logs.clone(),
+                requests_left: limits.http_requests,
+                requests_cap: limits.http_requests,
+                exceeded: exceeded.clone(),
             },
             memory: MemoryCap {
                 cap: limits.memory_bytes,
@@ -166,7 +210,15 @@ impl ProbeState {
             workspace,
             deadline_at,
             logs,
+            limits: limits.clone(),
+            used: Usage::default(),
+            exceeded,
         }
+    }
+
+    /// The first per-evaluation cap the probe ran into, if any.
+    pub(crate) fn cap_exceeded(&self) -> Option<String> {
+        self.exceeded.get()
     }
 
     pub(crate) fn memory_cap(&mut self) -> &mut MemoryCap {
@@ -186,6 +238,16 @@ impl ProbeState {
             Some(trap) => trap.to_string(),
             None => first_line(&text).to_string(),
         };
+        let table_full = matches!(
+            e.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        );
+        if table_full || text.contains("resource table has no free keys") {
+            return format!(
+                "probe exceeded its cap of {} resource handles held at once",
+                self.limits.resource_handles
+            );
+        }
         let mut message = format!("probe trapped: {cause}");
         // A Rust guest's panic message is on stderr; Rust's backtrace hint is noise.
         let stderr = String::from_utf8_lossy(&self.stderr.contents()).into_owned();
@@ -264,6 +326,20 @@ impl types::Host for ProbeState {}
 impl log::Host for ProbeState {
     async fn log(&mut self, level: log::Level, message: String) {
         let message: String = message.chars().take(4096).collect();
+        self.used.log_lines += 1;
+        self.used.log_bytes = self.used.log_bytes.saturating_add(message.len());
+        if self.used.log_lines > self.limits.log_lines {
+            let cap = self.limits.log_lines;
+            self.exceeded
+                .record(format!("probe logged more than its cap of {cap} lines per evaluation"));
+            return;
+        }
+        if self.used.log_bytes > self.limits.log_bytes {
+            let cap = self.limits.log_bytes;
+            self.exceeded
+                .record(format!("probe logged more than its cap of {cap} bytes per evaluation"));
+            return;
+        }
         push_log(&self.logs, level.into(), message);
     }
 }
@@ -272,6 +348,24 @@ impl exec::Host for ProbeState {
     async fn run(&mut self, command: exec::Command) -> Result<exec::Output, exec::Error> {
         if command.argv.is_empty() || command.argv[0].is_empty() {
             return Err(exec::Error::Refused("argv must name a program".into()));
+        }
+        self.used.exec_calls += 1;
+        if self.used.exec_calls > self.limits.exec_calls {
+            let message = format!(
+                "probe ran more than its cap of {} commands per evaluation",
+                self.limits.exec_calls
+            );
+            self.exceeded.record(message.clone());
+            return Err(exec::Error::Refused(message));
+        }
+        let input = command.argv.iter().map(String::len).sum::<usize>() + command.stdin.len();
+        if input > self.limits.exec_input_bytes {
+            let message = format!(
+                "probe passed a command {input} bytes of argv and stdin, over its cap of {} bytes",
+                self.limits.exec_input_bytes
+            );
+            self.exceeded.record(message.clone());
+            return Err(exec::Error::Refused(message));
         }
         let remaining = self.remaining();
         if remaining.is_zero() {
@@ -305,6 +399,9 @@ struct ConfinedHttp {
     deadline_at: Instant,
     body_cap: usize,
     logs: Logs,
+    requests_left: usize,
+    requests_cap: usize,
+    exceeded: CapExceeded,
 }
 
 type HttpError = wasmtime_wasi_http::Error;
@@ -340,6 +437,16 @@ impl WasiHttpHooks for ConfinedHttp {
             );
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        if self.requests_left == 0 {
+            let message = format!(
+                "probe sent more than its cap of {} HTTP requests per evaluation",
+                self.requests_cap
+            );
+            push_log(&self.logs, LogLevel::Warn, message.clone());
+            self.exceeded.record(message);
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        self.requests_left -= 1;
         let workspace = self.workspace.clone();
         let capabilities = self.capabilities.clone();
         let remaining = self.deadline_at.saturating_duration_since(Instant::now());

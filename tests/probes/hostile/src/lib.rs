@@ -78,6 +78,43 @@ impl Probe for Hostile {
                 eprintln!("stderr line from the probe");
                 Ok(Reply::Json(r#"{"has_activity":false}"#.into()))
             }
+            // Log `lines` lines of `bytes` bytes each.
+            "log-flood" => {
+                let line = "x".repeat(config["bytes"].as_u64().unwrap_or(64) as usize);
+                for _ in 0..config["lines"].as_u64().unwrap_or(100_000) {
+                    host.log(probe_sdk::LogLevel::Info, &line);
+                }
+                Ok(Reply::Json(r#"{"has_activity":false}"#.into()))
+            }
+            // Run `calls` commands, going on past refusals.
+            "exec-many" => {
+                for _ in 0..config["calls"].as_u64().unwrap_or(10_000) {
+                    let _ = host.exec(&Command::new(["true"]));
+                }
+                Ok(Reply::Json(r#"{"has_activity":false}"#.into()))
+            }
+            // Run one command whose argv is `bytes` long.
+            "exec-big" => {
+                let arg = "x".repeat(config["bytes"].as_u64().unwrap_or(1 << 20) as usize);
+                let _ = host.exec(&Command::new(["echo", arg.as_str()]));
+                Ok(Reply::Json(r#"{"has_activity":false}"#.into()))
+            }
+            // Send `requests` HTTP requests to `url`, going on past refusals.
+            "http-many" => {
+                let url = config["url"].as_str().unwrap_or("http://example.com/");
+                for _ in 0..config["requests"].as_u64().unwrap_or(10_000) {
+                    let _ = host.http(&HttpRequest::get(url));
+                }
+                Ok(Reply::Json(r#"{"has_activity":false}"#.into()))
+            }
+            // Hold ever more resource handles (HTTP header maps) in the host.
+            "handles" => {
+                let mut held = Vec::new();
+                loop {
+                    held.push(probe_sdk::bindings::wasi::http::types::Fields::new());
+                    std::hint::black_box(&held);
+                }
+            }
             other => Err(ProbeError::Failure(format!("unknown mode {other:?}"))),
         }
     }
