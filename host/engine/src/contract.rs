@@ -76,6 +76,9 @@ pub enum ContractError {
     /// A key the contract does not have.
     #[error("probe output has unknown key \"{0}\" (allowed: has_activity, last_activity)")]
     UnknownKey(String),
+    /// A key given twice: JSON parsers disagree on which one counts.
+    #[error("probe output has the key \"{0}\" more than once")]
+    DuplicateKey(String),
     /// Neither key present.
     #[error("probe output has neither has_activity nor last_activity")]
     MissingKeys,
@@ -120,6 +123,9 @@ pub fn validate(output: &str, started_at_ms: i64) -> Result<ProbeActivity, Contr
     if let Some(key) = object.keys().find(|k| *k != HAS_ACTIVITY && *k != LAST_ACTIVITY) {
         return Err(ContractError::UnknownKey(key.clone()));
     }
+    if let Some(key) = first_duplicate_key(output) {
+        return Err(ContractError::DuplicateKey(key));
+    }
     let has_activity = match object.get(HAS_ACTIVITY) {
         None => None,
         Some(Value::Bool(b)) => Some(*b),
@@ -146,6 +152,35 @@ pub fn validate(output: &str, started_at_ms: i64) -> Result<ProbeActivity, Contr
         (None, Some(None)) => Ok(ProbeActivity::Unknown),
         (None, None) => Err(ContractError::MissingKeys),
     }
+}
+
+/// The first key that a JSON object's text gives twice (a parsed `Value`
+/// keeps only the last, silently).
+fn first_duplicate_key(object_text: &str) -> Option<String> {
+    struct Keys(Option<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                    let mut seen = std::collections::HashSet::new();
+                    while let Some(key) = map.next_key::<String>()? {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        if !seen.insert(key.clone()) {
+                            return Ok(Keys(Some(key)));
+                        }
+                    }
+                    Ok(Keys(None))
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    serde_json::from_str::<Keys>(object_text).ok().and_then(|k| k.0)
 }
 
 #[cfg(test)]
@@ -227,6 +262,25 @@ mod tests {
     }
 
     #[test]
+    fn a_key_given_twice_fails_by_name_whichever_value_comes_last() {
+        for output in [
+            r#"{"has_activity": true, "has_activity": false}"#,
+            r#"{"has_activity": false, "has_activity": true}"#,
+            r#"{"has_activity": false, "has_\u0061ctivity": true}"#,
+        ] {
+            assert_eq!(
+                err(output),
+                "probe output has the key \"has_activity\" more than once",
+                "{output}"
+            );
+        }
+        assert_eq!(
+            err(r#"{"last_activity": null, "has_activity": true, "last_activity": null}"#),
+            "probe output has the key \"last_activity\" more than once"
+        );
+    }
+
+    #[test]
     fn wrong_types_fail_naming_the_type() {
         assert_eq!(
             err(r#"{"has_activity": "yes"}"#),
@@ -301,6 +355,7 @@ mod tests {
             r#"{"has_activity": tru"#,
             "[true]",
             r#"{"active": true}"#,
+            r#"{"has_activity": true, "has_activity": false}"#,
             "{}",
             r#"{"has_activity": "yes"}"#,
             r#"{"last_activity": 1767322800}"#,
