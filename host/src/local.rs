@@ -202,6 +202,7 @@ pub async fn run(controlplane_bin: &Path, jupyter_bin: &Path) -> anyhow::Result<
         engine,
         settings,
         Metrics::new()?,
+        controller::server::Readiness::default(),
         async {
             let _ = stop_rx.await;
         },

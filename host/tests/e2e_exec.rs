@@ -231,7 +231,15 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
         &standby
     };
     assert_eq!(leader.get("/healthz").await, (200, "ok".to_string()));
-    assert_eq!(leader.get("/readyz").await.0, 200);
+    assert_eq!(leader.get("/readyz").await.0, 200, "{}", leader.log());
+    // The standby serves its health, but is not ready: it does not lead.
+    let standby_replica = if std::ptr::eq(leader, &controller) {
+        &standby
+    } else {
+        &controller
+    };
+    assert_eq!(standby_replica.get("/healthz").await.0, 200);
+    assert_eq!(standby_replica.get("/readyz").await.0, 503);
     let (_, metrics) = leader.get("/metrics").await;
     for line in [
         "workspace_culler_culls_total{dry_run=\"false\"} 2",

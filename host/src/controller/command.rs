@@ -89,7 +89,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     })?);
     let metrics = metrics::Metrics::new()?;
     let readiness = server::Readiness::default();
-    tokio::spawn(server::serve(args.metrics_addr, metrics.clone(), readiness.clone()));
+    let listener = server::bind(args.metrics_addr).await?;
+    tokio::spawn(server::serve(listener, metrics.clone(), readiness.clone()));
     let settings = Settings {
         dry_run: args.dry_run,
         http_mode: args.http_mode,
@@ -98,9 +99,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         concurrency: args.concurrency,
     };
     tracing::info!(dry_run = settings.dry_run, http_mode = ?settings.http_mode, "starting the culling controller");
-    readiness.set(true);
     if !args.leader_elect {
-        super::run(client, engine, settings, metrics, shutdown_signal()).await?;
+        super::run(client, engine, settings, metrics, readiness, shutdown_signal()).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("workspace-culler-{}", std::process::id()));
@@ -128,7 +128,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             _ = lost_rx => flag.store(true, std::sync::atomic::Ordering::SeqCst),
         }
     };
-    super::run(client, engine, settings, metrics, stop).await?;
+    super::run(client, engine, settings, metrics, readiness, stop).await?;
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!("lost the leader lease; exiting so that only the new leader acts");
     }

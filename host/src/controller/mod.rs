@@ -473,6 +473,7 @@ pub async fn run(
     engine: Arc<ProbeEngine>,
     settings: Settings,
     metrics: Metrics,
+    readiness: server::Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let kinds_api: Api<WorkspaceKind> = Api::all(client.clone());
@@ -495,55 +496,63 @@ pub async fn run(
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let runs = scopes.into_iter().map(|namespace| {
-        let (workspaces, pods): (Api<Workspace>, Api<Pod>) = match &namespace {
-            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
-        let controller = Controller::new(workspaces, watcher::Config::default())
-            .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
-        let store = controller.store();
-        let ctx = Arc::new(Context {
-            client: client.clone(),
-            engine: engine.clone(),
-            settings: settings.clone(),
-            kinds: kinds.clone(),
-            recorder: recorder.clone(),
-            metrics: metrics.clone(),
-            clock: now_ms,
-            watched: store.clone(),
-            due: Default::default(),
-            written: Default::default(),
-        });
-        controller
-            .watches(
-                kinds_api.clone(),
-                watcher::Config::default(),
-                move |kind: WorkspaceKind| {
-                    let name = kind.name_any();
-                    store
-                        .state()
-                        .into_iter()
-                        .filter(|w| w.spec.kind == name)
-                        .map(|w| ObjectRef::from_obj(&*w))
-                        .collect::<Vec<_>>()
-                },
-            )
-            .watches(pods, watcher::Config::default().labels(WORKSPACE_LABEL), |pod: Pod| {
-                let name = pod.labels().get(WORKSPACE_LABEL).cloned();
-                let namespace = pod.namespace();
-                name.zip(namespace)
-                    .map(|(n, ns)| ObjectRef::<Workspace>::new(&n).within(&ns))
-            })
-            .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|result| {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "reconcile ended with an error");
-                }
-                futures::future::ready(())
-            })
-    });
+    let runs: Vec<_> = scopes
+        .into_iter()
+        .map(|namespace| {
+            let (workspaces, pods): (Api<Workspace>, Api<Pod>) = match &namespace {
+                Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+                None => (Api::all(client.clone()), Api::all(client.clone())),
+            };
+            let controller = Controller::new(workspaces, watcher::Config::default())
+                .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
+            let store = controller.store();
+            let ctx = Arc::new(Context {
+                client: client.clone(),
+                engine: engine.clone(),
+                settings: settings.clone(),
+                kinds: kinds.clone(),
+                recorder: recorder.clone(),
+                metrics: metrics.clone(),
+                clock: now_ms,
+                watched: store.clone(),
+                due: Default::default(),
+                written: Default::default(),
+            });
+            controller
+                .watches(
+                    kinds_api.clone(),
+                    watcher::Config::default(),
+                    move |kind: WorkspaceKind| {
+                        let name = kind.name_any();
+                        store
+                            .state()
+                            .into_iter()
+                            .filter(|w| w.spec.kind == name)
+                            .map(|w| ObjectRef::from_obj(&*w))
+                            .collect::<Vec<_>>()
+                    },
+                )
+                .watches(pods, watcher::Config::default().labels(WORKSPACE_LABEL), |pod: Pod| {
+                    let name = pod.labels().get(WORKSPACE_LABEL).cloned();
+                    let namespace = pod.namespace();
+                    name.zip(namespace)
+                        .map(|(n, ns)| ObjectRef::<Workspace>::new(&n).within(&ns))
+                })
+                .graceful_shutdown_on(shutdown.clone())
+                .run(reconcile, error_policy, ctx)
+                .for_each(|result| {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "reconcile ended with an error");
+                    }
+                    futures::future::ready(())
+                })
+        })
+        .collect();
+    // Ready: it leads (run is called only then) and the kinds' cache is
+    // filled; each workspace watch fills its own cache before it reconciles.
+    readiness.set(true);
+    tracing::info!("ready");
     futures::future::join_all(runs).await;
+    readiness.set(false);
     Ok(())
 }

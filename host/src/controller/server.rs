@@ -1,13 +1,15 @@
 //! `/metrics`, `/healthz` and `/readyz` over plain HTTP.
 
 use super::metrics::Metrics;
+use anyhow::Context;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Whether the controller is ready (its caches are filled, and it leads).
+/// Whether the controller is ready: it leads (or runs without leader
+/// election) and its caches are filled. Set by [`super::run`].
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
 
@@ -22,10 +24,18 @@ impl Readiness {
     }
 }
 
-/// Serve until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Metrics, readiness: Readiness) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+/// Binds the metrics and health address: a controller that cannot serve its
+/// health checks must say so at start, not run on unobserved.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve /metrics, /healthz and /readyz on {addr}"))?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    Ok(listener)
+}
+
+/// Serve until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics, readiness: Readiness) -> anyhow::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let (metrics, readiness) = (metrics.clone(), readiness.clone());
