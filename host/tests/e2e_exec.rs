@@ -79,6 +79,13 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
             old_digest,
             serde_json::json!({}),
         ),
+        // Endless: read whole, it would exhaust the controller's memory.
+        (
+            "module-device",
+            "/dev/zero".to_string(),
+            digest.clone(),
+            serde_json::json!({}),
+        ),
     ];
     for (name, location, sha256, config) in &modules {
         env.apply_kind(serde_json::json!({
@@ -195,6 +202,7 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     assert!(!env.workspace("culling", "module-wrong").await.spec.paused);
     for (name, message) in [
         ("module-missing", "cannot read probe module /nonexistent/probe.wasm"),
+        ("module-device", "probe module /dev/zero is not a regular file"),
         (
             "module-old",
             "probe module was built against workspace-culler:probe@0.2.0, which this host cannot run",
@@ -250,13 +258,13 @@ async fn exec_probes_decide_and_idle_workspaces_are_paused() {
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
-    // Nine workspaces are managed; some may be mid-probe rather than waiting.
+    // Ten workspaces are managed; some may be mid-probe rather than waiting.
     let due: i64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("workspace_culler_due_workspaces "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(-1);
-    assert!((1..=9).contains(&due), "due workspaces: {due}\n{metrics}");
+    assert!((1..=10).contains(&due), "due workspaces: {due}\n{metrics}");
     let (_, dry_metrics) = dry.get("/metrics").await;
     assert!(
         dry_metrics.contains("workspace_culler_culls_total{dry_run=\"true\"}"),

@@ -295,6 +295,38 @@ async fn read_secret(ctx: &Context, namespace: &str, name: &str, key: &str) -> R
         .map_err(|_| format!("Secret {namespace}/{name} key {key:?} is not text"))
 }
 
+/// The most bytes a probe module file may have (the largest example
+/// probes, with an interpreter inside, are under 20 MiB).
+const MAX_MODULE_BYTES: u64 = 64 << 20;
+
+/// A probe module file's bytes: a regular file no larger than
+/// [`MAX_MODULE_BYTES`], so a device or a huge file cannot exhaust memory.
+async fn read_module(path: &str) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncReadExt;
+    let cannot = |e: std::io::Error| format!("cannot read probe module {path}: {e}");
+    let metadata = tokio::fs::metadata(path).await.map_err(cannot)?;
+    if !metadata.is_file() {
+        return Err(format!("probe module {path} is not a regular file"));
+    }
+    let too_big = |size: u64| format!("probe module {path} is {size} bytes, over the cap of {MAX_MODULE_BYTES} bytes");
+    if metadata.len() > MAX_MODULE_BYTES {
+        return Err(too_big(metadata.len()));
+    }
+    // It may grow between the look and the read: read no more than the cap allows.
+    let mut bytes = Vec::new();
+    tokio::fs::File::open(path)
+        .await
+        .map_err(cannot)?
+        .take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_MODULE_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 async fn load(ctx: &Context, plan: &ProbePlan) -> Result<Arc<workspace_culler_engine::LoadedProbe>, String> {
     let (bytes, pinned) = match &plan.module {
         ModuleRef::Builtin(name) => {
@@ -302,12 +334,7 @@ async fn load(ctx: &Context, plan: &ProbePlan) -> Result<Arc<workspace_culler_en
                 .ok_or_else(|| format!("no built-in probe named {name:?}"))?;
             (builtin.component.to_vec(), plan.pinned_sha256.clone())
         }
-        ModuleRef::File { path, sha256 } => {
-            let bytes = tokio::fs::read(path)
-                .await
-                .map_err(|e| format!("cannot read probe module {path}: {e}"))?;
-            (bytes, Some(sha256.clone()))
-        }
+        ModuleRef::File { path, sha256 } => (read_module(path).await?, Some(sha256.clone())),
     };
     // Compiling a large component (an interpreter inside) takes seconds of
     // CPU: off the async workers, so other workspaces' probes go on meanwhile.
