@@ -480,6 +480,11 @@ async fn every_per_evaluation_allowance_is_capped_and_named() {
             serde_json::json!({"mode": "handles"}),
             format!("cap of {} resource handles", limits.resource_handles),
         ),
+        // Refused requests count too: each costs the host a log line.
+        (
+            serde_json::json!({"mode": "http-many", "url": "http://10.0.0.99/", "requests": 10_000}),
+            format!("cap of {} HTTP requests", limits.http_requests),
+        ),
     ];
     for (config, needle) in cases {
         let caps = Arc::new(Obliging::default());

@@ -88,6 +88,24 @@ fn a_failed_build_leaves_nothing_in_place_and_the_next_caller_builds_again() {
 }
 
 #[test]
+fn a_failed_build_fails_a_caller_that_reads_its_output_and_puts_nothing_in_place() {
+    // `dir=$(fetch …)`: bash turns errexit off inside a command substitution
+    // unless the helper asks for it to be inherited.
+    let dir = tempfile::tempdir().unwrap();
+    let (count, dest) = (dir.path().join("count"), dir.path().join("crate-v1"));
+    let script = format!(
+        "half() {{ echo partial >\"$1/file\"; false; echo unchecked >\"$1/file\"; }}
+         where=$(install_once '{}' v1 half; echo '{}')
+         echo \"used $where\"",
+        dest.display(),
+        dest.display()
+    );
+    let (ok, text) = finish(start(&count, &script));
+    assert!(!ok, "the caller went on after a failed build: {text}");
+    assert!(!dest.exists(), "a failed build was put in place");
+}
+
+#[test]
 fn a_new_stamp_rebuilds_and_an_in_place_build_is_complete_only_once_stamped() {
     let dir = tempfile::tempdir().unwrap();
     let (count, dest) = (dir.path().join("count"), dir.path().join("venv"));

@@ -17,6 +17,11 @@
 # into its scripts): BUILD fills DEST itself, under the same lock, and the
 # stamp, written last by a rename, marks it complete.
 
+# A build that fails must fail its caller, also when the caller reads the
+# result through a command substitution (`dir=$(…)`), where bash would
+# otherwise switch errexit off.
+shopt -s inherit_errexit
+
 install_once() {
   local in_place=
   if [ "$1" = --in-place ]; then in_place=1; shift; fi
@@ -30,7 +35,8 @@ install_once() {
     if [ "$(cat "$dest/.stamp" 2>/dev/null)" = "$stamp" ]; then exit 0; fi
     rm -rf "$dest".tmp.*
     if [ -n "$in_place" ]; then
-      rm -rf "$dest" && mkdir -p "$dest"
+      rm -rf "$dest"
+      mkdir -p "$dest"
       "$@" "$dest"
       printf '%s\n' "$stamp" >"$dest/.stamp.new" && mv -f "$dest/.stamp.new" "$dest/.stamp"
     else
@@ -38,7 +44,8 @@ install_once() {
       tmp=$(mktemp -d "$dest.tmp.XXXXXX")
       "$@" "$tmp"
       printf '%s\n' "$stamp" >"$tmp/.stamp"
-      rm -rf "$dest" && mv -T "$tmp" "$dest"
+      rm -rf "$dest"
+      mv -T "$tmp" "$dest"
     fi
   )
 }
@@ -52,8 +59,10 @@ _npm_ci() { # DIR into
   local work
   work=$(mktemp -d)
   cp "$1/package.json" "$1/package-lock.json" "$work/"
-  (cd "$work" && npm ci --no-audit --no-fund --loglevel=error >&2)
-  rmdir "$2" && mv "$work/node_modules" "$2" && rm -rf "$work"
+  (cd "$work" && npm ci --no-audit --no-fund --loglevel=error >&2) || { rm -rf "$work"; return 1; }
+  rmdir "$2"
+  mv "$work/node_modules" "$2"
+  rm -rf "$work"
 }
 
 # The folder expensive artifacts are kept in: $WORKSPACE_CULLER_INSTALL_DIR, or

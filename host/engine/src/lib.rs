@@ -90,7 +90,7 @@ impl Default for Limits {
             exec_calls: 32,
             exec_input_bytes: 256 << 10,
             http_requests: 32,
-            resource_handles: 4096,
+            resource_handles: 1024,
         }
     }
 }

@@ -63,6 +63,9 @@ impl CapExceeded {
     }
 }
 
+/// Bytes of one HTTP header map (a `fields` handle) a probe may fill.
+const HTTP_FIELDS_BYTES: usize = 16 << 10;
+
 /// Lines of one evaluation that also reach the controller's own log; the
 /// rest are kept with the evaluation only, so a chatty probe cannot flood it.
 const LINES_TO_CONTROLLER_LOG: usize = 20;
@@ -184,9 +187,12 @@ impl ProbeState {
         let exceeded = CapExceeded::default();
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.resource_handles);
+        // Header maps live in the host: bound each, as handles are bounded.
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(HTTP_FIELDS_BYTES);
         ProbeState {
             wasi,
-            http: WasiHttpCtx::new(),
+            http,
             table,
             hooks: ConfinedHttp {
                 workspace: workspace.clone(),
@@ -420,6 +426,20 @@ impl WasiHttpHooks for ConfinedHttp {
         _options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: IoFuture,
     ) -> SendFuture {
+        // Every request counts, refused ones too, so no loop of requests can
+        // grow the host's log without bound; past the cap, one line says so.
+        if self.requests_left == 0 {
+            let message = format!(
+                "probe sent more than its cap of {} HTTP requests per evaluation",
+                self.requests_cap
+            );
+            if self.exceeded.get().is_none() {
+                push_log(&self.logs, LogLevel::Warn, message.clone());
+            }
+            self.exceeded.record(message);
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        self.requests_left -= 1;
         let allowed = !self.workspace.pod_ip.is_empty() && host_of(request.uri()) == self.workspace.pod_ip;
         if !allowed {
             push_log(
@@ -427,7 +447,7 @@ impl WasiHttpHooks for ConfinedHttp {
                 LogLevel::Warn,
                 format!(
                     "refused HTTP request to {}: probes may only reach their workspace's pod ({})",
-                    request.uri(),
+                    request.uri().to_string().chars().take(200).collect::<String>(),
                     if self.workspace.pod_ip.is_empty() {
                         "no pod IP"
                     } else {
@@ -437,16 +457,6 @@ impl WasiHttpHooks for ConfinedHttp {
             );
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
-        if self.requests_left == 0 {
-            let message = format!(
-                "probe sent more than its cap of {} HTTP requests per evaluation",
-                self.requests_cap
-            );
-            push_log(&self.logs, LogLevel::Warn, message.clone());
-            self.exceeded.record(message);
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        }
-        self.requests_left -= 1;
         let workspace = self.workspace.clone();
         let capabilities = self.capabilities.clone();
         let remaining = self.deadline_at.saturating_duration_since(Instant::now());

@@ -304,7 +304,12 @@ const MAX_MODULE_BYTES: u64 = 64 << 20;
 async fn read_module(path: &str) -> Result<Vec<u8>, String> {
     use tokio::io::AsyncReadExt;
     let cannot = |e: std::io::Error| format!("cannot read probe module {path}: {e}");
-    let metadata = tokio::fs::metadata(path).await.map_err(cannot)?;
+    // Look before opening (opening a FIFO would block), then check the file opened.
+    if !tokio::fs::metadata(path).await.map_err(cannot)?.is_file() {
+        return Err(format!("probe module {path} is not a regular file"));
+    }
+    let file = tokio::fs::File::open(path).await.map_err(cannot)?;
+    let metadata = file.metadata().await.map_err(cannot)?;
     if !metadata.is_file() {
         return Err(format!("probe module {path} is not a regular file"));
     }
@@ -314,10 +319,7 @@ async fn read_module(path: &str) -> Result<Vec<u8>, String> {
     }
     // It may grow between the look and the read: read no more than the cap allows.
     let mut bytes = Vec::new();
-    tokio::fs::File::open(path)
-        .await
-        .map_err(cannot)?
-        .take(MAX_MODULE_BYTES + 1)
+    file.take(MAX_MODULE_BYTES + 1)
         .read_to_end(&mut bytes)
         .await
         .map_err(cannot)?;
