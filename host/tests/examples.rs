@@ -51,7 +51,7 @@ fn inspect_shows(component: &Path, name: &str, imports: &[&str], cache: &Path) -
 #[test]
 fn rust_job_guard_passes_the_cases_its_native_tests_run() {
     let cache = tempfile::tempdir().unwrap();
-    let component = &workspace_culler_support::test_probes::job_guard();
+    let component = workspace_culler_support::test_probes::job_guard();
     let fixtures = repo_root().join("probes/examples/rust-job-guard/fixtures");
     fixtures_pass(component, &fixtures, 7, cache.path());
     inspect_shows(

@@ -50,12 +50,15 @@ type Logs = Arc<Mutex<Vec<LogLine>>>;
 pub(crate) struct CapExceeded(Arc<Mutex<Option<String>>>);
 
 impl CapExceeded {
-    fn record(&self, message: String) {
+    /// Records `message` if no cap was hit before; whether it was the first.
+    fn record(&self, message: String) -> bool {
         let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if first.is_none() {
-            tracing::info!(target: "probe", "{message}");
-            *first = Some(message);
+        if first.is_some() {
+            return false;
         }
+        tracing::info!(target: "probe", "{message}");
+        *first = Some(message);
+        true
     }
 
     fn get(&self) -> Option<String> {
@@ -200,7 +203,7 @@ impl ProbeState {
                 deadline_at,
                 body_cap: limits.http_body_bytes,
                 logs: logs.clone(),
-                requests_left: limits.http_requests,
+                requests_sent: 0,
                 requests_cap: limits.http_requests,
                 exceeded: exceeded.clone(),
             },
@@ -405,7 +408,7 @@ struct ConfinedHttp {
     deadline_at: Instant,
     body_cap: usize,
     logs: Logs,
-    requests_left: usize,
+    requests_sent: usize,
     requests_cap: usize,
     exceeded: CapExceeded,
 }
@@ -428,18 +431,17 @@ impl WasiHttpHooks for ConfinedHttp {
     ) -> SendFuture {
         // Every request counts, refused ones too, so no loop of requests can
         // grow the host's log without bound; past the cap, one line says so.
-        if self.requests_left == 0 {
+        self.requests_sent += 1;
+        if self.requests_sent > self.requests_cap {
             let message = format!(
                 "probe sent more than its cap of {} HTTP requests per evaluation",
                 self.requests_cap
             );
-            if self.exceeded.get().is_none() {
-                push_log(&self.logs, LogLevel::Warn, message.clone());
+            if self.exceeded.record(message.clone()) {
+                push_log(&self.logs, LogLevel::Warn, message);
             }
-            self.exceeded.record(message);
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
-        self.requests_left -= 1;
         let allowed = !self.workspace.pod_ip.is_empty() && host_of(request.uri()) == self.workspace.pod_ip;
         if !allowed {
             push_log(

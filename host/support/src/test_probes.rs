@@ -6,30 +6,30 @@
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
 const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "probe";
 
 /// The hostile probe of `tests/probes/hostile`: misbehaves on command.
-pub fn hostile() -> PathBuf {
-    built("probe-hostile", "probe_hostile")
+pub fn hostile() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| built("probe-hostile", "probe_hostile"))
 }
 
 /// The Rust example probe of `probes/examples/rust-job-guard`.
-pub fn job_guard() -> PathBuf {
-    built("job-guard-probe", "job_guard_probe")
+pub fn job_guard() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| built("job-guard-probe", "job_guard_probe"))
 }
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Builds `package` (once per process; cargo's own lock orders processes)
-/// and returns its component. Panics with cargo's reason: only tests call it.
+/// Builds `package` and returns its component (cargo's own lock orders
+/// processes that build at once). Panics with cargo's reason: only tests call it.
 fn built(package: &str, stem: &str) -> PathBuf {
-    static BUILDING: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
     match build(package, stem) {
         Ok(path) => path,
         Err(e) => panic!("{e:#}"),

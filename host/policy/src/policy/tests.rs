@@ -81,6 +81,18 @@ fn same(expected: &Value, ours: Option<&Value>) -> bool {
     }
 }
 
+/// A schema's `required` names, sorted.
+fn required(schema: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
 fn number(value: Option<&Value>) -> Option<f64> {
     value.and_then(Value::as_f64)
 }
@@ -159,14 +171,7 @@ fn the_schema_adds_module_token_and_a_three_way_choice() {
     assert_eq!(module.pointer("/properties/config/type"), Some(&json!("object")));
     assert_eq!(number(module.pointer("/properties/timeoutSeconds/minimum")), Some(1.0));
     let token = at(probe, "/properties/jupyter/properties/tokenSecretRef");
-    let mut required: Vec<&str> = token["required"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    required.sort_unstable();
-    assert_eq!(required, ["key", "name"]);
+    assert_eq!(required(token), ["key", "name"]);
 }
 
 #[test]
@@ -200,14 +205,7 @@ fn the_crd_is_cluster_scoped_with_status_and_printer_columns() {
     );
     let ours = our_crd();
     let spec = at(&ours, "/spec/versions/0/schema/openAPIV3Schema/properties/spec");
-    let mut required: Vec<&str> = spec["required"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    required.sort_unstable();
-    assert_eq!(required, ["activityProbe", "workspaceKinds"]);
+    assert_eq!(required(spec), ["activityProbe", "workspaceKinds"]);
     assert_eq!(number(spec.pointer("/properties/workspaceKinds/minItems")), Some(1.0));
     assert_eq!(
         spec.pointer("/properties/workspaceKinds/items/pattern"),
