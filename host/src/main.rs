@@ -23,7 +23,7 @@ enum Command {
     /// Work with activity probes (run them in isolation, inspect them).
     #[command(subcommand)]
     Probe(cli::probe::ProbeCommand),
-    /// Print the Workspace and WorkspaceKind CRDs (YAML).
+    /// Print the CullingPolicy CRD (YAML).
     Crds,
     /// Run the culling controller.
     Controller(ControllerArgs),
@@ -57,7 +57,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Probe(command) => cli::probe::run(command).await,
         Command::Controller(args) => controller::run(args).await,
         Command::Crds => {
-            print!("{}", workspace_culler::crd::crds_yaml());
+            print!("{}", workspace_culler::crds_yaml());
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "local")]

@@ -1,12 +1,14 @@
 //! The Helm chart: `helm lint` and `helm template` (helm built from its Go
 //! module) for default and non-default values, the schema rejecting a wrong
 //! type, every rendered object accepted by the real apiserver, and the
-//! controller running as the chart's ServiceAccount — enough to pause an idle
-//! workspace, and refused what its role does not grant.
+//! controller running as the chart's ServiceAccount on Kubeflow's CRDs — enough to pause an idle
+//! workspace and keep its policy's status, and refused what its role does not grant (Secrets
+//! outside its own namespace among them). The chart ships the CullingPolicy CRD, never
+//! Kubeflow's.
 
 mod e2e;
 
-use e2e::Env;
+use e2e::{Env, exec_policy, sample_kind};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -90,9 +92,9 @@ fn chart_lints_renders_and_validates_values() {
     assert!(ok, "{err}");
     let default_kinds = kinds(&default);
     for expected in [
-        "CustomResourceDefinition/workspaces.kubeflow.org",
-        "CustomResourceDefinition/workspacekinds.kubeflow.org",
+        "CustomResourceDefinition/cullingpolicies.workspace-culler.io",
         "ServiceAccount/culler-workspace-culler",
+        "ClusterRole/culler-workspace-culler-cluster",
         "ClusterRole/culler-workspace-culler",
         "ClusterRoleBinding/culler-workspace-culler",
         "Role/culler-workspace-culler-leader",
@@ -104,6 +106,12 @@ fn chart_lints_renders_and_validates_values() {
             "missing {expected} in {default_kinds:?}"
         );
     }
+    let crds: Vec<&String> = default_kinds
+        .iter()
+        .filter(|k| k.starts_with("CustomResourceDefinition/"))
+        .collect();
+    assert_eq!(crds.len(), 1, "only the CullingPolicy CRD is shipped: {crds:?}");
+    assert!(!default.contains("group: kubeflow.org"), "a Kubeflow CRD is shipped");
     assert!(
         !default.contains("pods/portforward"),
         "port-forward is granted only in that mode"
@@ -179,8 +187,10 @@ async fn apply_all(env: &Env, rendered: &str, dry_run: bool) {
 async fn the_charts_service_account_is_enough_and_no_more() {
     let helm = helm();
     let env = Env::start().await;
-    for ns in [NS, "team-a", "team-b"] {
-        env.namespace(ns).await;
+    // The release namespace is the controller's (`e2e::CONTROLLER_NS`), made by `Env`.
+    assert_eq!(NS, e2e::CONTROLLER_NS);
+    for ns in ["team-a", "team-b"] {
+        env.namespace(ns, &[]).await;
     }
     // Every object of a namespace-restricted rendering is accepted (dry run)...
     let sets = [
@@ -217,22 +227,24 @@ async fn the_charts_service_account_is_enough_and_no_more() {
     )
     .unwrap();
 
-    env.apply_kind(serde_json::json!({
-        "apiVersion": "kubeflow.org/v1beta1", "kind": "WorkspaceKind", "metadata": {"name": "idle"},
-        "spec": {"podTemplate": {"culling": {"maxInactiveSeconds": 60, "minProbeInterval": 5, "maxProbeInterval": 10,
-            "activityProbe": {"exec": {"script": "#!/bin/sh\necho '{\"has_activity\": false}' > \"$OUTPUT_JSON_PATH\"\n",
-                                       "outputPath": "activity_probe.json", "timeoutSeconds": 5}}}}},
-    }))
+    env.apply_kind(sample_kind("idle")).await;
+    env.apply_policy(exec_policy(
+        "idle",
+        &["idle"],
+        "#!/bin/sh\necho '{\"has_activity\": false}' > \"$OUTPUT_JSON_PATH\"\n",
+        20,
+    ))
     .await;
-    env.running_workspace("team-a", "ws", serde_json::json!({"kind": "idle"}))
+    env.running_workspace("team-a", "ws", "idle", serde_json::json!({}))
         .await;
-    let controller = env.controller_as(
-        &kubeconfig,
-        "controller-sa",
-        &["--leader-elect", "--leader-election-namespace", NS],
-    );
-    env.wait_paused("team-a", "ws", Duration::from_secs(120), || controller.log())
+    let controller = env.controller_as(&kubeconfig, "controller-sa", &["--leader-elect"]);
+    env.wait_paused("team-a", "ws", Duration::from_secs(90), || controller.log())
         .await;
+    e2e::eventually(Duration::from_secs(30), "the policy's status", || async {
+        let status = env.policy("idle").await.status?;
+        (status.paused_total == 1 && status.managed_workspaces == 1).then_some(())
+    })
+    .await;
     let log = controller.log();
     assert!(
         !log.to_lowercase().contains("forbidden"),
@@ -250,13 +262,27 @@ async fn the_charts_service_account_is_enough_and_no_more() {
         kube::Client::try_from(config).unwrap()
     };
     let pods: Api<Pod> = Api::namespaced(sa_client.clone(), "team-a");
-    match pods.delete("ws-0", &DeleteParams::default()).await {
+    match pods.delete("ws-ws-0", &DeleteParams::default()).await {
         Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{e:?}"),
         other => panic!("deleting a pod as the culler should be forbidden, got {other:?}"),
     }
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(sa_client, "team-a");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(sa_client.clone(), "team-a");
     match secrets.list(&Default::default()).await {
         Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "listing secrets: {e:?}"),
         other => panic!("listing secrets as the culler should be forbidden, got {other:?}"),
+    }
+    match secrets.get("any").await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "reading a workspace namespace's secret: {e:?}"),
+        other => panic!("reading secrets outside its namespace should be forbidden, got {other:?}"),
+    }
+    let own: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(sa_client.clone(), NS);
+    match own.get("no-such-secret").await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 404, "its own namespace's secrets are readable: {e:?}"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+    let kinds: Api<DynamicObject> = Api::all_with(sa_client, &workspace_culler_support::kubeflow::kind_resource());
+    match kinds.delete("idle", &DeleteParams::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{e:?}"),
+        other => panic!("deleting a WorkspaceKind as the culler should be forbidden, got {other:?}"),
     }
 }

@@ -1,7 +1,10 @@
-//! The CRDs the project ships match the code, and real Kubeflow objects
-//! (with fields the culler does not model) parse.
+//! The CRD the project ships is the CullingPolicy CRD generated from the code, never one of
+//! Kubeflow's; and Kubeflow's released samples (with every field the culler does not model)
+//! parse into the culler's types.
 
-use workspace_culler::crd::{Workspace, WorkspaceKind, crds_yaml};
+use workspace_culler::crds_yaml;
+use workspace_culler_policy::{Workspace, WorkspaceKind};
+use workspace_culler_support::kubeflow;
 
 const SHIPPED: &str = "../charts/workspace-culler/files/crds.yaml";
 
@@ -17,28 +20,39 @@ fn shipped_crds_match_the_code() {
 }
 
 #[test]
-fn crds_preserve_unknown_fields_and_print_useful_columns() {
+fn only_the_culling_policy_crd_is_shipped_with_useful_columns() {
     let yaml = crds_yaml();
-    assert!(yaml.contains("x-kubernetes-preserve-unknown-fields: true"));
-    for column in ["State", "Paused", "Last Probe", "Last Activity"] {
+    let names: Vec<&str> = yaml.lines().filter_map(|l| l.strip_prefix("  name: ")).collect();
+    assert_eq!(names, ["cullingpolicies.workspace-culler.io"], "{yaml}");
+    assert!(!yaml.contains("kubeflow.org"), "a Kubeflow CRD is shipped");
+    for column in ["Kinds", "Managed", "Paused", "Dry-Run", "Ready"] {
         assert!(
             yaml.contains(&format!("name: {column}")),
             "missing printer column {column}"
         );
     }
-    assert!(yaml.contains("- ws\n") && yaml.contains("- wsk\n"), "short names");
+    assert!(yaml.contains("scope: Cluster"));
 }
 
 #[test]
-fn a_kubeflow_workspace_kind_parses_with_defaults() {
-    let kind: WorkspaceKind =
-        serde_yaml::from_str(include_str!("../../tests/e2e/workspacekind-jupyterlab.yaml")).unwrap();
-    let culling = kind.spec.pod_template.culling.clone().unwrap();
-    assert!(culling.enabled);
-    assert_eq!(culling.min_probe_interval, 60);
-    assert_eq!(culling.max_probe_interval, 300);
-    assert_eq!(culling.activity_probe.jupyter.unwrap().port_id, "jupyterlab");
-    let ws: Workspace = serde_yaml::from_str(include_str!("../../tests/e2e/workspace-jupyterlab.yaml")).unwrap();
+fn kubeflows_samples_parse_into_the_culler_types() {
+    let kind: WorkspaceKind = serde_json::from_value(kubeflow::sample(kubeflow::JUPYTERLAB_KIND)).unwrap();
+    assert!(kind.kubeflow_probes_it(), "the sample keeps Kubeflow's own probe");
+    let moved: WorkspaceKind = serde_json::from_value(kubeflow::kind_without_probe(kubeflow::JUPYTERLAB_KIND)).unwrap();
+    assert!(!moved.kubeflow_probes_it());
+    assert_eq!(moved.image_port("jupyter-scipy:v1.10.0", "jupyterlab"), Some(8888));
+    let ws: Workspace = serde_json::from_value(kubeflow::sample(kubeflow::JUPYTERLAB_WORKSPACE)).unwrap();
     assert_eq!(ws.spec.kind, "jupyterlab");
-    assert!(!ws.spec.paused && !ws.spec.disable_culling);
+    assert!(!ws.spec.paused);
+    assert_eq!(ws.image_config_in_effect(), Some("jupyter-scipy:v1.10.0"));
+    let policy: workspace_culler_policy::CullingPolicy =
+        serde_json::from_value(kubeflow::policy_from_kind(kubeflow::JUPYTERLAB_KIND, "notebooks")).unwrap();
+    assert_eq!(policy.spec.workspace_kinds, ["jupyterlab"]);
+    assert!(policy.spec.activity_probe.jupyter.is_some());
+    assert!(!policy.spec.activity_rules.is_empty());
+    assert_eq!(
+        workspace_culler_policy::validate(&policy.spec),
+        Ok(()),
+        "cut and paste gives a valid policy"
+    );
 }

@@ -1,43 +1,43 @@
-//! End-to-end with the Jupyter probe: real jupyter-servers play the
-//! workspaces' notebooks, reached through the apiserver's port-forward to
-//! kwok. An idle server's workspace is paused with an Event; one with API
-//! activity and one with a silently busy kernel are not; a stopped server
-//! is a probe failure that never pauses. The token comes from a Secret.
+//! End-to-end with the Jupyter probe on Kubeflow's CRDs: Kubeflow's sample `jupyterlab`
+//! WorkspaceKind as it ships, its `activityProbe` and `activityRules` cut and pasted into a
+//! CullingPolicy (windows shortened). Real jupyter-servers play the workspaces' notebooks,
+//! reached through the apiserver's port-forward to kwok. An idle server's workspace is paused
+//! with an Event; one with API activity and one with a silently busy kernel are not; a stopped
+//! server is a probe failure that never pauses. The token comes from a Secret in the
+//! controller's namespace.
 
 mod e2e;
 mod jupyter;
 
-use e2e::Env;
+use e2e::{CONTROLLER_NS, Env};
 use jupyter::{Jupyter, TOKEN};
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use std::time::{Duration, Instant};
+use workspace_culler_policy::ProbeResult;
+use workspace_culler_support::kubeflow;
 
 const NS: &str = "notebooks";
+const IDLE_SECONDS: i64 = 30;
 
-fn jupyter_kind() -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "kubeflow.org/v1beta1",
-        "kind": "WorkspaceKind",
-        "metadata": {"name": "jupyterlab"},
-        "spec": {"podTemplate": {
-            "ports": [{"id": "jupyterlab", "displayName": "JupyterLab", "httpProxy": {"removePathPrefix": false}}],
-            "options": {"imageConfig": {"values": [
-                {"id": "scipy", "spec": {"image": "jupyter-scipy:test", "ports": [{"id": "jupyterlab", "port": 8888}]}}
-            ]}},
-            "culling": {
-                "enabled": true,
-                "maxInactiveSeconds": 60,
-                "minProbeInterval": 5,
-                "maxProbeInterval": 10,
-                "activityProbe": {"jupyter": {
-                    "lastActivity": true,
-                    "portId": "jupyterlab",
-                    "tokenSecret": {"name": "jupyter-token", "key": "token"},
-                }},
-            },
-        }},
-    })
+/// Kubeflow's sample kind's probe and rules, as a policy, with a short window and a token.
+fn policy() -> serde_json::Value {
+    let mut policy = kubeflow::policy_from_kind(kubeflow::JUPYTERLAB_KIND, "notebooks");
+    let spec = &mut policy["spec"];
+    assert_eq!(
+        spec["activityProbe"]["jupyter"]["portId"], "jupyterlab",
+        "the sample's probe"
+    );
+    spec["activityProbe"]["minProbeIntervalSeconds"] = 3.into();
+    spec["activityProbe"]["probeIntervalSeconds"] = 5.into();
+    spec["activityProbe"]["jupyter"]["tokenSecretRef"] = serde_json::json!({"name": "jupyter-token", "key": "token"});
+    let rules = spec["activityRules"].as_array_mut().unwrap();
+    assert!(!rules.is_empty(), "the sample's rules");
+    for rule in rules {
+        rule["config"]["secondsSinceActive"] = IDLE_SECONDS.into();
+        rule["config"]["minRunningSeconds"] = 0.into();
+    }
+    policy
 }
 
 fn base_path(name: &str) -> String {
@@ -47,32 +47,34 @@ fn base_path(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jupyter_workspaces_are_paused_only_when_idle() {
     let env = Env::start().await;
-    env.namespace(NS).await;
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), NS);
+    // The sample's first rule matches namespaces labelled tier=development.
+    env.namespace(NS, &[("tier", "development")]).await;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), CONTROLLER_NS);
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "jupyter-token"}, "stringData": {"token": TOKEN}
     }))
     .unwrap();
     secrets.create(&PostParams::default(), &secret).await.unwrap();
-    env.apply_kind(jupyter_kind()).await;
+    env.apply_kind(kubeflow::kind_without_probe(kubeflow::JUPYTERLAB_KIND))
+        .await;
+    env.apply_policy(policy()).await;
 
     let idle = Jupyter::start(&base_path("idle")).await;
     let api = Jupyter::start(&base_path("api")).await;
     let busy = Jupyter::start(&base_path("busy")).await;
     busy.run_silent_cell("import time; time.sleep(600)").await;
     let closed_port = e2e::free_port();
-    let spec = serde_json::json!({"kind": "jupyterlab", "podTemplate": {"options": {"imageConfig": "scipy"}}});
     for (name, port) in [
         ("idle", idle.port),
         ("api", api.port),
         ("busy", busy.port),
         ("down", closed_port),
     ] {
-        env.running_workspace(NS, name, spec.clone()).await;
-        env.forward(NS, &format!("{name}-0"), 8888, port).await;
+        env.forward(NS, &kubeflow::pod_name(name), 8888, port).await;
+        env.running_workspace(NS, name, "jupyterlab", serde_json::json!({}))
+            .await;
     }
     let controller = env.controller("controller", &["--namespace", NS]);
-
     // Someone works in the "api" workspace: an authenticated API call every 5 s.
     let started = Instant::now();
     let paused_after = loop {
@@ -83,17 +85,24 @@ async fn jupyter_workspaces_are_paused_only_when_idle() {
             break started.elapsed();
         }
         assert!(
-            started.elapsed() < Duration::from_secs(150),
+            started.elapsed() < Duration::from_secs(120),
             "the idle workspace was not paused\n{}",
             controller.log()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let log = controller.log();
+    let idle_ws = env.workspace(NS, "idle").await;
+    let idle_activity = idle_ws.activity().cloned().unwrap();
+    // Jupyter reports the server's own last activity, from before the workspace started
+    // running: the effective last activity is when it started.
+    let since = idle_activity.last_activity.max(idle_ws.last_running_time());
+    let idle_for = chrono::Utc::now().timestamp_millis() - since;
     assert!(
-        paused_after >= Duration::from_secs(50),
-        "paused after {paused_after:?}\n{log}"
+        idle_for >= IDLE_SECONDS * 1000 && paused_after >= Duration::from_secs(IDLE_SECONDS as u64 - 5),
+        "paused after {paused_after:?}, {idle_for} ms after the last activity\n{log}"
     );
+    assert_eq!(idle_activity.eligible_after(), since + IDLE_SECONDS * 1000);
     let events: Api<Event> = Api::namespaced(env.client.clone(), NS);
     let culled = events.list(&ListParams::default()).await.unwrap().items;
     let culled: Vec<_> = culled
@@ -109,17 +118,17 @@ async fn jupyter_workspaces_are_paused_only_when_idle() {
     }
     let probe_of = |name: &'static str| {
         let env = &env;
-        async move { env.workspace(NS, name).await.status.unwrap().activity.unwrap() }
+        async move { env.activity(NS, name).await }
     };
     let busy_activity = probe_of("busy").await;
-    assert_eq!(busy_activity.last_probe.as_ref().unwrap().result, "Success");
+    assert_eq!(busy_activity.last_probe.as_ref().unwrap().result, ProbeResult::Success);
     assert!(
-        chrono::Utc::now().timestamp() - busy_activity.last_activity < 30,
-        "a busy kernel is activity now"
+        chrono::Utc::now().timestamp_millis() - busy_activity.last_activity < 15_000,
+        "a busy kernel is activity now (lastActivity is the probe's end, in ms)"
     );
     let down = probe_of("down").await;
     let down_probe = down.last_probe.unwrap();
-    assert_eq!(down_probe.result, "Failure");
+    assert_eq!(down_probe.result, ProbeResult::Failure);
     assert!(
         down_probe.message.starts_with("Jupyter probe failed"),
         "{}",

@@ -34,7 +34,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list"]
+# A pod is the workspace's only when its StatefulSet is owned by the Workspace.
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["pods/exec"]
   verbs: ["create", "get"]
@@ -43,10 +47,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["pods/portforward"]
   verbs: ["create", "get"]
 {{- end }}
-# Jupyter tokens named by a kind's jupyter.tokenSecret.
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -169,6 +169,23 @@ pub enum ProbeResult {
     Timeout,
 }
 
+impl ProbeResult {
+    /// The value as Kubeflow spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeResult::Success => "Success",
+            ProbeResult::Failure => "Failure",
+            ProbeResult::Timeout => "Timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `Workspace.status.activity.rules`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -472,7 +489,16 @@ impl WorkspaceKind {
 
     /// The port number that image option `image_config` gives port `port_id`.
     pub fn image_port(&self, image_config: &str, port_id: &str) -> Option<i32> {
-        self.spec
+        self.image_ports(image_config)?
+            .iter()
+            .find(|p| p.id == port_id)
+            .map(|p| p.port)
+    }
+
+    /// The ports of image option `image_config` (`None`: no such option).
+    pub fn image_ports(&self, image_config: &str) -> Option<&[ImagePort]> {
+        let value = self
+            .spec
             .pod_template
             .as_ref()?
             .options
@@ -481,13 +507,8 @@ impl WorkspaceKind {
             .as_ref()?
             .values
             .iter()
-            .find(|v| v.id == image_config)?
-            .spec
-            .as_ref()?
-            .ports
-            .iter()
-            .find(|p| p.id == port_id)
-            .map(|p| p.port)
+            .find(|v| v.id == image_config)?;
+        Some(value.spec.as_ref().map_or(&[][..], |s| &s.ports[..]))
     }
 }
 

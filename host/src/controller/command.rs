@@ -26,12 +26,21 @@ pub struct ControllerArgs {
     /// How probes reach pods over HTTP.
     #[arg(long, value_enum, default_value = "direct")]
     http_mode: HttpMode,
-    /// Record what would be culled without pausing anything.
+    /// Report what would be paused without pausing anything, whatever the policies say.
     #[arg(long)]
     dry_run: bool,
     /// Where Jupyter serves inside the pod.
-    #[arg(long, default_value = crate::plan::DEFAULT_CONNECT_PATH)]
+    #[arg(long, default_value = super::DEFAULT_CONNECT_PATH)]
     connect_path: String,
+    /// Probe module files must lie under this directory.
+    #[arg(long, env = "WORKSPACE_CULLER_MODULE_DIR", default_value = "/probes")]
+    module_dir: PathBuf,
+    /// The controller's own namespace: where `tokenSecretRef` Secrets are read.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    controller_namespace: String,
+    /// Warn with a CullingSoon Event this many seconds before a workspace can be paused (0: never).
+    #[arg(long, default_value_t = 600)]
+    culling_soon_seconds: i64,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: std::net::SocketAddr,
@@ -41,9 +50,9 @@ pub struct ControllerArgs {
     /// Act only while holding a Lease, so several replicas never both act.
     #[arg(long)]
     leader_elect: bool,
-    /// Namespace of the leader Lease.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    leader_election_namespace: String,
+    /// Namespace of the leader Lease (default: the controller's namespace).
+    #[arg(long)]
+    leader_election_namespace: Option<String>,
     /// Name of the leader Lease.
     #[arg(long, default_value = "workspace-culler")]
     leader_election_lease: String,
@@ -97,6 +106,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         connect_path: args.connect_path,
         namespaces: args.namespaces,
         concurrency: args.concurrency,
+        module_dir: args.module_dir,
+        own_namespace: args.controller_namespace.clone(),
+        culling_soon_seconds: args.culling_soon_seconds,
     };
     tracing::info!(dry_run = settings.dry_run, http_mode = ?settings.http_mode, "starting the culling controller");
     if !args.leader_elect {
@@ -106,7 +118,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("workspace-culler-{}", std::process::id()));
     let elector = Arc::new(leader::Elector::new(
         client.clone(),
-        &args.leader_election_namespace,
+        args.leader_election_namespace
+            .as_deref()
+            .unwrap_or(&args.controller_namespace),
         &args.leader_election_lease,
         &identity,
     ));

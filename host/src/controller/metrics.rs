@@ -19,8 +19,10 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Probes waiting for a free slot.
     pub probes_waiting: IntGauge,
-    /// Status writes retried after a conflict.
+    /// Pause patches retried after a conflict.
     pub conflicts: IntCounter,
+    /// Objects that could not be read and were skipped, by resource.
+    pub skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -49,7 +51,15 @@ impl Metrics {
         registry.register(Box::new(due_queue.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(probes_waiting.clone()))?;
+        let skipped = IntCounterVec::new(
+            Opts::new(
+                "objects_skipped_total",
+                "Objects that could not be read and were skipped",
+            ),
+            &["resource"],
+        )?;
         registry.register(Box::new(conflicts.clone()))?;
+        registry.register(Box::new(skipped.clone()))?;
         Ok(Metrics {
             registry,
             probes,
@@ -59,6 +69,7 @@ impl Metrics {
             errors,
             probes_waiting,
             conflicts,
+            skipped,
         })
     }
 

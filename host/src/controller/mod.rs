@@ -1,47 +1,53 @@
-//! The culling controller: watch → decide → probe → record → cull.
+//! The culling controller on Kubeflow's API: watch → decide → probe → record → pause.
 //!
-//! Reconciles Workspaces (re-triggered by their WorkspaceKind and their pod),
-//! probes the ones that are due through the engine with Kubernetes
-//! capabilities, writes `status.activity` with one patch per probe, and
-//! pauses an idle workspace with a separate, conflict-safe patch of
-//! `spec.paused`. The next probe is scheduled by requeueing each workspace
-//! for when it becomes due.
+//! Workspaces are watched untyped and decoded one by one, so one object that cannot be read
+//! is logged, counted and skipped while the others go on. Which `CullingPolicy` manages a
+//! workspace's kind, which rule applies, when to probe and whether to pause are the pure
+//! functions of `workspace_culler_policy`; this module does the I/O around them: it probes
+//! through the engine, writes Kubeflow's `status.activity` fields with one patch per probe,
+//! pauses with a separate patch preconditioned on a fresh read, and keeps each policy's
+//! status (see [`policy_status`]).
 
 pub mod capabilities;
 pub mod command;
 pub mod leader;
 pub mod metrics;
+pub mod policy_status;
+pub mod probe;
 pub mod server;
 
-use crate::crd::{Culling, Workspace, WorkspaceKind};
-use crate::decide::{self, CullDecision, ProbeDue};
-use crate::plan::{self, ModuleRef, ProbePlan};
-use capabilities::{HttpMode, PodCapabilities};
+use capabilities::HttpMode;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use metrics::Metrics;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::Instrument;
-use workspace_culler_engine::{Evaluation, Port, ProbeEngine, ProbeOutcome, ProbeRequest};
+use workspace_culler_engine::ProbeEngine;
+use workspace_culler_policy::decide::PAUSE_GRACE_MS;
+use workspace_culler_policy::{
+    Activity, CullingPolicy, Due, Keep, Management, Pause, ProbeOutcome, RuleMatch, Unmanaged, Workspace,
+    WorkspaceKind, activity_after_probe, activity_patch, decode, pause_decision, pod_config_labels, probe_due,
+    select_rule,
+};
 
-/// The label that ties a pod to its Workspace.
-pub const WORKSPACE_LABEL: &str = "notebooks.kubeflow.org/workspace-name";
+pub use probe::{DEFAULT_CONNECT_PATH, MAIN_CONTAINER, WORKSPACE_LABEL};
+
 /// The field manager of every patch the culler sends.
 pub const MANAGER: &str = "workspace-culler";
-/// The container probes target.
-pub const MAIN_CONTAINER: &str = "main";
 
 /// How the controller behaves.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Record what would be culled without pausing anything.
+    /// Report what would be paused without pausing anything, whatever the policies say.
     pub dry_run: bool,
     /// How probes reach their pod over HTTP.
     pub http_mode: HttpMode,
@@ -51,6 +57,19 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Probes running at once.
     pub concurrency: u16,
+    /// Module files must lie under this directory.
+    pub module_dir: PathBuf,
+    /// The controller's own namespace: where `tokenSecretRef` Secrets are read.
+    pub own_namespace: String,
+    /// How long before `eligibleAfter` a `CullingSoon` Event warns the user (0: never).
+    pub culling_soon_seconds: i64,
+}
+
+/// A workspace's key in the controller's own maps.
+type Key = (String, String);
+
+fn key_of(object: &impl Resource) -> Key {
+    (object.namespace().unwrap_or_default(), object.name_any())
 }
 
 /// What every reconcile shares.
@@ -58,29 +77,30 @@ pub struct Context {
     client: Client,
     engine: Arc<ProbeEngine>,
     settings: Settings,
-    kinds: Store<WorkspaceKind>,
+    kinds: Store<DynamicObject>,
+    policies: Store<CullingPolicy>,
+    namespaces: Store<Namespace>,
     recorder: Recorder,
     /// The metrics.
     pub metrics: Metrics,
     clock: fn() -> i64,
-    /// The workspaces the controller watches (to prune `due`).
-    watched: Store<Workspace>,
     /// Workspaces waiting for a later probe (the due-queue metric).
-    due: std::sync::Mutex<std::collections::HashSet<ObjectRef<Workspace>>>,
-    /// The activity this process last wrote per workspace: the watch cache
-    /// can lag behind our own status patch, and decisions must not.
-    written: std::sync::Mutex<std::collections::HashMap<ObjectRef<Workspace>, crate::crd::Activity>>,
+    due: Mutex<HashSet<Key>>,
+    /// The activity this process last wrote per workspace: the watch cache can lag behind
+    /// our own status patch, and decisions must not.
+    written: Mutex<HashMap<Key, Activity>>,
+    /// The `eligibleAfter` each workspace was last warned about (`CullingSoon` once).
+    warned: Mutex<HashMap<Key, i64>>,
+    /// Pauses per policy not yet counted in its status.
+    pauses: Arc<Mutex<BTreeMap<String, i64>>>,
 }
 
-/// Why a reconcile failed (it is retried; nothing is culled on an error).
+/// Why a reconcile failed (it is retried; nothing is paused on an error).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The apiserver refused or could not be reached.
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
-    /// A Workspace without a namespace.
-    #[error("Workspace {0} has no namespace")]
-    NoNamespace(String),
 }
 
 impl Error {
@@ -88,7 +108,6 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::NoNamespace(_) => "no_namespace",
         }
     }
 }
@@ -105,67 +124,129 @@ fn now_ms() -> i64 {
 }
 
 fn after(now_ms: i64, at_ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0))
+    Duration::from_millis(u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The resource of Kubeflow's Workspaces, watched untyped.
+pub fn workspace_resource() -> ApiResource {
+    ApiResource::erase::<Workspace>(&())
+}
+
+/// The resource of Kubeflow's WorkspaceKinds, watched untyped.
+pub fn kind_resource() -> ApiResource {
+    ApiResource::erase::<WorkspaceKind>(&())
+}
+
+/// Decode an untyped object, counting and logging one that cannot be read.
+fn decoded<K>(object: &DynamicObject, metrics: &Metrics) -> Option<K>
+where
+    K: Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+{
+    let value = match serde_json::to_value(object) {
+        Ok(value) => value,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot re-encode an object from the watch; skipping it");
+            return None;
+        }
+    };
+    match decode::<K>(value) {
+        Ok(object) => Some(object),
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping an object that cannot be read");
+            metrics.skipped.with_label_values(&[&K::kind(&())]).inc();
+            None
+        }
+    }
+}
+
+/// The policy, kind and rule that govern a workspace.
+struct Governed {
+    policy: Arc<CullingPolicy>,
+    kind: WorkspaceKind,
+    rule: RuleMatch,
 }
 
 impl Context {
-    /// Turn a due time into the reconcile's action, keeping the due-queue metric.
-    fn schedule(&self, workspace: &Workspace, due: ProbeDue, now: i64) -> Action {
-        let key = ObjectRef::from_obj(workspace);
-        let mut queued = self.due.lock().unwrap_or_else(|p| p.into_inner());
-        let action = match due {
-            ProbeDue::At(at) => {
-                queued.insert(key);
-                Action::requeue(after(now, at))
-            }
-            ProbeDue::Now => {
-                queued.remove(&key);
-                Action::requeue(Duration::from_secs(1))
-            }
-            ProbeDue::NotManaged(why) => {
-                tracing::debug!(%why, "not probing");
-                queued.remove(&key);
-                Action::await_change()
-            }
+    /// Every WorkspaceKind that can be read (one that cannot is skipped silently here; the
+    /// kinds' watch logs and counts it once per change).
+    fn all_kinds(&self) -> Vec<WorkspaceKind> {
+        self.kinds
+            .state()
+            .iter()
+            .filter_map(|k| serde_json::to_value(&**k).ok().and_then(|v| decode(v).ok()))
+            .collect()
+    }
+
+    fn management(&self) -> (Management, Vec<WorkspaceKind>) {
+        let policies: Vec<CullingPolicy> = self.policies.state().iter().map(|p| (**p).clone()).collect();
+        let kinds = self.all_kinds();
+        (Management::compute(&policies, &kinds), kinds)
+    }
+
+    /// The policy, kind and rule of `workspace`, or why the culler leaves it alone.
+    fn governed(&self, workspace: &Workspace) -> Result<Governed, Unmanaged> {
+        let (management, kinds) = self.management();
+        let policy_name = management.policy_for_kind(&workspace.spec.kind)?.to_owned();
+        let policy = self
+            .policies
+            .get(&ObjectRef::new(&policy_name))
+            .ok_or(Unmanaged::NoPolicy)?;
+        let kind = kinds
+            .into_iter()
+            .find(|k| k.metadata.name.as_deref() == Some(workspace.spec.kind.as_str()))
+            .ok_or(Unmanaged::NoPolicy)?;
+        let namespace_labels = self
+            .namespaces
+            .get(&ObjectRef::new(&workspace.namespace().unwrap_or_default()))
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        let rule = select_rule(
+            &policy.spec.activity_rules,
+            &namespace_labels,
+            &pod_config_labels(workspace, &kind),
+        );
+        Ok(Governed { policy, kind, rule })
+    }
+
+    /// The workspace with the activity this process wrote last, when the cached object does
+    /// not show it yet (so `minProbeIntervalSeconds` holds and `lastActivity` never goes back).
+    fn with_freshest_activity(&self, mut workspace: Workspace) -> Workspace {
+        let written = lock(&self.written);
+        let Some(ours) = written.get(&key_of(&workspace)) else {
+            return workspace;
         };
-        // Deleted workspaces are never reconciled again: drop them here.
-        queued.retain(|r| self.watched.get(r).is_some());
-        self.written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|r, _| self.watched.get(r).is_some());
-        self.metrics
-            .due_queue
-            .set(i64::try_from(queued.len()).unwrap_or(i64::MAX));
-        action
-    }
-
-    /// The workspace's status, with the activity we wrote ourselves when the
-    /// cached object does not show it yet (so `minProbeInterval` holds and
-    /// `lastActivity` never goes back).
-    fn freshest_status(&self, workspace: &Workspace) -> crate::crd::WorkspaceStatus {
-        let mut status = workspace.status.clone().unwrap_or_default();
-        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ours) = written.get(&ObjectRef::from_obj(workspace)) {
-            let start = |a: Option<&crate::crd::Activity>| {
-                a.and_then(|a| a.last_probe.as_ref())
-                    .map_or(i64::MIN, |p| p.start_time_ms)
-            };
-            if start(Some(ours)) > start(status.activity.as_ref()) {
-                status.activity = Some(ours.clone());
-            }
+        let start = |a: Option<&Activity>| a.and_then(|a| a.last_probe.as_ref()).map_or(i64::MIN, |p| p.start_time);
+        if start(Some(ours)) > start(workspace.activity()) {
+            workspace.status.get_or_insert_with(Default::default).activity = Some(ours.clone());
         }
-        status
+        workspace
     }
 
-    fn workspaces(&self, namespace: &str) -> Api<Workspace> {
-        Api::namespaced(self.client.clone(), namespace)
+    /// Forget a workspace the culler no longer acts on.
+    fn forget(&self, key: &Key) {
+        lock(&self.written).remove(key);
+        lock(&self.warned).remove(key);
+        let mut due = lock(&self.due);
+        due.remove(key);
+        self.metrics.due_queue.set(i64::try_from(due.len()).unwrap_or(i64::MAX));
     }
 
-    fn culling(&self, workspace: &Workspace) -> Option<(Arc<WorkspaceKind>, Culling)> {
-        let kind = self.kinds.get(&ObjectRef::new(&workspace.spec.kind))?;
-        let culling = kind.spec.pod_template.culling.clone()?;
-        Some((kind, culling))
+    /// Requeue a workspace for `at` (UNIX ms), keeping the due-queue metric.
+    fn requeue_at(&self, key: Key, at: i64, now: i64) -> Action {
+        let mut due = lock(&self.due);
+        due.insert(key);
+        self.metrics.due_queue.set(i64::try_from(due.len()).unwrap_or(i64::MAX));
+        Action::requeue(after(now, at).max(Duration::from_millis(100)))
+    }
+
+    fn effective_policy(&self, policy: &CullingPolicy) -> workspace_culler_policy::CullingPolicySpec {
+        let mut spec = policy.spec.clone();
+        spec.dry_run |= self.settings.dry_run;
+        spec
     }
 
     async fn event(&self, workspace: &Workspace, type_: EventType, reason: &str, note: String) {
@@ -180,224 +261,122 @@ impl Context {
             tracing::warn!(error = %e, reason, "cannot record event");
         }
     }
+
+    /// When to warn that `workspace` will be paused (UNIX ms), if it will and has not been
+    /// warned about this `eligibleAfter` yet.
+    fn culling_soon_at(&self, workspace: &Workspace, governed: &Governed) -> Option<(i64, i64)> {
+        let window = self.settings.culling_soon_seconds.saturating_mul(1000);
+        if window <= 0 || workspace.culling_disabled() || self.effective_policy(&governed.policy).dry_run {
+            return None;
+        }
+        governed.rule.pause_window()?;
+        let eligible = workspace.activity()?.eligible_after();
+        if eligible <= 0 {
+            return None;
+        }
+        if lock(&self.warned).get(&key_of(workspace)) == Some(&eligible) {
+            return None;
+        }
+        Some((eligible.saturating_sub(window), eligible))
+    }
+
+    /// Warn now if the workspace is within the warning window; otherwise the time to wake up for it.
+    async fn warn_if_soon(&self, workspace: &Workspace, governed: &Governed, now: i64) -> Option<i64> {
+        let (warn_at, eligible) = self.culling_soon_at(workspace, governed)?;
+        if now < warn_at {
+            return Some(warn_at);
+        }
+        if now >= eligible.saturating_add(PAUSE_GRACE_MS) {
+            return None;
+        }
+        lock(&self.warned).insert(key_of(workspace), eligible);
+        let when = chrono::DateTime::from_timestamp_millis(eligible)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        self.event(
+            workspace,
+            EventType::Warning,
+            "CullingSoon",
+            format!("Idle: will be paused after {when} unless it is used before then"),
+        )
+        .await;
+        None
+    }
 }
 
-/// Run one probe of a workspace; every problem becomes a Failure outcome.
-async fn probe(
-    workspace: &Workspace,
-    kind: &WorkspaceKind,
-    culling: &Culling,
-    ctx: &Context,
-    start_ms: i64,
-) -> (Evaluation, Option<i64>) {
-    let fail = |message: String| {
-        let outcome = ProbeOutcome::Failure(message);
-        (
-            Evaluation {
-                started_at_ms: start_ms,
-                finished_at_ms: (ctx.clock)(),
-                outcome,
-                raw_output: None,
-                logs: Vec::new(),
-            },
-            None,
-        )
-    };
+/// Pause the workspace: a patch of `spec.paused` alone, preconditioned on the uid and
+/// resourceVersion of a fresh read that still warrants it, retried on conflict.
+async fn pause(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Result<(), Error> {
     let namespace = workspace.namespace().unwrap_or_default();
     let name = workspace.name_any();
-    let plan = match plan::plan(&culling.activity_probe, &kind.spec, &ctx.settings.connect_path) {
-        Ok(plan) => plan,
-        Err(e) => return fail(format!("WorkspaceKind {}: {e}", kind.name_any())),
-    };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let listed = match pods
-        .list(&ListParams::default().labels(&format!("{WORKSPACE_LABEL}={name}")))
-        .await
-    {
-        Ok(list) => list.items,
-        Err(e) => return fail(format!("cannot list the workspace's pods: {e}")),
-    };
-    let Some(pod) = listed
-        .into_iter()
-        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-    else {
-        return fail(format!("no Running pod labelled {WORKSPACE_LABEL}={name}"));
-    };
-    let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
-    let pod_started = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.start_time.as_ref())
-        .map(|t| t.0.as_second());
-    let pod_name = pod.name_any();
-    let has_main = pod
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.containers.iter().any(|c| c.name == MAIN_CONTAINER));
-    if !has_main {
-        return fail(format!("pod {pod_name} has no container named {MAIN_CONTAINER:?}"));
-    }
-    let mut config = plan.config.clone();
-    if let Some((secret, key)) = &plan.token_secret {
-        match read_secret(ctx, &namespace, secret, key).await {
-            Ok(token) => config["token"] = token.into(),
-            Err(e) => return fail(e),
-        }
-    }
-    let probe = match load(ctx, &plan).await {
-        Ok(probe) => probe,
-        Err(e) => return fail(e),
-    };
-    let ports = plan::resolve_ports(&kind.spec, &workspace.spec)
-        .into_iter()
-        .map(|(id, number)| Port { id, number })
-        .collect();
-    let request = ProbeRequest {
-        workspace: workspace_culler_engine::Workspace {
-            namespace: namespace.clone(),
-            name,
-            pod_name: pod_name.clone(),
-            pod_ip,
-            container: MAIN_CONTAINER.into(),
-            ports,
-        },
-        config: config.to_string(),
-        deadline: plan.deadline,
-        capabilities: Arc::new(PodCapabilities::new(
-            pods,
-            pod_name,
-            MAIN_CONTAINER.into(),
-            ctx.settings.http_mode,
-            workspace_culler_engine::Limits::default().exec_output_bytes,
-        )),
-        probe_name: plan.probe_name(),
-        frozen_clock: false,
-    };
-    ctx.metrics.probes_waiting.inc();
-    let evaluation = ctx.engine.evaluate(&probe, request, start_ms).await;
-    ctx.metrics.probes_waiting.dec();
-    (evaluation, pod_started)
-}
-
-async fn read_secret(ctx: &Context, namespace: &str, name: &str, key: &str) -> Result<String, String> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let secret = secrets
-        .get(name)
-        .await
-        .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?;
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .ok_or_else(|| format!("Secret {namespace}/{name} has no key {key:?}"))?;
-    String::from_utf8(value.0.clone())
-        .map(|s| s.trim().to_string())
-        .map_err(|_| format!("Secret {namespace}/{name} key {key:?} is not text"))
-}
-
-/// The most bytes a probe module file may have (the largest example
-/// probes, with an interpreter inside, are under 20 MiB).
-const MAX_MODULE_BYTES: u64 = 64 << 20;
-
-/// A probe module file's bytes: a regular file no larger than
-/// [`MAX_MODULE_BYTES`], so a device or a huge file cannot exhaust memory.
-async fn read_module(path: &str) -> Result<Vec<u8>, String> {
-    use tokio::io::AsyncReadExt;
-    let cannot = |e: std::io::Error| format!("cannot read probe module {path}: {e}");
-    // Look before opening (opening a FIFO would block), then check the file opened.
-    if !tokio::fs::metadata(path).await.map_err(cannot)?.is_file() {
-        return Err(format!("probe module {path} is not a regular file"));
-    }
-    let file = tokio::fs::File::open(path).await.map_err(cannot)?;
-    let metadata = file.metadata().await.map_err(cannot)?;
-    if !metadata.is_file() {
-        return Err(format!("probe module {path} is not a regular file"));
-    }
-    let too_big = |size: u64| format!("probe module {path} is {size} bytes, over the cap of {MAX_MODULE_BYTES} bytes");
-    if metadata.len() > MAX_MODULE_BYTES {
-        return Err(too_big(metadata.len()));
-    }
-    // It may grow between the look and the read: read no more than the cap allows.
-    let mut bytes = Vec::new();
-    file.take(MAX_MODULE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(cannot)?;
-    if bytes.len() as u64 > MAX_MODULE_BYTES {
-        return Err(too_big(bytes.len() as u64));
-    }
-    Ok(bytes)
-}
-
-async fn load(ctx: &Context, plan: &ProbePlan) -> Result<Arc<workspace_culler_engine::LoadedProbe>, String> {
-    let (bytes, pinned) = match &plan.module {
-        ModuleRef::Builtin(name) => {
-            let builtin = workspace_culler_engine::builtin::builtin(name)
-                .ok_or_else(|| format!("no built-in probe named {name:?}"))?;
-            (builtin.component.to_vec(), plan.pinned_sha256.clone())
-        }
-        ModuleRef::File { path, sha256 } => (read_module(path).await?, Some(sha256.clone())),
-    };
-    // Compiling a large component (an interpreter inside) takes seconds of
-    // CPU: off the async workers, so other workspaces' probes go on meanwhile.
-    let engine = ctx.engine.clone();
-    tokio::task::spawn_blocking(move || engine.load(&bytes, pinned.as_deref()))
-        .await
-        .map_err(|e| format!("loading the probe module failed: {e}"))?
-        .map_err(|e| e.to_string())
-}
-
-/// Pause the workspace: a patch of `spec.paused` alone, guarded by the
-/// resourceVersion of a fresh read that still warrants it, retried on conflict.
-async fn cull(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Result<(), Error> {
-    let namespace = workspace
-        .namespace()
-        .ok_or_else(|| Error::NoNamespace(workspace.name_any()))?;
-    let api = ctx.workspaces(&namespace);
-    let name = workspace.name_any();
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &namespace);
     for _ in 0..5 {
         let fresh = api.get(&name).await?;
-        let ours = fresh.status.as_ref().and_then(|s| s.activity.as_ref());
-        let Some(activity) = ours.filter(|a| a.last_probe.as_ref().is_some_and(|p| p.start_time_ms == probe_start_ms))
-        else {
-            tracing::info!("a newer probe or edit superseded this one; not culling");
-            return Ok(());
-        };
-        let Some((_, culling)) = ctx.culling(&fresh) else {
-            return Ok(());
-        };
-        // Still our successful probe of a still-Running workspace.
-        let running = fresh.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Running");
-        let succeeded = activity.last_probe.as_ref().is_some_and(|p| p.result == "Success");
-        let decision = decide::cull_decision(&culling, &fresh.spec, activity, running && succeeded, (ctx.clock)());
-        let CullDecision::Cull { idle_seconds } = decision else {
-            tracing::info!(?decision, "no longer to be culled after a fresh read");
-            return Ok(());
-        };
-        let note = format!(
-            "idle for {idle_seconds}s (maxInactiveSeconds {})",
-            culling.max_inactive_seconds
-        );
-        if ctx.settings.dry_run {
-            tracing::info!(idle_seconds, "dry run: would pause the workspace");
-            ctx.metrics.culls.with_label_values(&["true"]).inc();
-            ctx.event(
-                &fresh,
-                EventType::Normal,
-                "WouldCull",
-                format!("Dry run: would pause, {note}"),
-            )
-            .await;
+        if fresh.metadata.uid != workspace.metadata.uid {
+            tracing::info!("the workspace was re-created since its probe; not pausing");
             return Ok(());
         }
+        let Some(activity) = fresh
+            .activity()
+            .filter(|a| a.last_probe.as_ref().is_some_and(|p| p.start_time == probe_start_ms))
+        else {
+            tracing::info!("a newer probe or edit superseded this one; not pausing");
+            return Ok(());
+        };
+        let governed = match ctx.governed(&fresh) {
+            Ok(governed) => governed,
+            Err(why) => {
+                tracing::info!(%why, "no longer managed after a fresh read; not pausing");
+                return Ok(());
+            }
+        };
+        let policy_name = governed.policy.name_any();
+        let decision = pause_decision(
+            &fresh,
+            activity,
+            &governed.rule,
+            &ctx.effective_policy(&governed.policy),
+            (ctx.clock)(),
+        );
+        let idle_for = |activity: &Activity| {
+            let since = workspace_culler_policy::decide::effective_last_activity(
+                activity.last_activity,
+                fresh.last_running_time(),
+            );
+            ((ctx.clock)() - since) / 1000
+        };
+        let note = format!(
+            "idle for {}s, past eligibleAfter (CullingPolicy {policy_name})",
+            idle_for(activity)
+        );
+        match decision {
+            Pause::No(keep) => {
+                tracing::info!(%keep, "not pausing after a fresh read");
+                return Ok(());
+            }
+            Pause::WouldCull => {
+                tracing::info!("dry run: would pause the workspace");
+                ctx.metrics.culls.with_label_values(&["true"]).inc();
+                ctx.event(
+                    &fresh,
+                    EventType::Normal,
+                    "WouldCull",
+                    format!("Dry run: would pause, {note}"),
+                )
+                .await;
+                return Ok(());
+            }
+            Pause::Yes => {}
+        }
         let patch = serde_json::json!({
-            "metadata": {"resourceVersion": fresh.resource_version()},
+            "metadata": {"uid": fresh.metadata.uid, "resourceVersion": fresh.resource_version()},
             "spec": {"paused": true},
         });
         match api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
             Ok(_) => {
-                tracing::info!(idle_seconds, "paused the idle workspace");
+                tracing::info!(policy = %policy_name, "paused the idle workspace");
                 ctx.metrics.culls.with_label_values(&["false"]).inc();
+                *lock(&ctx.pauses).entry(policy_name).or_default() += 1;
                 ctx.event(&fresh, EventType::Normal, "Culled", format!("Paused: {note}"))
                     .await;
                 return Ok(());
@@ -413,74 +392,108 @@ async fn cull(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Resu
     Ok(())
 }
 
-async fn reconcile(workspace: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let span = tracing::info_span!(
-        "reconcile",
-        namespace = %workspace.namespace().unwrap_or_default(),
-        name = %workspace.name_any()
-    );
-    reconcile_in_span(workspace, ctx).instrument(span).await
-}
-
-async fn reconcile_in_span(workspace: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = workspace
-        .namespace()
-        .ok_or_else(|| Error::NoNamespace(workspace.name_any()))?;
-    let now = (ctx.clock)();
-    let culling = ctx.culling(&workspace);
-    let status = ctx.freshest_status(&workspace);
-    match decide::probe_due(culling.as_ref().map(|(_, c)| c), Some(&status), now) {
-        ProbeDue::Now => {}
-        due => return Ok(ctx.schedule(&workspace, due, now)),
-    }
-    let Some((kind, culling)) = culling else {
+async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = key_of(&*object);
+    let span = tracing::info_span!("reconcile", namespace = %key.0, name = %key.1);
+    let Some(workspace) = decoded::<Workspace>(&object, &ctx.metrics) else {
+        ctx.forget(&key);
         return Ok(Action::await_change());
     };
-
-    let (evaluation, pod_started) = probe(&workspace, &kind, &culling, &ctx, now).await;
-    let result = evaluation.outcome.result();
-    ctx.metrics.probes.with_label_values(&[result, &kind.name_any()]).inc();
-    ctx.metrics
-        .probe_seconds
-        .observe((evaluation.finished_at_ms - evaluation.started_at_ms) as f64 / 1000.0);
-    let previous = status.activity.as_ref();
-    let activity = decide::record(previous, &evaluation, pod_started);
-    tracing::info!(result, message = %activity.last_probe.as_ref().map(|p| p.message.as_str()).unwrap_or(""), last_activity = activity.last_activity, "probed");
-
-    let patch = serde_json::json!({"status": {"activity": activity}});
-    ctx.workspaces(&namespace)
-        .patch_status(&workspace.name_any(), &patch_params(), &Patch::Merge(&patch))
-        .await?;
-    ctx.written
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(ObjectRef::from_obj(&*workspace), activity.clone());
-
-    let failed_before = previous
-        .and_then(|a| a.last_probe.as_ref())
-        .is_some_and(|p| p.result != "Success");
-    if let ProbeOutcome::Failure(m) | ProbeOutcome::Timeout(m) = &evaluation.outcome
-        && failed_before
-    {
-        ctx.event(&workspace, EventType::Warning, "ProbeFailing", m.clone())
-            .await;
-    }
-    if matches!(evaluation.outcome, ProbeOutcome::Success(_)) {
-        let decision = decide::cull_decision(&culling, &workspace.spec, &activity, true, (ctx.clock)());
-        if matches!(decision, CullDecision::Cull { .. }) {
-            cull(&workspace, evaluation.started_at_ms, &ctx).await?;
-        }
-    }
-    // Schedule the next probe from the status just written.
-    let status = crate::crd::WorkspaceStatus {
-        activity: Some(activity),
-        ..status
-    };
-    let now = (ctx.clock)();
-    Ok(ctx.schedule(&workspace, decide::probe_due(Some(&culling), Some(&status), now), now))
+    reconcile_workspace(workspace, ctx).instrument(span).await
 }
 
-fn error_policy(_workspace: Arc<Workspace>, error: &Error, ctx: Arc<Context>) -> Action {
+async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = key_of(&workspace);
+    let now = (ctx.clock)();
+    let workspace = ctx.with_freshest_activity(workspace);
+    let governed = match ctx.governed(&workspace) {
+        Ok(governed) => governed,
+        Err(why) => {
+            tracing::debug!(%why, "not probing");
+            ctx.forget(&key);
+            return Ok(Action::await_change());
+        }
+    };
+    match probe_due(&workspace, &governed.policy.spec.activity_probe, &governed.rule, now) {
+        Due::Now => {}
+        Due::At(at) => {
+            let wake = ctx.warn_if_soon(&workspace, &governed, now).await;
+            return Ok(ctx.requeue_at(key, wake.map_or(at, |w| w.min(at)), now));
+        }
+        Due::NotManaged(why) => {
+            tracing::debug!(%why, "not probing");
+            ctx.forget(&key);
+            return Ok(Action::await_change());
+        }
+    }
+
+    let kind_name = governed.kind.name_any();
+    let run = probe::run(
+        &ctx,
+        &workspace,
+        &governed.kind,
+        &governed.policy.spec.activity_probe,
+        now,
+    )
+    .await;
+    let result = run.outcome.result();
+    ctx.metrics
+        .probes
+        .with_label_values(&[result.as_str(), &kind_name])
+        .inc();
+    ctx.metrics
+        .probe_seconds
+        .observe(run.end_ms.saturating_sub(run.start_ms) as f64 / 1000.0);
+    let activity = activity_after_probe(
+        workspace.activity(),
+        &run,
+        workspace.last_running_time(),
+        &governed.rule,
+    );
+    let message = activity
+        .last_probe
+        .as_ref()
+        .map(|p| p.message.clone())
+        .unwrap_or_default();
+    tracing::info!(%result, %message, last_activity = activity.last_activity, "probed");
+
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &key.0);
+    api.patch_status(&key.1, &patch_params(), &Patch::Merge(&activity_patch(&activity)))
+        .await?;
+    lock(&ctx.written).insert(key.clone(), activity.clone());
+    if let ProbeOutcome::Failure(_) | ProbeOutcome::Timeout(_) = &run.outcome {
+        ctx.event(&workspace, EventType::Warning, "ProbeFailing", message).await;
+    }
+
+    let mut probed = workspace.clone();
+    probed.status.get_or_insert_with(Default::default).activity = Some(activity.clone());
+    match pause_decision(
+        &probed,
+        &activity,
+        &governed.rule,
+        &ctx.effective_policy(&governed.policy),
+        (ctx.clock)(),
+    ) {
+        Pause::Yes | Pause::WouldCull => pause(&probed, run.start_ms, &ctx).await?,
+        Pause::No(Keep::NotYetEligible { .. } | Keep::ProbeFailed(_)) => {}
+        Pause::No(keep) => tracing::debug!(%keep, "not pausing"),
+    }
+    // Schedule the next probe (or the warning before it) from the status just written.
+    let now = (ctx.clock)();
+    match probe_due(&probed, &governed.policy.spec.activity_probe, &governed.rule, now) {
+        Due::At(at) => {
+            let wake = ctx.warn_if_soon(&probed, &governed, now).await;
+            Ok(ctx.requeue_at(key, wake.map_or(at, |w| w.min(at)), now))
+        }
+        Due::Now => Ok(ctx.requeue_at(key, now + 1000, now)),
+        Due::NotManaged(_) => {
+            ctx.forget(&key);
+            Ok(Action::await_change())
+        }
+    }
+}
+
+fn error_policy(_workspace: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
     ctx.metrics.errors.with_label_values(&[error.metric_label()]).inc();
     Action::requeue(Duration::from_secs(5))
@@ -495,8 +508,35 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Run the controller until `shutdown` resolves: over all namespaces, or
-/// one controller per namespace in `settings.namespaces`.
+/// A cache of `api`, filled in the background until the guard drops; `on_change` sees each
+/// applied object.
+fn cache<K>(api: Api<K>, dyntype: K::DynamicType, on_change: impl Fn(&K) + Send + 'static) -> (Store<K>, AbortOnDrop)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let writer = reflector::store::Writer::new(dyntype);
+    let store = writer.as_reader();
+    let task = reflector(writer, watcher(api, watcher::Config::default()))
+        .applied_objects()
+        .for_each(move |object| {
+            if let Ok(object) = object {
+                on_change(&object);
+            }
+            futures::future::ready(())
+        });
+    (store, AbortOnDrop(tokio::spawn(task)))
+}
+
+/// Triggers only on a change of `metadata.generation` (spec edits), not of status: Kubeflow
+/// updates its kinds' status counts, and this controller its policies' status.
+fn on_generation_change<K: Resource>(seen: &Arc<Mutex<HashMap<String, i64>>>, object: &K) -> bool {
+    let generation = object.meta().generation.unwrap_or_default();
+    lock(seen).insert(object.name_any(), generation) != Some(generation)
+}
+
+/// Run the controller until `shutdown` resolves: over all namespaces, or one controller per
+/// namespace in `settings.namespaces`.
 pub async fn run(
     client: Client,
     engine: Arc<ProbeEngine>,
@@ -505,68 +545,97 @@ pub async fn run(
     readiness: server::Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let kinds_api: Api<WorkspaceKind> = Api::all(client.clone());
-    let (kinds, writer) = reflector::store();
-    let kinds_reflector = reflector(writer, watcher(kinds_api.clone(), watcher::Config::default()))
-        .applied_objects()
-        .for_each(|_| futures::future::ready(()));
-    // Ends with the controller (dropping the guard aborts it).
-    let _kinds_reflector = AbortOnDrop(tokio::spawn(kinds_reflector));
+    let kinds_api: Api<DynamicObject> = Api::all_with(client.clone(), &kind_resource());
+    let kind_metrics = metrics.clone();
+    let (kinds, _kinds_task) = cache(kinds_api.clone(), kind_resource(), move |kind: &DynamicObject| {
+        // Logged and counted once per change of the kind.
+        let _ = decoded::<WorkspaceKind>(kind, &kind_metrics);
+    });
+    let policies_api: Api<CullingPolicy> = Api::all(client.clone());
+    let (policies, _policies_task) = cache(policies_api.clone(), (), |_| {});
+    let (namespaces, _namespaces_task) = cache(Api::<Namespace>::all(client.clone()), (), |_| {});
     kinds.wait_until_ready().await?;
+    policies.wait_until_ready().await?;
+    namespaces.wait_until_ready().await?;
 
     let reporter = Reporter {
         controller: MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
+    let pauses: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
+    let mut stores = Vec::new();
     let runs: Vec<_> = scopes
         .into_iter()
         .map(|namespace| {
-            let (workspaces, pods): (Api<Workspace>, Api<Pod>) = match &namespace {
-                Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-                None => (Api::all(client.clone()), Api::all(client.clone())),
+            let workspaces: Api<DynamicObject> = match &namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &workspace_resource()),
+                None => Api::all_with(client.clone(), &workspace_resource()),
             };
-            let controller = Controller::new(workspaces, watcher::Config::default())
+            let controller = Controller::new_with(workspaces, watcher::Config::default(), workspace_resource())
                 .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
             let store = controller.store();
+            stores.push(store.clone());
             let ctx = Arc::new(Context {
                 client: client.clone(),
                 engine: engine.clone(),
                 settings: settings.clone(),
                 kinds: kinds.clone(),
+                policies: policies.clone(),
+                namespaces: namespaces.clone(),
                 recorder: recorder.clone(),
                 metrics: metrics.clone(),
                 clock: now_ms,
-                watched: store.clone(),
                 due: Default::default(),
                 written: Default::default(),
+                warned: Default::default(),
+                pauses: pauses.clone(),
             });
+            let workspaces_of_kinds = {
+                let store = store.clone();
+                move |kinds: &[String]| {
+                    store
+                        .state()
+                        .into_iter()
+                        .filter(|w| {
+                            let kind = w.data.pointer("/spec/kind").and_then(|k| k.as_str());
+                            kind.is_some_and(|k| kinds.iter().any(|n| n == k))
+                        })
+                        .map(|w| ObjectRef::from_obj_with(&*w, workspace_resource()))
+                        .collect::<Vec<_>>()
+                }
+            };
+            let (kinds_seen, policies_seen) = (Arc::default(), Arc::default());
+            let for_kind = workspaces_of_kinds.clone();
+            let for_policy = workspaces_of_kinds;
             controller
-                .watches(
+                .watches_with(
                     kinds_api.clone(),
+                    kind_resource(),
                     watcher::Config::default(),
-                    move |kind: WorkspaceKind| {
-                        let name = kind.name_any();
-                        store
-                            .state()
-                            .into_iter()
-                            .filter(|w| w.spec.kind == name)
-                            .map(|w| ObjectRef::from_obj(&*w))
-                            .collect::<Vec<_>>()
+                    move |kind: DynamicObject| {
+                        if !on_generation_change(&kinds_seen, &kind) {
+                            return Vec::new();
+                        }
+                        for_kind(&[kind.name_any()])
                     },
                 )
-                .watches(pods, watcher::Config::default().labels(WORKSPACE_LABEL), |pod: Pod| {
-                    let name = pod.labels().get(WORKSPACE_LABEL).cloned();
-                    let namespace = pod.namespace();
-                    name.zip(namespace)
-                        .map(|(n, ns)| ObjectRef::<Workspace>::new(&n).within(&ns))
-                })
+                .watches(
+                    policies_api.clone(),
+                    watcher::Config::default(),
+                    move |policy: CullingPolicy| {
+                        if !on_generation_change(&policies_seen, &policy) {
+                            return Vec::new();
+                        }
+                        for_policy(&policy.spec.workspace_kinds)
+                    },
+                )
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile, error_policy, ctx)
                 .for_each(|result| {
@@ -577,11 +646,72 @@ pub async fn run(
                 })
         })
         .collect();
-    // Ready: it leads (run is called only then) and the kinds' cache is
-    // filled; each workspace watch fills its own cache before it reconciles.
+    let _status_task = AbortOnDrop(tokio::spawn(policy_status::run(
+        policies_api,
+        policies.clone(),
+        kinds.clone(),
+        stores,
+        pauses,
+        now_ms,
+    )));
+    // Ready: it leads (run is called only then) and the kinds', policies' and namespaces'
+    // caches are filled; each workspace watch fills its own cache before it reconciles.
     readiness.set(true);
     tracing::info!("ready");
     futures::future::join_all(runs).await;
     readiness.set(false);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(value: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn an_object_that_cannot_be_read_is_skipped_and_counted() {
+        let metrics = Metrics::new().unwrap();
+        let good = object(serde_json::json!({
+            "apiVersion": "kubeflow.org/v1beta1", "kind": "Workspace",
+            "metadata": {"name": "a", "namespace": "ns"}, "spec": {"kind": "jupyterlab"},
+        }));
+        let workspace: Workspace = decoded(&good, &metrics).expect("a well-formed workspace");
+        assert_eq!(workspace.spec.kind, "jupyterlab");
+        let bad = object(serde_json::json!({
+            "apiVersion": "kubeflow.org/v1beta1", "kind": "Workspace",
+            "metadata": {"name": "b", "namespace": "ns"}, "spec": {"kind": 5, "paused": "yes"},
+        }));
+        assert!(decoded::<Workspace>(&bad, &metrics).is_none());
+        assert_eq!(metrics.skipped.with_label_values(&["Workspace"]).get(), 1);
+        assert!(
+            metrics
+                .render()
+                .contains("workspace_culler_objects_skipped_total{resource=\"Workspace\"} 1")
+        );
+    }
+
+    #[test]
+    fn only_a_new_generation_triggers() {
+        let seen = Arc::default();
+        let mut kind = WorkspaceKind::default();
+        kind.metadata.name = Some("jupyterlab".into());
+        kind.metadata.generation = Some(1);
+        assert!(on_generation_change(&seen, &kind), "first seen");
+        assert!(
+            !on_generation_change(&seen, &kind),
+            "a status update keeps the generation"
+        );
+        kind.metadata.generation = Some(2);
+        assert!(on_generation_change(&seen, &kind), "a spec edit");
+    }
+
+    #[test]
+    fn a_due_time_in_the_past_requeues_soon_not_never() {
+        assert_eq!(after(10_000, 4_000), Duration::ZERO);
+        assert_eq!(after(10_000, 12_500), Duration::from_millis(2_500));
+        assert_eq!(after(i64::MIN, i64::MAX), Duration::from_millis(i64::MAX as u64));
+    }
 }

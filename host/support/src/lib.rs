@@ -1,6 +1,8 @@
 //! Test and demo support for workspace-culler, kept out of the product: a
 //! real local control plane (the end-to-end tests and `workspace-culler
-//! local`), and the probe components only tests run.
+//! local`), Kubeflow's CRDs with a double of its workspace controller, and the probe
+//! components only tests run.
 
 pub mod controlplane;
+pub mod kubeflow;
 pub mod test_probes;

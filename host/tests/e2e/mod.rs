@@ -1,21 +1,27 @@
-//! Shared set-up of the end-to-end tests: a real control plane (etcd,
-//! kube-apiserver, kwok), the project's CRDs, pods on kwok's node whose exec
-//! runs on this machine, and the controller binary as a separate process.
+//! Shared set-up of the end-to-end tests: a real control plane (etcd, kube-apiserver, kwok)
+//! with Kubeflow's released CRDs (from `tests/kubeflow/`) and the CullingPolicy CRD, the
+//! double of Kubeflow's workspace controller (`workspace_culler_support::kubeflow`), pods on
+//! kwok's node whose exec runs on this machine, and the controller binary as a separate process.
 
 #![allow(dead_code)]
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use workspace_culler::crd::{Workspace, WorkspaceKind};
+use workspace_culler_policy::{Activity, CullingPolicy, Workspace};
 use workspace_culler_support::controlplane::{self, ControlPlane, NODE_NAME};
+use workspace_culler_support::kubeflow::{self, KubeflowDouble};
+
+/// The namespace the controller runs in (its Lease and token Secrets live here).
+pub const CONTROLLER_NS: &str = "culler-system";
 
 pub struct Env {
     pub cp: ControlPlane,
     pub client: kube::Client,
+    _kubeflow: KubeflowDouble,
 }
 
 pub fn free_port() -> u16 {
@@ -45,42 +51,60 @@ fn kwok_resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kwok.x-k8s.io", "v1alpha1", kind), plural)
 }
 
+/// An exec probe policy for `kinds`: `script`, probed every 2–4 s, paused after `idle` seconds.
+pub fn exec_policy(name: &str, kinds: &[&str], script: &str, idle: i32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "workspace-culler.io/v1alpha1", "kind": "CullingPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "workspaceKinds": kinds,
+            "activityProbe": {"minProbeIntervalSeconds": 2, "probeIntervalSeconds": 4,
+                              "podExec": {"script": script, "timeoutSeconds": 2}},
+            "activityRules": [{"config": {"secondsSinceActive": idle}, "effect": {"pauseWorkspace": true}}],
+        },
+    })
+}
+
+/// A WorkspaceKind named `name`: Kubeflow's sample jupyterlab kind without its probe.
+pub fn sample_kind(name: &str) -> serde_json::Value {
+    let mut kind = kubeflow::kind_without_probe(kubeflow::JUPYTERLAB_KIND);
+    kind["metadata"] = serde_json::json!({"name": name});
+    kind
+}
+
 impl Env {
     pub async fn start() -> Env {
         let bin = controlplane::binaries().expect("control-plane binaries");
         let cp = ControlPlane::start(&bin).await.expect("control plane");
         let client = cp.client().await.unwrap();
-        let env = Env { cp, client };
-        env.install_crds().await;
-        env.exec_locally().await;
+        cp.install_crds(&kubeflow::crds_yaml()).await.unwrap();
+        cp.install_crds(&workspace_culler::crds_yaml()).await.unwrap();
+        let double = KubeflowDouble::start(client.clone(), cp.dir().join("pods"));
+        let env = Env {
+            cp,
+            client,
+            _kubeflow: double,
+        };
+        env.wait_for_kwok().await;
+        env.namespace(CONTROLLER_NS, &[]).await;
         env
     }
 
-    async fn install_crds(&self) {
-        self.cp.install_crds(&workspace_culler::crd::crds_yaml()).await.unwrap();
-    }
-
-    /// Every pod's `main` container execs on this machine (kwok's ClusterExec).
-    async fn exec_locally(&self) {
-        let resource = kwok_resource("ClusterExec", "clusterexecs");
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
-        let exec: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "kwok.x-k8s.io/v1alpha1",
-            "kind": "ClusterExec",
-            "metadata": {"name": "local"},
-            "spec": {"execs": [{"containers": ["main"], "local": {"workDir": "/tmp"}}]},
-        }))
-        .unwrap();
+    /// kwok's own CRDs are served (it installs them after it starts).
+    async fn wait_for_kwok(&self) {
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &kwok_resource("ClusterExec", "clusterexecs"));
         eventually(Duration::from_secs(30), "kwok's CRDs", || {
-            let (api, exec) = (api.clone(), exec.clone());
-            async move { api.create(&PostParams::default(), &exec).await.ok().map(|_| ()) }
+            let api = api.clone();
+            async move { api.list(&Default::default()).await.ok().map(|_| ()) }
         })
         .await;
     }
 
-    pub async fn namespace(&self, name: &str) {
+    pub async fn namespace(&self, name: &str, labels: &[(&str, &str)]) {
         let api: Api<Namespace> = Api::all(self.client.clone());
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        let labels: std::collections::BTreeMap<_, _> = labels.iter().copied().collect();
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": labels}})).unwrap();
         api.create(&PostParams::default(), &ns).await.unwrap();
     }
 
@@ -98,58 +122,76 @@ impl Env {
         api.create(&PostParams::default(), &forward).await.unwrap();
     }
 
+    /// Create a WorkspaceKind (an object written for Kubeflow's CRD).
     pub async fn apply_kind(&self, kind: serde_json::Value) {
-        let api: Api<WorkspaceKind> = Api::all(self.client.clone());
-        let kind: WorkspaceKind = serde_json::from_value(kind).unwrap();
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &kubeflow::kind_resource());
+        let kind: DynamicObject = serde_json::from_value(kind).unwrap();
         api.create(&PostParams::default(), &kind).await.unwrap();
     }
 
-    /// A workspace the way the workspace controller leaves it: a Running pod
-    /// on kwok's node, and `status.state: Running`.
-    pub async fn running_workspace(&self, namespace: &str, name: &str, spec: serde_json::Value) {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": format!("{name}-0"), "labels": {"notebooks.kubeflow.org/workspace-name": name}},
-            "spec": {"nodeName": NODE_NAME, "containers": [{"name": "main", "image": "notebook:test"}]},
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
-        let pod_name = format!("{name}-0");
-        // Each pod's exec runs in its own directory, as each container has its own files.
-        let work_dir = self.cp.dir().join("pods").join(format!("{namespace}-{pod_name}"));
-        std::fs::create_dir_all(&work_dir).unwrap();
-        let resource = kwok_resource("Exec", "execs");
-        let execs: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
-        let exec: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "kwok.x-k8s.io/v1alpha1",
-            "kind": "Exec",
-            "metadata": {"name": pod_name, "namespace": namespace},
-            "spec": {"execs": [{"containers": ["main"], "local": {"workDir": work_dir}}]},
-        }))
-        .unwrap();
-        execs.create(&PostParams::default(), &exec).await.unwrap();
-        eventually(Duration::from_secs(30), "pod Running", || {
-            let (pods, pod_name) = (pods.clone(), pod_name.clone());
-            async move {
-                let pod = pods.get(&pod_name).await.ok()?;
-                (pod.status?.phase.as_deref() == Some("Running")).then_some(())
-            }
-        })
+    /// Create a CullingPolicy.
+    pub async fn apply_policy(&self, policy: serde_json::Value) {
+        let api: Api<CullingPolicy> = Api::all(self.client.clone());
+        let policy: CullingPolicy = serde_json::from_value(policy).unwrap();
+        api.create(&PostParams::default(), &policy).await.unwrap();
+    }
+
+    pub async fn policy(&self, name: &str) -> CullingPolicy {
+        Api::<CullingPolicy>::all(self.client.clone()).get(name).await.unwrap()
+    }
+
+    /// A workspace of `kind` (Kubeflow's sample, renamed), with extra `metadata` merged in;
+    /// returns once Kubeflow (the double) reports it Running.
+    pub async fn running_workspace(&self, namespace: &str, name: &str, kind: &str, metadata: serde_json::Value) {
+        let mut workspace = kubeflow::sample(kubeflow::JUPYTERLAB_WORKSPACE);
+        let mut meta = serde_json::json!({"name": name, "namespace": namespace});
+        if let (Some(meta), Some(extra)) = (meta.as_object_mut(), metadata.as_object()) {
+            meta.extend(extra.clone());
+        }
+        workspace["metadata"] = meta;
+        workspace["spec"]["kind"] = kind.into();
+        self.create_workspace(namespace, workspace).await;
+        self.wait_running(namespace, name).await;
+    }
+
+    /// Create a Workspace from an object written for Kubeflow's CRD.
+    pub async fn create_workspace(&self, namespace: &str, workspace: serde_json::Value) {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &kubeflow::workspace_resource());
+        let workspace: DynamicObject = serde_json::from_value(workspace).unwrap();
+        api.create(&PostParams::default(), &workspace).await.unwrap();
+    }
+
+    pub async fn wait_running(&self, namespace: &str, name: &str) {
+        eventually(
+            Duration::from_secs(60),
+            &format!("{namespace}/{name} Running"),
+            || async {
+                let ws = self.workspace(namespace, name).await;
+                (ws.state() == workspace_culler_policy::WorkspaceState::Running).then_some(())
+            },
+        )
         .await;
-        let workspaces: Api<Workspace> = Api::namespaced(self.client.clone(), namespace);
-        let ws: Workspace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubeflow.org/v1beta1",
-            "kind": "Workspace",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": spec,
+    }
+
+    /// The directory `namespace/pod`'s exec runs in.
+    pub fn pod_dir(&self, namespace: &str, pod: &str) -> PathBuf {
+        kubeflow::pod_dir(&self.cp.dir().join("pods"), namespace, pod)
+    }
+
+    /// A pod that carries the workspace's label but is not its pod: not created by its
+    /// StatefulSet. Its exec runs in a directory of its own, which is returned.
+    pub async fn decoy_pod(&self, namespace: &str, workspace: &str, pod: &str) -> PathBuf {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let decoy: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": pod, "labels": {kubeflow::WORKSPACE_LABEL: workspace}},
+            "spec": {"nodeName": NODE_NAME, "containers": [{"name": "main", "image": "decoy:test"}]},
         }))
         .unwrap();
-        workspaces.create(&PostParams::default(), &ws).await.unwrap();
-        let status = serde_json::json!({"status": {"state": "Running"}});
-        workspaces
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        pods.create(&PostParams::default(), &decoy).await.unwrap();
+        kubeflow::exec_locally(&self.client, &self.cp.dir().join("pods"), namespace, pod)
             .await
-            .unwrap();
+            .unwrap()
     }
 
     /// How many times an Event with `reason` was recorded for workspace `namespace/name`
@@ -191,6 +233,22 @@ impl Env {
             .unwrap()
     }
 
+    /// The workspace's `status.activity` (Kubeflow's fields), default when none.
+    pub async fn activity(&self, namespace: &str, name: &str) -> Activity {
+        self.workspace(namespace, name)
+            .await
+            .activity()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The workspace untyped: every field Kubeflow's CRD kept.
+    pub async fn raw_workspace(&self, namespace: &str, name: &str) -> serde_json::Value {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &kubeflow::workspace_resource());
+        serde_json::to_value(api.get(name).await.unwrap()).unwrap()
+    }
+
     /// Start the controller binary against this control plane, as the admin.
     pub fn controller(&self, log_name: &str, extra: &[&str]) -> Controller {
         self.controller_as(&self.cp.kubeconfig(), log_name, extra)
@@ -203,6 +261,7 @@ impl Env {
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
             .args(["controller", "--http-mode", "port-forward", "--concurrency", "4"])
+            .args(["--controller-namespace", CONTROLLER_NS])
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])

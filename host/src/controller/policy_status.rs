@@ -1,0 +1,157 @@
+//! Each `CullingPolicy`'s status: `observedGeneration`, the `Ready` and `KindsManaged`
+//! conditions (which kinds it manages, which not and why), the workspaces of its managed kinds,
+//! and the pauses it made. Recomputed every [`INTERVAL`] and written only when it changes.
+
+use super::{MANAGER, lock};
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use workspace_culler_policy::{
+    CullingPolicy, CullingPolicyStatus, Management, WorkspaceKind, decode, policy_conditions, validate,
+};
+
+/// How often the policies' status is recomputed.
+pub const INTERVAL: Duration = Duration::from_secs(2);
+
+/// The status `policy` should have now; `paused_before` is the total this process last wrote
+/// (the cached policy may not show it yet).
+pub fn status_of(
+    policy: &CullingPolicy,
+    management: &Management,
+    workspaces_by_kind: &BTreeMap<String, i64>,
+    paused_before: i64,
+    new_pauses: i64,
+    now_ms: i64,
+) -> CullingPolicyStatus {
+    let previous = policy.status.clone().unwrap_or_default();
+    let kinds = management.for_policy(&policy.name_any()).cloned().unwrap_or_default();
+    let managed_workspaces = kinds
+        .managed
+        .iter()
+        .map(|k| workspaces_by_kind.get(k).copied().unwrap_or(0))
+        .sum();
+    CullingPolicyStatus {
+        observed_generation: policy.metadata.generation,
+        conditions: policy_conditions(
+            &kinds,
+            &validate(&policy.spec),
+            policy.metadata.generation,
+            &previous.conditions,
+            now_ms,
+        ),
+        managed_workspaces,
+        paused_total: previous.paused_total.max(paused_before).saturating_add(new_pauses),
+    }
+}
+
+/// Keep every policy's status current until the task is dropped.
+pub async fn run(
+    api: Api<CullingPolicy>,
+    policies: Store<CullingPolicy>,
+    kinds: Store<DynamicObject>,
+    workspaces: Vec<Store<DynamicObject>>,
+    pauses: Arc<Mutex<BTreeMap<String, i64>>>,
+    clock: fn() -> i64,
+) {
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    };
+    // The pause totals this process wrote: the cache may lag behind them.
+    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    loop {
+        let all: Vec<CullingPolicy> = policies.state().iter().map(|p| (**p).clone()).collect();
+        let all_kinds: Vec<WorkspaceKind> = kinds
+            .state()
+            .iter()
+            .filter_map(|k| serde_json::to_value(&**k).ok().and_then(|v| decode(v).ok()))
+            .collect();
+        let management = Management::compute(&all, &all_kinds);
+        let mut by_kind: BTreeMap<String, i64> = BTreeMap::new();
+        for store in &workspaces {
+            for workspace in store.state() {
+                if let Some(kind) = workspace.data.pointer("/spec/kind").and_then(|k| k.as_str()) {
+                    *by_kind.entry(kind.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        for policy in &all {
+            let name = policy.name_any();
+            let new_pauses = lock(&pauses).get(&name).copied().unwrap_or(0);
+            let before = totals.get(&name).copied().unwrap_or(0);
+            let status = status_of(policy, &management, &by_kind, before, new_pauses, clock());
+            if policy.status.as_ref() == Some(&status) {
+                continue;
+            }
+            let patch = serde_json::json!({"status": status});
+            match api.patch_status(&name, &params, &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    totals.insert(name.clone(), status.paused_total);
+                    // Counted in the status now: only later pauses are new.
+                    if let Some(count) = lock(&pauses).get_mut(&name) {
+                        *count -= new_pauses;
+                    }
+                    tracing::info!(policy = %name, managed = status.managed_workspaces, "policy status updated");
+                }
+                Err(e) => tracing::warn!(policy = %name, error = %e, "cannot update the policy's status"),
+            }
+        }
+        tokio::time::sleep(INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str, kinds: &[&str]) -> CullingPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "workspace-culler.io/v1alpha1", "kind": "CullingPolicy",
+            "metadata": {"name": name, "generation": 3},
+            "spec": {"workspaceKinds": kinds, "activityProbe": {"jupyter": {"lastActivity": true, "portId": "jupyterlab"}},
+                     "activityRules": [{"config": {"secondsSinceActive": 60}, "effect": {"pauseWorkspace": true}}]},
+        }))
+        .unwrap()
+    }
+
+    fn kind(name: &str) -> WorkspaceKind {
+        let mut kind = WorkspaceKind::default();
+        kind.metadata.name = Some(name.into());
+        kind
+    }
+
+    #[test]
+    fn the_status_counts_managed_workspaces_and_adds_new_pauses() {
+        let mut notebooks = policy("notebooks", &["jupyterlab", "missing"]);
+        notebooks.status = Some(CullingPolicyStatus {
+            paused_total: 4,
+            ..Default::default()
+        });
+        let management = Management::compute(std::slice::from_ref(&notebooks), &[kind("jupyterlab"), kind("rstudio")]);
+        let by_kind = BTreeMap::from([("jupyterlab".to_string(), 3), ("rstudio".to_string(), 7)]);
+        let status = status_of(&notebooks, &management, &by_kind, 0, 2, 1_780_000_000_000);
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.managed_workspaces, 3, "only the kinds it manages");
+        assert_eq!(status.paused_total, 6);
+        let kinds_managed = status.conditions.iter().find(|c| c.type_ == "KindsManaged").unwrap();
+        assert_eq!(kinds_managed.status, "False");
+        assert!(kinds_managed.message.contains("missing"), "{}", kinds_managed.message);
+        // A total this process wrote, not yet in the cached policy, is never lost.
+        let status = status_of(&notebooks, &management, &by_kind, 9, 1, 1_780_000_000_000);
+        assert_eq!(status.paused_total, 10);
+    }
+
+    #[test]
+    fn an_unchanged_policy_computes_the_status_it_already_has() {
+        let mut notebooks = policy("notebooks", &["jupyterlab"]);
+        let management = Management::compute(std::slice::from_ref(&notebooks), &[kind("jupyterlab")]);
+        let by_kind = BTreeMap::from([("jupyterlab".to_string(), 1)]);
+        let first = status_of(&notebooks, &management, &by_kind, 0, 0, 1_780_000_000_000);
+        notebooks.status = Some(first.clone());
+        let later = status_of(&notebooks, &management, &by_kind, 0, 0, 1_780_000_099_000);
+        assert_eq!(later, first, "no write when nothing changed");
+    }
+}

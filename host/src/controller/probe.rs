@@ -1,0 +1,550 @@
+//! One probe of one workspace: from the policy's `activityProbe` to what the engine runs
+//! (which component, config, ports, deadline), the workspace's own pod, and the run itself.
+//! Every problem on the way is a `Failure` of the probe, never an error of the reconcile.
+
+use super::Context;
+use super::capabilities::PodCapabilities;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use workspace_culler_engine::{Evaluation, LoadedProbe, Port, ProbeRequest};
+use workspace_culler_policy::policy::{JupyterProbe, ProbeMethod, SecretKeyRef};
+use workspace_culler_policy::{ActivityProbe, ProbeActivity, ProbeOutcome, ProbeRun, Workspace, WorkspaceKind};
+
+/// The label Kubeflow puts on a workspace's pod.
+pub const WORKSPACE_LABEL: &str = "notebooks.kubeflow.org/workspace-name";
+/// The container probes target.
+pub const MAIN_CONTAINER: &str = "main";
+/// Where Jupyter serves unless the port removes the path prefix (SPEC §3.4).
+pub const DEFAULT_CONNECT_PATH: &str = "/workspace/connect/{namespace}/{name}/{portId}/";
+/// The most bytes a probe module file may have (the largest example probes, with an
+/// interpreter inside, are under 20 MiB).
+pub const MAX_MODULE_BYTES: u64 = 64 << 20;
+
+/// Which component a probe runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Module {
+    /// Shipped inside the controller.
+    Builtin(String),
+    /// A component file under the module directory.
+    File(PathBuf),
+}
+
+/// Everything needed to run one workspace's probe, except the pod and the token.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The component.
+    pub module: Module,
+    /// The digest the component must have, when the policy pins one.
+    pub sha256: Option<String>,
+    /// The JSON config handed to the probe.
+    pub config: serde_json::Value,
+    /// The evaluation's whole deadline.
+    pub deadline: Duration,
+    /// The workspace's ports the probe may address (id → number).
+    pub ports: Vec<Port>,
+    /// A Secret key (controller's namespace) whose value becomes the config's `token`.
+    pub token_secret: Option<SecretKeyRef>,
+}
+
+impl Plan {
+    /// Short name for logs.
+    pub fn probe_name(&self) -> String {
+        match &self.module {
+            Module::Builtin(name) => name.clone(),
+            Module::File(path) => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Where the script probe writes its JSON inside the workspace's container: one file per
+/// workspace, so two workspaces sharing a filesystem never read each other's answer.
+fn exec_output_path(workspace: &Workspace) -> String {
+    let id = workspace.metadata.uid.as_deref().unwrap_or("unknown");
+    format!("/tmp/workspace-culler-activity-{id}.json")
+}
+
+/// The ports of the image option the workspace's pod runs.
+fn workspace_ports(workspace: &Workspace, kind: &WorkspaceKind) -> Vec<Port> {
+    let Some(image) = workspace.image_config_in_effect() else {
+        return Vec::new();
+    };
+    kind.image_ports(image)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            Some(Port {
+                id: p.id.clone(),
+                number: u16::try_from(p.port).ok()?,
+            })
+        })
+        .collect()
+}
+
+fn jupyter_plan(
+    jupyter: &JupyterProbe,
+    workspace: &Workspace,
+    kind: &WorkspaceKind,
+    connect_path: &str,
+) -> Result<Plan, String> {
+    let port_id = &jupyter.port_id;
+    let Some(image) = workspace.image_config_in_effect() else {
+        return Err(format!(
+            "portId {port_id:?} does not resolve: the workspace names no imageConfig option"
+        ));
+    };
+    let number = kind.image_port(image, port_id).ok_or_else(|| {
+        format!(
+            "portId {port_id:?} does not resolve: imageConfig option {image:?} of WorkspaceKind {} has no port with that id",
+            kind.name_any()
+        )
+    })?;
+    let number =
+        u16::try_from(number).map_err(|_| format!("port {number} of portId {port_id:?} is not a port number"))?;
+    let remove_prefix = kind
+        .port(port_id)
+        .and_then(|p| p.http_proxy.as_ref())
+        .is_some_and(|h| h.remove_path_prefix);
+    Ok(Plan {
+        module: Module::Builtin("jupyter".into()),
+        sha256: None,
+        config: serde_json::json!({
+            "lastActivity": jupyter.last_activity,
+            "portId": port_id,
+            "pathTemplate": connect_path,
+            "removePathPrefix": remove_prefix,
+        }),
+        deadline: Duration::from_secs(workspace_culler_policy::policy::JUPYTER_PROBE_TIMEOUT_SECONDS as u64),
+        ports: vec![Port {
+            id: port_id.clone(),
+            number,
+        }],
+        token_secret: jupyter.token_secret_ref.clone(),
+    })
+}
+
+/// The path of a module file: under `module_dir`, after following every link.
+pub fn module_path(module_dir: &Path, location: &str) -> Result<PathBuf, String> {
+    let candidate = module_dir.join(location);
+    let real = std::fs::canonicalize(&candidate).map_err(|e| format!("cannot read probe module {location}: {e}"))?;
+    let root = std::fs::canonicalize(module_dir)
+        .map_err(|e| format!("cannot read the module directory {}: {e}", module_dir.display()))?;
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "probe module {location} is outside the module directory {}",
+            module_dir.display()
+        ));
+    }
+    Ok(real)
+}
+
+/// What to run for `probe` against `workspace` of `kind`.
+pub fn plan(
+    probe: &ActivityProbe,
+    workspace: &Workspace,
+    kind: &WorkspaceKind,
+    module_dir: &Path,
+    connect_path: &str,
+) -> Result<Plan, String> {
+    let method = probe
+        .method()
+        .ok_or("activityProbe must set exactly one of podExec, jupyter, module")?;
+    let deadline = Duration::from_secs(u64::try_from(method.deadline_seconds()).unwrap_or(1).max(1));
+    match method {
+        ProbeMethod::PodExec(exec) => Ok(Plan {
+            module: Module::Builtin("exec-script".into()),
+            sha256: None,
+            config: serde_json::json!({
+                "script": exec.script,
+                "outputPath": exec_output_path(workspace),
+                "timeoutSeconds": exec.timeout_seconds,
+            }),
+            deadline,
+            ports: workspace_ports(workspace, kind),
+            token_secret: None,
+        }),
+        ProbeMethod::Jupyter(jupyter) => jupyter_plan(jupyter, workspace, kind, connect_path),
+        ProbeMethod::Module(module) => {
+            let is_builtin = workspace_culler_engine::builtin::builtin(&module.location).is_some();
+            Ok(Plan {
+                module: if is_builtin {
+                    Module::Builtin(module.location.clone())
+                } else {
+                    Module::File(module_path(module_dir, &module.location)?)
+                },
+                sha256: module.sha256.clone(),
+                config: serde_json::Value::Object(module.config.clone().unwrap_or_default()),
+                deadline,
+                ports: workspace_ports(workspace, kind),
+                token_secret: None,
+            })
+        }
+    }
+}
+
+/// Why a pod is not the workspace's pod, or `None` when it may be (its StatefulSet is still
+/// to be checked): returns the name of the StatefulSet that controls it.
+pub fn pod_candidate(pod: &Pod) -> Result<String, String> {
+    let name = pod.name_any();
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Err(format!("pod {name} is terminating"));
+    }
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Unknown");
+    if phase != "Running" {
+        return Err(format!("pod {name} is {phase}, not Running"));
+    }
+    let has_main = pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().any(|c| c.name == MAIN_CONTAINER));
+    if !has_main {
+        return Err(format!("pod {name} has no container named {MAIN_CONTAINER:?}"));
+    }
+    pod.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "StatefulSet" && o.api_version == "apps/v1")
+        .map(|o| o.name.clone())
+        .ok_or_else(|| format!("pod {name} is not controlled by a StatefulSet"))
+}
+
+/// Whether `statefulset` is controlled by the Workspace with this uid.
+pub fn owned_by_workspace(statefulset: &StatefulSet, workspace_uid: &str) -> bool {
+    statefulset
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.kind == "Workspace" && o.uid == workspace_uid)
+}
+
+/// The workspace's pod (SPEC §3.1): labelled for it, and controlled through its StatefulSet by
+/// this Workspace's uid, not terminating, Running, with a `main` container.
+async fn workspace_pod(ctx: &Context, workspace: &Workspace, namespace: &str) -> Result<Pod, String> {
+    let name = workspace.name_any();
+    let uid = workspace.metadata.uid.as_deref().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("{WORKSPACE_LABEL}={name}")))
+        .await
+        .map_err(|e| format!("cannot list the workspace's pods: {e}"))?
+        .items;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut rejected = Vec::new();
+    for pod in listed {
+        let owner = match pod_candidate(&pod) {
+            Ok(owner) => owner,
+            Err(why) => {
+                rejected.push(why);
+                continue;
+            }
+        };
+        match statefulsets.get_opt(&owner).await {
+            Ok(Some(sts)) if owned_by_workspace(&sts, uid) => return Ok(pod),
+            Ok(_) => rejected.push(format!(
+                "pod {} is not owned by this Workspace (its StatefulSet {owner} is not)",
+                pod.name_any()
+            )),
+            Err(e) => rejected.push(format!("cannot read StatefulSet {namespace}/{owner}: {e}")),
+        }
+    }
+    if rejected.is_empty() {
+        return Err(format!("no pod labelled {WORKSPACE_LABEL}={name}"));
+    }
+    Err(format!("no Running pod of this workspace: {}", rejected.join("; ")))
+}
+
+async fn read_secret(ctx: &Context, secret: &SecretKeyRef) -> Result<String, String> {
+    let namespace = &ctx.settings.own_namespace;
+    let (name, key) = (&secret.name, &secret.key);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = secrets
+        .get(name)
+        .await
+        .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?;
+    let value = found
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| format!("Secret {namespace}/{name} has no key {key:?}"))?;
+    String::from_utf8(value.0.clone())
+        .map(|s| s.trim().to_string())
+        .map_err(|_| format!("Secret {namespace}/{name} key {key:?} is not text"))
+}
+
+/// A probe module file's bytes: a regular file no larger than [`MAX_MODULE_BYTES`], so a
+/// device or a huge file cannot exhaust memory.
+pub async fn read_module(path: &Path) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncReadExt;
+    let shown = path.display();
+    let cannot = |e: std::io::Error| format!("cannot read probe module {shown}: {e}");
+    // Look before opening (opening a FIFO would block), then check the file opened.
+    if !tokio::fs::metadata(path).await.map_err(cannot)?.is_file() {
+        return Err(format!("probe module {shown} is not a regular file"));
+    }
+    let file = tokio::fs::File::open(path).await.map_err(cannot)?;
+    let metadata = file.metadata().await.map_err(cannot)?;
+    if !metadata.is_file() {
+        return Err(format!("probe module {shown} is not a regular file"));
+    }
+    let too_big = |size: u64| format!("probe module {shown} is {size} bytes, over the cap of {MAX_MODULE_BYTES} bytes");
+    if metadata.len() > MAX_MODULE_BYTES {
+        return Err(too_big(metadata.len()));
+    }
+    // It may grow between the look and the read: read no more than the cap allows.
+    let mut bytes = Vec::new();
+    file.take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_MODULE_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+async fn load(ctx: &Context, plan: &Plan) -> Result<Arc<LoadedProbe>, String> {
+    let bytes = match &plan.module {
+        Module::Builtin(name) => workspace_culler_engine::builtin::builtin(name)
+            .ok_or_else(|| format!("no built-in probe named {name:?}"))?
+            .component
+            .to_vec(),
+        Module::File(path) => read_module(path).await?,
+    };
+    // Compiling a large component (an interpreter inside) takes seconds of CPU: off the
+    // async workers, so other workspaces' probes go on meanwhile.
+    let engine = ctx.engine.clone();
+    let pinned = plan.sha256.clone();
+    tokio::task::spawn_blocking(move || engine.load(&bytes, pinned.as_deref()))
+        .await
+        .map_err(|e| format!("loading the probe module failed: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// The policy's view of how an evaluation ended.
+pub fn outcome(evaluation: &Evaluation) -> ProbeOutcome {
+    use workspace_culler_engine::contract::ProbeActivity as Engine;
+    match &evaluation.outcome {
+        workspace_culler_engine::ProbeOutcome::Success(activity) => ProbeOutcome::Success(match activity {
+            Engine::ActiveNow => ProbeActivity::ActiveNow,
+            Engine::Idle => ProbeActivity::Idle,
+            Engine::LastAt(ms) => ProbeActivity::LastAt(*ms),
+            Engine::Unknown => ProbeActivity::Unknown,
+        }),
+        workspace_culler_engine::ProbeOutcome::Failure(m) => ProbeOutcome::Failure(m.clone()),
+        workspace_culler_engine::ProbeOutcome::Timeout(m) => ProbeOutcome::Timeout(m.clone()),
+    }
+}
+
+/// Probe `workspace` (of `kind`) as `probe` says, starting now (`start_ms`).
+pub async fn run(
+    ctx: &Context,
+    workspace: &Workspace,
+    kind: &WorkspaceKind,
+    probe: &ActivityProbe,
+    start_ms: i64,
+) -> ProbeRun {
+    let outcome = match prepare_and_evaluate(ctx, workspace, kind, probe, start_ms).await {
+        Ok(evaluation) => {
+            let run = ProbeRun {
+                start_ms: evaluation.started_at_ms,
+                end_ms: evaluation.finished_at_ms,
+                outcome: outcome(&evaluation),
+            };
+            return run;
+        }
+        Err(message) => ProbeOutcome::Failure(message),
+    };
+    ProbeRun {
+        start_ms,
+        end_ms: (ctx.clock)().max(start_ms),
+        outcome,
+    }
+}
+
+async fn prepare_and_evaluate(
+    ctx: &Context,
+    workspace: &Workspace,
+    kind: &WorkspaceKind,
+    probe: &ActivityProbe,
+    start_ms: i64,
+) -> Result<Evaluation, String> {
+    let namespace = workspace.namespace().unwrap_or_default();
+    let mut plan = plan(
+        probe,
+        workspace,
+        kind,
+        &ctx.settings.module_dir,
+        &ctx.settings.connect_path,
+    )?;
+    let pod = workspace_pod(ctx, workspace, &namespace).await?;
+    if let Some(secret) = &plan.token_secret {
+        plan.config["token"] = read_secret(ctx, secret).await?.into();
+    }
+    let loaded = load(ctx, &plan).await?;
+    let pod_name = pod.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let request = ProbeRequest {
+        workspace: workspace_culler_engine::Workspace {
+            namespace,
+            name: workspace.name_any(),
+            pod_name: pod_name.clone(),
+            pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
+            container: MAIN_CONTAINER.into(),
+            ports: plan.ports.clone(),
+        },
+        config: plan.config.to_string(),
+        deadline: plan.deadline,
+        capabilities: Arc::new(PodCapabilities::new(
+            pods,
+            pod_name,
+            MAIN_CONTAINER.into(),
+            ctx.settings.http_mode,
+            workspace_culler_engine::Limits::default().exec_output_bytes,
+        )),
+        probe_name: plan.probe_name(),
+        frozen_clock: false,
+    };
+    ctx.metrics.probes_waiting.inc();
+    let evaluation = ctx.engine.evaluate(&loaded, request, start_ms).await;
+    ctx.metrics.probes_waiting.dec();
+    Ok(evaluation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn reference(file: &str) -> serde_json::Value {
+        let path = format!("{}/../tests/kubeflow/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&text).unwrap()).unwrap()
+    }
+
+    fn sample() -> (Workspace, WorkspaceKind) {
+        let workspace: Workspace = serde_json::from_value(reference("jupyterlab_v1beta1_workspace.yaml")).unwrap();
+        let kind: WorkspaceKind = serde_json::from_value(reference("jupyterlab_v1beta1_workspacekind.yaml")).unwrap();
+        (workspace, kind)
+    }
+
+    fn probe(value: serde_json::Value) -> ActivityProbe {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_jupyter_port_id_resolves_through_the_image_in_effect() {
+        let (workspace, kind) = sample();
+        let jupyter = probe(serde_json::json!({"jupyter": {"lastActivity": true, "portId": "jupyterlab"}}));
+        let plan = plan(&jupyter, &workspace, &kind, Path::new("/probes"), DEFAULT_CONNECT_PATH).unwrap();
+        assert_eq!(plan.module, Module::Builtin("jupyter".into()));
+        assert_eq!(plan.ports.len(), 1);
+        assert_eq!(plan.ports[0].id, "jupyterlab");
+        assert_eq!(plan.ports[0].number, 8888);
+        assert_eq!(plan.config["removePathPrefix"], false);
+        assert_eq!(plan.deadline, Duration::from_secs(10));
+
+        let unknown = probe(serde_json::json!({"jupyter": {"lastActivity": true, "portId": "nope"}}));
+        let error = super::plan(&unknown, &workspace, &kind, Path::new("/probes"), DEFAULT_CONNECT_PATH).unwrap_err();
+        assert!(error.contains("portId \"nope\" does not resolve"), "{error}");
+    }
+
+    #[test]
+    fn a_script_probe_writes_to_a_file_of_its_own_workspace_and_keeps_its_timeout() {
+        let (mut workspace, kind) = sample();
+        workspace.metadata.uid = Some("u-1".into());
+        let exec = probe(serde_json::json!({"podExec": {"script": "#!/bin/sh\n", "timeoutSeconds": 12}}));
+        let plan = plan(&exec, &workspace, &kind, Path::new("/probes"), DEFAULT_CONNECT_PATH).unwrap();
+        assert_eq!(plan.module, Module::Builtin("exec-script".into()));
+        assert_eq!(plan.deadline, Duration::from_secs(12));
+        assert_eq!(plan.config["outputPath"], "/tmp/workspace-culler-activity-u-1.json");
+    }
+
+    #[test]
+    fn a_module_file_must_lie_under_the_module_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let probes = dir.path().join("probes");
+        std::fs::create_dir(&probes).unwrap();
+        std::fs::write(probes.join("mine.wasm"), b"x").unwrap();
+        std::fs::write(dir.path().join("outside.wasm"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside.wasm"), probes.join("link.wasm")).unwrap();
+        assert!(module_path(&probes, "mine.wasm").is_ok());
+        for escape in ["../outside.wasm", "link.wasm"] {
+            let error = module_path(&probes, escape).unwrap_err();
+            assert!(error.contains("outside the module directory"), "{escape}: {error}");
+        }
+        let absolute = dir.path().join("outside.wasm");
+        assert!(module_path(&probes, absolute.to_str().unwrap()).is_err());
+        assert!(
+            module_path(&probes, "missing.wasm")
+                .unwrap_err()
+                .contains("cannot read")
+        );
+    }
+
+    fn pod(phase: &str, owner: Option<&str>, terminating: bool) -> Pod {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ws-a-0"},
+            "spec": {"containers": [{"name": "main", "image": "x"}]},
+            "status": {"phase": phase},
+        }))
+        .unwrap();
+        if let Some(owner) = owner {
+            pod.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "StatefulSet".into(),
+                name: owner.into(),
+                uid: "sts-uid".into(),
+                controller: Some(true),
+                ..Default::default()
+            }]);
+        }
+        if terminating {
+            pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        }
+        pod
+    }
+
+    #[test]
+    fn only_a_running_pod_controlled_by_a_statefulset_is_a_candidate() {
+        assert_eq!(pod_candidate(&pod("Running", Some("ws-a"), false)), Ok("ws-a".into()));
+        assert!(
+            pod_candidate(&pod("Running", None, false))
+                .unwrap_err()
+                .contains("not controlled")
+        );
+        assert!(
+            pod_candidate(&pod("Pending", Some("ws-a"), false))
+                .unwrap_err()
+                .contains("Pending")
+        );
+        assert!(
+            pod_candidate(&pod("Running", Some("ws-a"), true))
+                .unwrap_err()
+                .contains("terminating")
+        );
+    }
+
+    #[test]
+    fn a_statefulset_belongs_to_the_workspace_whose_uid_controls_it() {
+        let sts: StatefulSet = serde_json::from_value(serde_json::json!({"metadata": {"name": "ws-a",
+            "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Workspace", "name": "a",
+                                 "uid": "uid-1", "controller": true}]}}))
+        .unwrap();
+        assert!(owned_by_workspace(&sts, "uid-1"));
+        assert!(
+            !owned_by_workspace(&sts, "uid-2"),
+            "a workspace re-created under the same name"
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! End-to-end on Kubeflow's CRDs: a CullingPolicy's `activityRules` decide per workspace, as
+//! Kubeflow's do. First match wins over namespace labels and podConfig spawner labels (a
+//! matchExpressions selector included), each rule with its own window; `pauseWorkspace: false`
+//! and no matching rule never pause (and `eligibleAfter` stays 0); `minRunningSeconds` holds a
+//! workspace past its idle window; a `CullingSoon` Event warns before the pause; a pod that
+//! only carries the workspace's label is never probed in its place.
+
+mod e2e;
+
+use e2e::{Env, sample_kind};
+use std::time::{Duration, Instant};
+use workspace_culler_policy::ProbeResult;
+
+/// Active while a file named `busy` exists in the container's working directory.
+const BUSY_FILE: &str = "#!/bin/sh\nif [ -e busy ]; then echo '{\"has_activity\": true}'; else echo '{\"has_activity\": false}'; fi > \"$OUTPUT_JSON_PATH\"\n";
+const GPU_SECONDS: i64 = 16;
+const DEV_SECONDS: i64 = 40;
+const MIN_RUNNING_SECONDS: i64 = 45;
+
+fn rules_policy() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "workspace-culler.io/v1alpha1", "kind": "CullingPolicy",
+        "metadata": {"name": "rules"},
+        "spec": {
+            "workspaceKinds": ["rules"],
+            "activityProbe": {"minProbeIntervalSeconds": 2, "probeIntervalSeconds": 5,
+                              "podExec": {"script": BUSY_FILE, "timeoutSeconds": 2}},
+            "activityRules": [
+                {"config": {"secondsSinceActive": 16},
+                 "match": {"matchNamespace": {"selector": {"matchLabels": {"tier": "production"}}}},
+                 "effect": {"pauseWorkspace": false}},
+                {"config": {"secondsSinceActive": GPU_SECONDS},
+                 "match": {"matchPodConfig": {"selector": {"matchExpressions": [
+                     {"key": "gpu", "operator": "In", "values": ["1", "2"]}]}}},
+                 "effect": {"pauseWorkspace": true}},
+                {"config": {"secondsSinceActive": DEV_SECONDS},
+                 "match": {"matchNamespace": {"selector": {"matchLabels": {"tier": "development"}}}},
+                 "effect": {"pauseWorkspace": true}},
+            ],
+        },
+    })
+}
+
+fn min_running_policy() -> serde_json::Value {
+    let mut policy = e2e::exec_policy("long-running", &["long-running"], BUSY_FILE, GPU_SECONDS as i32);
+    policy["spec"]["activityRules"][0]["config"]["minRunningSeconds"] = MIN_RUNNING_SECONDS.into();
+    policy
+}
+
+fn pod_config(id: &str) -> serde_json::Value {
+    serde_json::json!({"podConfig": id})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_windows_exemptions_warnings_and_the_right_pod() {
+    let env = Env::start().await;
+    env.namespace("dev", &[("tier", "development")]).await;
+    env.namespace("prod", &[("tier", "production")]).await;
+    env.namespace("other", &[]).await;
+    env.apply_policy(rules_policy()).await;
+    env.apply_policy(min_running_policy()).await;
+    env.apply_kind(sample_kind("rules")).await;
+    env.apply_kind(sample_kind("long-running")).await;
+
+    // A decoy: labelled for dev/decoyed, Running, and "busy" — but not its StatefulSet's pod.
+    let decoy_dir = env.decoy_pod("dev", "decoyed", "aaa-decoy").await;
+    std::fs::write(decoy_dir.join("busy"), "").unwrap();
+
+    // (namespace, name, kind, podConfig)
+    let cases = [
+        ("dev", "gpu", "rules", "big_gpu"),
+        ("dev", "cpu", "rules", "tiny_cpu"),
+        ("dev", "decoyed", "rules", "tiny_cpu"),
+        ("prod", "gpu", "rules", "big_gpu"),
+        ("other", "cpu", "rules", "tiny_cpu"),
+        ("dev", "min-running", "long-running", "tiny_cpu"),
+    ];
+    for (ns, name, kind, config) in cases {
+        env.create_workspace(ns, {
+            let mut ws =
+                workspace_culler_support::kubeflow::sample(workspace_culler_support::kubeflow::JUPYTERLAB_WORKSPACE);
+            ws["metadata"] = serde_json::json!({"name": name, "namespace": ns});
+            ws["spec"]["kind"] = kind.into();
+            ws["spec"]["podTemplate"]["options"]["podConfig"] = pod_config(config)["podConfig"].clone();
+            ws
+        })
+        .await;
+    }
+    for (ns, name, _, _) in cases {
+        env.wait_running(ns, name).await;
+    }
+    let controller = env.controller("controller", &["--culling-soon-seconds", "20"]);
+    let log = || controller.log();
+
+    // The GPU rule (matched on the podConfig's spawner labels) has the shortest window.
+    env.wait_paused("dev", "gpu", Duration::from_secs(60), log).await;
+    let gpu = env.activity("dev", "gpu").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    assert_eq!(gpu.eligible_after(), gpu.last_activity + GPU_SECONDS * 1000);
+    assert!(now - gpu.last_activity >= GPU_SECONDS * 1000, "{}", log());
+    assert!(
+        !env.workspace("dev", "cpu").await.spec.paused,
+        "the namespace rule's window is longer"
+    );
+    let cpu = env.activity("dev", "cpu").await;
+    assert_eq!(
+        cpu.eligible_after(),
+        cpu.last_activity + DEV_SECONDS * 1000,
+        "{}",
+        log()
+    );
+
+    // The namespace rule, its warning first; the decoyed workspace alike: its real pod is idle.
+    let started = Instant::now();
+    env.wait_paused("dev", "cpu", Duration::from_secs(60), log).await;
+    env.wait_paused("dev", "decoyed", Duration::from_secs(30), log).await;
+    assert!(started.elapsed() > Duration::from_secs(5));
+    let cpu = env.activity("dev", "cpu").await;
+    assert!(chrono::Utc::now().timestamp_millis() - cpu.last_activity >= DEV_SECONDS * 1000);
+    assert_eq!(env.events("dev", "cpu", "CullingSoon").await, 1, "{}", log());
+    assert_eq!(env.events("dev", "cpu", "Culled").await, 1);
+    let decoyed = env.activity("dev", "decoyed").await.last_probe.unwrap();
+    assert_eq!(decoyed.result, ProbeResult::Success, "{}", decoyed.message);
+    assert!(
+        decoyed.message.contains("not active now"),
+        "the decoy was probed: {}",
+        decoyed.message
+    );
+
+    // minRunningSeconds: idle for longer than its window, paused only once it ran long enough.
+    env.wait_paused("dev", "min-running", Duration::from_secs(60), log)
+        .await;
+    let ws = env.workspace("dev", "min-running").await;
+    let activity = ws.activity().unwrap();
+    let running_since = ws.last_running_time();
+    assert!(running_since > 0);
+    assert_eq!(
+        activity.eligible_after(),
+        (activity.last_activity + GPU_SECONDS * 1000).max(running_since + MIN_RUNNING_SECONDS * 1000)
+    );
+    assert!(
+        chrono::Utc::now().timestamp_millis() - running_since >= MIN_RUNNING_SECONDS * 1000,
+        "paused before minRunningSeconds\n{}",
+        log()
+    );
+
+    // pauseWorkspace: false (first match in production) and no matching rule: never paused.
+    for (ns, name) in [("prod", "gpu"), ("other", "cpu")] {
+        let ws = env.workspace(ns, name).await;
+        assert!(!ws.spec.paused, "{ns}/{name} was paused\n{}", log());
+        let activity = ws.activity().cloned().unwrap_or_default();
+        assert_eq!(
+            activity.last_probe.as_ref().unwrap().result,
+            ProbeResult::Success,
+            "{ns}/{name} is probed"
+        );
+        assert_eq!(
+            activity.eligible_after(),
+            0,
+            "{ns}/{name}: no pausing rule, no eligibleAfter"
+        );
+        assert_eq!(env.events(ns, name, "CullingSoon").await, 0);
+    }
+}
