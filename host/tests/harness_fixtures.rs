@@ -28,7 +28,7 @@ fn jupyter_fixtures_pass() {
 fn exec_script_fixtures_pass() {
     let (code, text) = run_fixture_dir("exec-script");
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("6 passed, 0 failed"), "{text}");
+    assert!(text.contains("7 passed, 0 failed"), "{text}");
 }
 
 #[test]

@@ -26,20 +26,6 @@ pub enum ProbeActivity {
     Unknown,
 }
 
-impl ProbeActivity {
-    /// The workspace's new `lastActivity` (Unix seconds) after this result of a
-    /// probe that started at `started_at_ms`, given the previous value (`0` = unknown).
-    pub fn next_last_activity(self, previous: i64, started_at_ms: i64) -> i64 {
-        let started = started_at_ms.div_euclid(1000);
-        match self {
-            ProbeActivity::ActiveNow => started,
-            ProbeActivity::Idle | ProbeActivity::Unknown if previous == 0 => started,
-            ProbeActivity::Idle | ProbeActivity::Unknown => previous,
-            ProbeActivity::LastAt(ms) => ms.div_euclid(1000),
-        }
-    }
-}
-
 impl std::fmt::Display for ProbeActivity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -92,7 +78,7 @@ pub enum ContractError {
     #[error("last_activity \"{0}\" is not an RFC 3339 timestamp (e.g. \"2026-01-02T03:04:05Z\")")]
     BadTimestamp(String),
     /// `last_activity` too far in the future.
-    #[error("last_activity \"{0}\" is {1} s after the probe started (more than 60 s in the future)")]
+    #[error("last_activity \"{0}\" is {1} s after the probe ended (more than 60 s in the future)")]
     FutureTimestamp(String, i64),
 }
 
@@ -107,9 +93,9 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Validate a probe's output text against the contract; `started_at_ms` is
-/// when the probe started (Unix milliseconds), for the future-timestamp rule.
-pub fn validate(output: &str, started_at_ms: i64) -> Result<ProbeActivity, ContractError> {
+/// Validate a probe's output text against the contract; `ended_at_ms` is when the probe ended
+/// (Unix milliseconds), for the future-timestamp rule (SPEC §5).
+pub fn validate(output: &str, ended_at_ms: i64) -> Result<ProbeActivity, ContractError> {
     if output.len() > MAX_RESULT_BYTES {
         return Err(ContractError::TooLarge(output.len()));
     }
@@ -138,8 +124,8 @@ pub fn validate(output: &str, started_at_ms: i64) -> Result<ProbeActivity, Contr
             let at = DateTime::parse_from_rfc3339(s)
                 .map_err(|_| ContractError::BadTimestamp(s.clone()))?
                 .timestamp_millis();
-            if at - started_at_ms > MAX_FUTURE_MS {
-                return Err(ContractError::FutureTimestamp(s.clone(), (at - started_at_ms) / 1000));
+            if at.saturating_sub(ended_at_ms) > MAX_FUTURE_MS {
+                return Err(ContractError::FutureTimestamp(s.clone(), (at - ended_at_ms) / 1000));
             }
             Some(Some(at))
         }
@@ -249,7 +235,7 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"last_activity": "2026-11-29T11:30:24Z"}"#),
-            "last_activity \"2026-11-29T11:30:24Z\" is 120 s after the probe started (more than 60 s in the future)"
+            "last_activity \"2026-11-29T11:30:24Z\" is 120 s after the probe ended (more than 60 s in the future)"
         );
     }
 
@@ -324,25 +310,6 @@ mod tests {
     #[test]
     fn surrounding_whitespace_is_fine() {
         assert_eq!(ok("\n {\"has_activity\": true}\n"), ProbeActivity::ActiveNow);
-    }
-
-    #[test]
-    fn next_last_activity_follows_the_spec() {
-        let start_ms = 1_000_500;
-        assert_eq!(ProbeActivity::ActiveNow.next_last_activity(10, start_ms), 1000);
-        assert_eq!(ProbeActivity::Idle.next_last_activity(10, start_ms), 10);
-        assert_eq!(ProbeActivity::Unknown.next_last_activity(10, start_ms), 10);
-        assert_eq!(
-            ProbeActivity::Idle.next_last_activity(0, start_ms),
-            1000,
-            "idle clock starts"
-        );
-        assert_eq!(
-            ProbeActivity::Unknown.next_last_activity(0, start_ms),
-            1000,
-            "idle clock starts"
-        );
-        assert_eq!(ProbeActivity::LastAt(500_999).next_last_activity(10, start_ms), 500);
     }
 
     #[test]

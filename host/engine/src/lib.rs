@@ -570,7 +570,8 @@ impl ProbeEngine {
             Ok(Ok(Err(bindings::workspace_culler::probe::types::ProbeError::Failure(m)))) => ProbeOutcome::Failure(m),
             Ok(Ok(Err(bindings::workspace_culler::probe::types::ProbeError::Timeout(m)))) => ProbeOutcome::Timeout(m),
             Ok(Ok(Ok(text))) => {
-                let outcome = match contract::validate(&text, now_ms) {
+                let ended_ms = now_ms.saturating_add(i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX));
+                let outcome = match contract::validate(&text, ended_ms) {
                     Ok(activity) => ProbeOutcome::Success(activity),
                     Err(e) => ProbeOutcome::Failure(format!("invalid probe result: {e}")),
                 };
