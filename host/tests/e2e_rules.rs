@@ -62,9 +62,12 @@ async fn rules_windows_exemptions_warnings_and_the_right_pod() {
     env.apply_kind(sample_kind("rules")).await;
     env.apply_kind(sample_kind("long-running")).await;
 
-    // A decoy: labelled for dev/decoyed, Running, and "busy" — but not its StatefulSet's pod.
-    let decoy_dir = env.decoy_pod("dev", "decoyed", "aaa-decoy").await;
-    std::fs::write(decoy_dir.join("busy"), "").unwrap();
+    // Decoys: labelled for dev/decoyed, Running, and "busy" — one controlled by a StatefulSet
+    // the Workspace does not own, one by nothing. They sort before the real pod.
+    for (pod, statefulset) in [("aaa-decoy", Some("decoy")), ("aab-decoy", None)] {
+        let decoy_dir = env.decoy_pod("dev", "decoyed", pod, statefulset).await;
+        std::fs::write(decoy_dir.join("busy"), "").unwrap();
+    }
 
     // (namespace, name, kind, podConfig)
     let cases = [

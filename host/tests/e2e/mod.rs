@@ -179,12 +179,29 @@ impl Env {
         kubeflow::pod_dir(&self.cp.dir().join("pods"), namespace, pod)
     }
 
-    /// A pod that carries the workspace's label but is not its pod: not created by its
-    /// StatefulSet. Its exec runs in a directory of its own, which is returned.
-    pub async fn decoy_pod(&self, namespace: &str, workspace: &str, pod: &str) -> PathBuf {
+    /// A pod that carries the workspace's label but is not its pod: controlled by
+    /// `statefulset` (created here, owned by no Workspace) when given, else by nothing. Its
+    /// exec runs in a directory of its own, which is returned.
+    pub async fn decoy_pod(&self, namespace: &str, workspace: &str, pod: &str, statefulset: Option<&str>) -> PathBuf {
+        let labels = serde_json::json!({kubeflow::WORKSPACE_LABEL: workspace});
+        let mut metadata = serde_json::json!({"name": pod, "labels": labels});
+        if let Some(sts_name) = statefulset {
+            let statefulsets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+                Api::namespaced(self.client.clone(), namespace);
+            let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": sts_name, "labels": labels},
+                "spec": {"replicas": 1, "serviceName": sts_name, "selector": {"matchLabels": labels},
+                         "template": {"metadata": {"labels": labels},
+                                      "spec": {"containers": [{"name": "main", "image": "decoy:test"}]}}},
+            }))
+            .unwrap();
+            let sts = statefulsets.create(&PostParams::default(), &sts).await.unwrap();
+            metadata["ownerReferences"] = serde_json::json!([{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                "name": sts_name, "uid": sts.metadata.uid, "controller": true}]);
+        }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let decoy: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": pod, "labels": {kubeflow::WORKSPACE_LABEL: workspace}},
+            "metadata": metadata,
             "spec": {"nodeName": NODE_NAME, "containers": [{"name": "main", "image": "decoy:test"}]},
         }))
         .unwrap();
