@@ -75,7 +75,7 @@ fn key_of(object: &impl Resource) -> Key {
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
-    engine: Arc<ProbeEngine>,
+    prober: Arc<dyn probe::Prober>,
     settings: Settings,
     kinds: Store<DynamicObject>,
     policies: Store<CullingPolicy>,
@@ -109,6 +109,13 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
         }
+    }
+}
+
+fn reporter() -> Reporter {
+    Reporter {
+        controller: MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
     }
 }
 
@@ -428,14 +435,16 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
     }
 
     let kind_name = governed.kind.name_any();
-    let run = probe::run(
-        &ctx,
-        &workspace,
-        &governed.kind,
-        &governed.policy.spec.activity_probe,
-        now,
-    )
-    .await;
+    let run = ctx
+        .prober
+        .probe(
+            &ctx,
+            &workspace,
+            &governed.kind,
+            &governed.policy.spec.activity_probe,
+            now,
+        )
+        .await;
     let result = run.outcome.result();
     ctx.metrics
         .probes
@@ -558,11 +567,8 @@ pub async fn run(
     policies.wait_until_ready().await?;
     namespaces.wait_until_ready().await?;
 
-    let reporter = Reporter {
-        controller: MANAGER.into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let recorder = Recorder::new(client.clone(), reporter());
+    let prober: Arc<dyn probe::Prober> = Arc::new(probe::EngineProber(engine));
     let pauses: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
@@ -584,7 +590,7 @@ pub async fn run(
             stores.push(store.clone());
             let ctx = Arc::new(Context {
                 client: client.clone(),
-                engine: engine.clone(),
+                prober: prober.clone(),
                 settings: settings.clone(),
                 kinds: kinds.clone(),
                 policies: policies.clone(),
@@ -662,6 +668,9 @@ pub async fn run(
     readiness.set(false);
     Ok(())
 }
+
+#[cfg(test)]
+mod reconcile_tests;
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use kube::api::{Api, ListParams};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use workspace_culler_engine::{Evaluation, LoadedProbe, Port, ProbeRequest};
+use workspace_culler_engine::{Evaluation, LoadedProbe, Port, ProbeEngine, ProbeRequest};
 use workspace_culler_policy::policy::{JupyterProbe, ProbeMethod, SecretKeyRef};
 use workspace_culler_policy::{ActivityProbe, ProbeActivity, ProbeOutcome, ProbeRun, Workspace, WorkspaceKind};
 
@@ -19,6 +19,8 @@ use workspace_culler_policy::{ActivityProbe, ProbeActivity, ProbeOutcome, ProbeR
 pub const WORKSPACE_LABEL: &str = "notebooks.kubeflow.org/workspace-name";
 /// The container probes target.
 pub const MAIN_CONTAINER: &str = "main";
+/// `Pod.status.phase` of a running pod (Kubernetes' own spelling).
+const POD_RUNNING: &str = "Running";
 /// Where Jupyter serves unless the port removes the path prefix (SPEC §3.4).
 pub const DEFAULT_CONNECT_PATH: &str = "/workspace/connect/{namespace}/{name}/{portId}/";
 /// The most bytes a probe module file may have (the largest example probes, with an
@@ -201,7 +203,7 @@ pub fn pod_candidate(pod: &Pod) -> Result<String, String> {
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("Unknown");
-    if phase != "Running" {
+    if phase != POD_RUNNING {
         return Err(format!("pod {name} is {phase}, not Running"));
     }
     let has_main = pod
@@ -311,7 +313,7 @@ pub async fn read_module(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-async fn load(ctx: &Context, plan: &Plan) -> Result<Arc<LoadedProbe>, String> {
+async fn load(engine: &Arc<ProbeEngine>, plan: &Plan) -> Result<Arc<LoadedProbe>, String> {
     let bytes = match &plan.module {
         Module::Builtin(name) => workspace_culler_engine::builtin::builtin(name)
             .ok_or_else(|| format!("no built-in probe named {name:?}"))?
@@ -321,7 +323,7 @@ async fn load(ctx: &Context, plan: &Plan) -> Result<Arc<LoadedProbe>, String> {
     };
     // Compiling a large component (an interpreter inside) takes seconds of CPU: off the
     // async workers, so other workspaces' probes go on meanwhile.
-    let engine = ctx.engine.clone();
+    let engine = engine.clone();
     let pinned = plan.sha256.clone();
     tokio::task::spawn_blocking(move || engine.load(&bytes, pinned.as_deref()))
         .await
@@ -344,34 +346,53 @@ pub fn outcome(evaluation: &Evaluation) -> ProbeOutcome {
     }
 }
 
-/// Probe `workspace` (of `kind`) as `probe` says, starting now (`start_ms`).
-pub async fn run(
-    ctx: &Context,
-    workspace: &Workspace,
-    kind: &WorkspaceKind,
-    probe: &ActivityProbe,
-    start_ms: i64,
-) -> ProbeRun {
-    let outcome = match prepare_and_evaluate(ctx, workspace, kind, probe, start_ms).await {
-        Ok(evaluation) => {
-            let run = ProbeRun {
+/// Runs one probe of a workspace. The controller's is [`EngineProber`]; the reconcile's unit
+/// tests script outcomes instead.
+#[async_trait::async_trait]
+pub trait Prober: Send + Sync {
+    /// Probe `workspace` (of `kind`) as `probe` says, starting now (`start_ms`); every problem
+    /// is a `Failure` or `Timeout` of the run.
+    async fn probe(
+        &self,
+        ctx: &Context,
+        workspace: &Workspace,
+        kind: &WorkspaceKind,
+        probe: &ActivityProbe,
+        start_ms: i64,
+    ) -> ProbeRun;
+}
+
+/// Probes through the Wasm engine, with the workspace's pod as its capabilities.
+pub struct EngineProber(pub Arc<ProbeEngine>);
+
+#[async_trait::async_trait]
+impl Prober for EngineProber {
+    async fn probe(
+        &self,
+        ctx: &Context,
+        workspace: &Workspace,
+        kind: &WorkspaceKind,
+        probe: &ActivityProbe,
+        start_ms: i64,
+    ) -> ProbeRun {
+        match prepare_and_evaluate(ctx, &self.0, workspace, kind, probe, start_ms).await {
+            Ok(evaluation) => ProbeRun {
                 start_ms: evaluation.started_at_ms,
                 end_ms: evaluation.finished_at_ms,
                 outcome: outcome(&evaluation),
-            };
-            return run;
+            },
+            Err(message) => ProbeRun {
+                start_ms,
+                end_ms: (ctx.clock)().max(start_ms),
+                outcome: ProbeOutcome::Failure(message),
+            },
         }
-        Err(message) => ProbeOutcome::Failure(message),
-    };
-    ProbeRun {
-        start_ms,
-        end_ms: (ctx.clock)().max(start_ms),
-        outcome,
     }
 }
 
 async fn prepare_and_evaluate(
     ctx: &Context,
+    engine: &Arc<ProbeEngine>,
     workspace: &Workspace,
     kind: &WorkspaceKind,
     probe: &ActivityProbe,
@@ -389,7 +410,7 @@ async fn prepare_and_evaluate(
     if let Some(secret) = &plan.token_secret {
         plan.config["token"] = read_secret(ctx, secret).await?.into();
     }
-    let loaded = load(ctx, &plan).await?;
+    let loaded = load(engine, &plan).await?;
     let pod_name = pod.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let request = ProbeRequest {
@@ -414,7 +435,7 @@ async fn prepare_and_evaluate(
         frozen_clock: false,
     };
     ctx.metrics.probes_waiting.inc();
-    let evaluation = ctx.engine.evaluate(&loaded, request, start_ms).await;
+    let evaluation = engine.evaluate(&loaded, request, start_ms).await;
     ctx.metrics.probes_waiting.dec();
     Ok(evaluation)
 }

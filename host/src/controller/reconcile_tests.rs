@@ -1,0 +1,424 @@
+//! The reconcile of one workspace against an in-memory API server (kube's client over a
+//! `tower-test` mock, as in kube-rs's controller-rs), a fixed clock and scripted probe
+//! outcomes: the common paths of SPEC §4 in milliseconds, without a control plane.
+
+use super::probe::Prober;
+use super::*;
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use workspace_culler_policy::{ActivityProbe, ProbeActivity, ProbeRun};
+
+const NOW: i64 = 1_780_000_000_000;
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 60 * MINUTE;
+const WORKSPACE_PATH: &str = "/apis/kubeflow.org/v1beta1/namespaces/team/workspaces/ws";
+
+fn clock() -> i64 {
+    NOW
+}
+
+/// One request the controller sent: method, path and JSON body.
+#[derive(Clone, Debug)]
+struct Sent {
+    method: Method,
+    path: String,
+    body: Value,
+}
+
+/// The API server's side: the one Workspace, what was sent, and how many pause patches to
+/// refuse with a conflict first.
+#[derive(Default)]
+struct FakeApi {
+    workspace: Mutex<Value>,
+    sent: Mutex<Vec<Sent>>,
+    conflicts_to_return: AtomicUsize,
+}
+
+/// RFC 7386 merge of `patch` into `target`.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+impl FakeApi {
+    fn respond(&self, method: &Method, path: &str, body: &Value) -> (StatusCode, Value) {
+        if path.starts_with("/apis/events.k8s.io/") {
+            return (StatusCode::CREATED, body.clone());
+        }
+        let mut workspace = lock(&self.workspace);
+        let bump = |workspace: &mut Value| {
+            let version: u64 = workspace["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            workspace["metadata"]["resourceVersion"] = (version + 1).to_string().into();
+        };
+        match (method.as_str(), path) {
+            ("GET", WORKSPACE_PATH) => (StatusCode::OK, workspace.clone()),
+            ("PATCH", p) if p == format!("{WORKSPACE_PATH}/status") => {
+                merge(&mut workspace["status"], &body["status"]);
+                bump(&mut workspace);
+                (StatusCode::OK, workspace.clone())
+            }
+            ("PATCH", WORKSPACE_PATH) => {
+                let precondition = &body["metadata"]["resourceVersion"];
+                let taken = self
+                    .conflicts_to_return
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if taken {
+                    // Someone else wrote the workspace in between.
+                    bump(&mut workspace);
+                }
+                if taken || (!precondition.is_null() && *precondition != workspace["metadata"]["resourceVersion"]) {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                        "message": "the object has been modified", "reason": "Conflict", "code": 409});
+                    return (StatusCode::CONFLICT, status);
+                }
+                assert_eq!(
+                    body["metadata"]["uid"], workspace["metadata"]["uid"],
+                    "the pause names the uid"
+                );
+                merge(&mut workspace["spec"], &body["spec"]);
+                bump(&mut workspace);
+                (StatusCode::OK, workspace.clone())
+            }
+            _ => panic!("unexpected request {method} {path}"),
+        }
+    }
+
+    fn sent(&self) -> Vec<Sent> {
+        lock(&self.sent).clone()
+    }
+
+    /// The sent requests as `METHOD path` lines, events shown by reason.
+    fn summary(&self) -> Vec<String> {
+        self.sent()
+            .iter()
+            .map(|s| {
+                if s.path.starts_with("/apis/events.k8s.io/") {
+                    format!("event {}", s.body["reason"].as_str().unwrap_or_default())
+                } else {
+                    format!("{} {}", s.method, s.path.trim_start_matches(WORKSPACE_PATH))
+                }
+            })
+            .collect()
+    }
+}
+
+async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>, api: Arc<FakeApi>) {
+    while let Some((request, send)) = handle.next_request().await {
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let (status, reply) = api.respond(&method, &path, &body);
+        lock(&api.sent).push(Sent { method, path, body });
+        let response = Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap();
+        send.send_response(response);
+    }
+}
+
+/// Probes end 100 ms after they start, with the outcome given.
+struct Scripted {
+    outcome: ProbeOutcome,
+    calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Prober for Scripted {
+    async fn probe(&self, _: &Context, _: &Workspace, _: &WorkspaceKind, _: &ActivityProbe, start_ms: i64) -> ProbeRun {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        ProbeRun {
+            start_ms,
+            end_ms: start_ms + 100,
+            outcome: self.outcome.clone(),
+        }
+    }
+}
+
+fn store<K>(dyntype: K::DynamicType, objects: Vec<K>) -> Store<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let mut writer = reflector::store::Writer::new(dyntype);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::Apply(object));
+    }
+    writer.as_reader()
+}
+
+fn policy(dry_run: bool) -> CullingPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "workspace-culler.io/v1alpha1", "kind": "CullingPolicy",
+        "metadata": {"name": "notebooks", "generation": 1},
+        "spec": {"workspaceKinds": ["jupyterlab"], "dryRun": dry_run,
+                 "activityProbe": {"minProbeIntervalSeconds": 60, "probeIntervalSeconds": 600,
+                                   "jupyter": {"lastActivity": true, "portId": "jupyterlab"}},
+                 "activityRules": [{"config": {"secondsSinceActive": 3600}, "effect": {"pauseWorkspace": true}}]},
+    }))
+    .unwrap()
+}
+
+fn kind(kubeflow_probes_it: bool) -> DynamicObject {
+    let mut kind = json!({
+        "apiVersion": "kubeflow.org/v1beta1", "kind": "WorkspaceKind",
+        "metadata": {"name": "jupyterlab", "generation": 1},
+        "spec": {"podTemplate": {"ports": [{"id": "jupyterlab"}]}},
+    });
+    if kubeflow_probes_it {
+        kind["spec"]["podTemplate"]["activityProbe"] =
+            json!({"jupyter": {"lastActivity": true, "portId": "jupyterlab"}});
+    }
+    serde_json::from_value(kind).unwrap()
+}
+
+/// A Running workspace that started 3 h ago, with `activity` as its `status.activity`.
+fn workspace(activity: Value, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "kubeflow.org/v1beta1", "kind": "Workspace",
+        "metadata": {"name": "ws", "namespace": "team", "uid": "uid-1", "resourceVersion": "1",
+                     "annotations": annotations},
+        "spec": {"kind": "jupyterlab", "paused": false,
+                 "podTemplate": {"options": {"imageConfig": "jupyter-scipy:v1.10.0", "podConfig": "tiny_cpu"}}},
+        "status": {"state": "Running", "lastRunningTime": NOW - 3 * HOUR, "activity": activity},
+    })
+}
+
+/// A success `minutes_ago`, with the last activity `idle_hours` before now.
+fn probed(minutes_ago: i64, idle_ms: i64) -> Value {
+    let start = NOW - minutes_ago * MINUTE;
+    json!({"lastActivity": NOW - idle_ms, "lastUpdate": start + 100,
+           "lastProbe": {"startTime": start, "endTime": start + 100, "result": "Success", "message": "ok"}})
+}
+
+struct Case {
+    api: Arc<FakeApi>,
+    prober: Arc<Scripted>,
+    ctx: Arc<Context>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Case {
+    fn new(workspace: Value, policy: CullingPolicy, kubeflow_probes_it: bool, outcome: ProbeOutcome) -> Case {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let api = Arc::new(FakeApi {
+            workspace: Mutex::new(workspace),
+            ..FakeApi::default()
+        });
+        let server = tokio::spawn(serve(handle, api.clone()));
+        let prober = Arc::new(Scripted {
+            outcome,
+            calls: AtomicUsize::new(0),
+        });
+        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            prober: prober.clone(),
+            settings: Settings {
+                dry_run: false,
+                http_mode: HttpMode::Direct,
+                connect_path: DEFAULT_CONNECT_PATH.into(),
+                namespaces: Vec::new(),
+                concurrency: 1,
+                module_dir: "/probes".into(),
+                own_namespace: "culler-system".into(),
+                culling_soon_seconds: 0,
+            },
+            kinds: store(kind_resource(), vec![kind(kubeflow_probes_it)]),
+            policies: store((), vec![policy]),
+            namespaces: store((), vec![namespace]),
+            recorder: Recorder::new(client, reporter()),
+            metrics: Metrics::new().unwrap(),
+            clock,
+            due: Default::default(),
+            written: Default::default(),
+            warned: Default::default(),
+            pauses: Default::default(),
+        });
+        Case {
+            api,
+            prober,
+            ctx,
+            _server: server,
+        }
+    }
+
+    async fn reconcile(&self) -> Action {
+        let workspace: Workspace = serde_json::from_value(lock(&self.api.workspace).clone()).unwrap();
+        reconcile_workspace(workspace, self.ctx.clone()).await.unwrap()
+    }
+
+    fn stored(&self) -> Value {
+        lock(&self.api.workspace).clone()
+    }
+
+    fn probes(&self) -> usize {
+        self.prober.calls.load(Ordering::SeqCst)
+    }
+
+    fn status_patch(&self) -> Value {
+        let sent = self.api.sent();
+        let patch = sent
+            .iter()
+            .find(|s| s.path.ends_with("/status"))
+            .expect("a status patch");
+        patch.body["status"]["activity"].clone()
+    }
+}
+
+fn after_seconds(seconds: u64) -> Action {
+    Action::requeue(Duration::from_secs(seconds))
+}
+
+#[tokio::test]
+async fn a_workspace_not_due_is_requeued_for_when_it_is_without_a_probe_or_a_write() {
+    let case = Case::new(
+        workspace(probed(1, MINUTE), json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    // Probed a minute ago: next at start + probeIntervalSeconds (600 s), 540 s from now.
+    assert_eq!(case.reconcile().await, after_seconds(540));
+    assert_eq!(case.probes(), 0);
+    assert!(case.api.sent().is_empty(), "{:?}", case.api.summary());
+}
+
+#[tokio::test]
+async fn a_failed_probe_is_recorded_and_evented_and_retried_after_the_minimum_interval() {
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Failure("Jupyter probe failed: HTTP 500".into()),
+    );
+    assert_eq!(case.reconcile().await, after_seconds(60));
+    assert_eq!(case.probes(), 1);
+    assert_eq!(case.api.summary(), ["PATCH /status", "event ProbeFailing"]);
+    let activity = case.status_patch();
+    assert_eq!(activity["lastProbe"]["result"], "Failure");
+    assert_eq!(activity["lastProbe"]["message"], "Jupyter probe failed: HTTP 500");
+    assert_eq!(
+        activity["lastActivity"],
+        NOW - 2 * HOUR,
+        "a failure never moves lastActivity"
+    );
+    assert_eq!(case.stored()["spec"]["paused"], false, "a failure never pauses");
+}
+
+#[tokio::test]
+async fn an_active_workspace_is_recorded_at_the_probes_end_and_not_paused() {
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::ActiveNow),
+    );
+    assert_eq!(case.reconcile().await, after_seconds(600));
+    assert_eq!(case.api.summary(), ["PATCH /status"]);
+    let activity = case.status_patch();
+    assert_eq!(activity["lastActivity"], NOW + 100, "the probe's end");
+    assert_eq!(activity["rules"]["pauseWorkspace"]["eligibleAfter"], NOW + 100 + HOUR);
+}
+
+#[tokio::test]
+async fn an_idle_workspace_past_eligible_after_is_paused_once_after_a_fresh_read() {
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    case.reconcile().await;
+    assert_eq!(case.api.summary(), ["PATCH /status", "GET ", "PATCH ", "event Culled"]);
+    let pause = &case.api.sent()[2].body;
+    assert_eq!(pause["spec"], json!({"paused": true}), "only spec.paused is sent");
+    assert_eq!(
+        pause["metadata"]["resourceVersion"], "2",
+        "preconditioned on the fresh read"
+    );
+    assert_eq!(case.stored()["spec"]["paused"], true);
+    assert_eq!(case.ctx.metrics.culls.with_label_values(&["false"]).get(), 1);
+    assert_eq!(lock(&case.ctx.pauses).get("notebooks"), Some(&1));
+}
+
+#[tokio::test]
+async fn a_conflicting_write_is_retried_from_a_fresh_read_and_applied_once() {
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    case.api.conflicts_to_return.store(1, Ordering::SeqCst);
+    case.reconcile().await;
+    assert_eq!(
+        case.api.summary(),
+        ["PATCH /status", "GET ", "PATCH ", "GET ", "PATCH ", "event Culled"]
+    );
+    assert_eq!(case.ctx.metrics.conflicts.get(), 1);
+    assert_eq!(case.ctx.metrics.culls.with_label_values(&["false"]).get(), 1);
+    assert_eq!(case.stored()["spec"]["paused"], true);
+}
+
+#[tokio::test]
+async fn an_opted_out_workspace_is_probed_but_never_paused() {
+    let case = Case::new(
+        workspace(
+            probed(30, 2 * HOUR),
+            json!({workspace_culler_policy::DISABLE_CULLING_ANNOTATION: "true"}),
+        ),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    case.reconcile().await;
+    assert_eq!(case.api.summary(), ["PATCH /status"]);
+    assert_eq!(case.stored()["spec"]["paused"], false);
+}
+
+#[tokio::test]
+async fn a_dry_run_policy_reports_would_cull_and_pauses_nothing() {
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), json!({})),
+        policy(true),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    case.reconcile().await;
+    assert_eq!(case.api.summary(), ["PATCH /status", "GET ", "event WouldCull"]);
+    assert_eq!(case.stored()["spec"]["paused"], false);
+    assert_eq!(case.ctx.metrics.culls.with_label_values(&["true"]).get(), 1);
+}
+
+#[tokio::test]
+async fn a_kind_kubeflow_probes_itself_is_left_alone() {
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), json!({})),
+        policy(false),
+        true,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    assert_eq!(case.reconcile().await, Action::await_change());
+    assert_eq!(case.probes(), 0);
+    assert!(case.api.sent().is_empty(), "{:?}", case.api.summary());
+}
