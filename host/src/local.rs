@@ -233,6 +233,7 @@ pub async fn run(controlplane_bin: &Path, jupyter_bin: &Path) -> anyhow::Result<
         settings,
         Metrics::new()?,
         controller::server::Readiness::default(),
+        controller::leader::Fence::always(),
         async {
             let _ = stop_rx.await;
         },

@@ -117,6 +117,10 @@ fn chart_lints_renders_and_validates_values() {
         "port-forward is granted only in that mode"
     );
     assert!(default.contains("readOnlyRootFilesystem: true") && default.contains("RuntimeDefault"));
+    assert!(
+        default.contains("- --leader-elect"),
+        "leader election even with one replica: a rolling update runs two"
+    );
 
     let (ok, no_crds, err) = template(&helm, &["crds.install=false"]);
     assert!(ok, "{err}");

@@ -112,7 +112,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::info!(dry_run = settings.dry_run, http_mode = ?settings.http_mode, "starting the culling controller");
     if !args.leader_elect {
-        super::run(client, engine, settings, metrics, readiness, shutdown_signal()).await?;
+        let fence = leader::Fence::always();
+        super::run(client, engine, settings, metrics, readiness, fence, shutdown_signal()).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("workspace-culler-{}", std::process::id()));
@@ -124,14 +125,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         &args.leader_election_lease,
         &identity,
     ));
+    let fence = leader::Fence::closed();
     tokio::select! {
-        _ = elector.acquire() => {}
+        _ = elector.acquire(&fence) => {}
         _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
     }
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
     let holder = elector.clone();
+    let holder_fence = fence.clone();
     tokio::spawn(async move {
-        holder.hold().await;
+        holder.hold(&holder_fence).await;
         let _ = lost_tx.send(());
     });
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -142,7 +145,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             _ = lost_rx => flag.store(true, std::sync::atomic::Ordering::SeqCst),
         }
     };
-    super::run(client, engine, settings, metrics, readiness, stop).await?;
+    super::run(client, engine, settings, metrics, readiness, fence, stop).await?;
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!("lost the leader lease; exiting so that only the new leader acts");
     }

@@ -5,7 +5,52 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, PostParams};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Whether this replica may still write: every write of the controller checks it first. With
+/// leader election it holds until a third of the lease duration before the lease could expire
+/// (counted from before the renewal was sent), so a replica stops acting before another can
+/// take over; without, it always holds.
+#[derive(Clone, Debug)]
+pub struct Fence(Option<Arc<Mutex<Option<Instant>>>>);
+
+impl Fence {
+    /// No leader election: writes are always allowed.
+    pub fn always() -> Fence {
+        Fence(None)
+    }
+
+    /// Leader election: writes are allowed only until [`Fence::extend`] says.
+    pub fn closed() -> Fence {
+        Fence(Some(Arc::new(Mutex::new(None))))
+    }
+
+    /// Allow writes until `until`.
+    pub fn extend(&self, until: Instant) {
+        if let Some(valid) = &self.0 {
+            *valid.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+        }
+    }
+
+    /// Allow no more writes.
+    pub fn close(&self) {
+        if let Some(valid) = &self.0 {
+            *valid.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    /// Whether a write may be sent now.
+    pub fn holds(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(valid) => valid
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|until| Instant::now() < until),
+        }
+    }
+}
 
 /// A candidate for the lease.
 pub struct Elector {
@@ -27,8 +72,25 @@ impl Elector {
         }
     }
 
-    /// Take or renew the lease; `Ok(true)` while this candidate holds it.
+    /// How long after the start of a successful renewal this replica may act.
+    pub fn fence_window(&self) -> Duration {
+        self.lease_duration * 2 / 3
+    }
+
+    /// Take or renew the lease within a third of its duration (a hung request counts as not
+    /// renewed); `Ok(true)` while this candidate holds it.
     pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
+        let limit = self.lease_duration / 3;
+        match tokio::time::timeout(limit, self.try_acquire_unbounded()).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(?limit, "the lease request did not finish in time");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn try_acquire_unbounded(&self) -> Result<bool, kube::Error> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let seconds = i32::try_from(self.lease_duration.as_secs()).unwrap_or(15);
         let mut lease = match self.leases.get_opt(&self.name).await? {
@@ -71,12 +133,14 @@ impl Elector {
         }
     }
 
-    /// Wait until this candidate holds the lease.
-    pub async fn acquire(&self) {
+    /// Wait until this candidate holds the lease; opens `fence` for its window.
+    pub async fn acquire(&self, fence: &Fence) {
         let mut logged = false;
         loop {
+            let started = Instant::now();
             match self.try_acquire().await {
                 Ok(true) => {
+                    fence.extend(started + self.fence_window());
                     tracing::info!(lease = %self.name, identity = %self.identity, "became the leader");
                     return;
                 }
@@ -91,25 +155,51 @@ impl Elector {
         }
     }
 
-    /// Keep renewing; returns when the lease is lost (or cannot be renewed in time).
-    pub async fn hold(&self) {
-        let mut last_renewed = std::time::Instant::now();
+    /// Keep renewing, extending `fence` after each renewal; returns (with the fence closed)
+    /// when the lease is lost or cannot be renewed within the fence's window.
+    pub async fn hold(&self, fence: &Fence) {
+        let mut last_renewed = Instant::now();
         loop {
             tokio::time::sleep(self.lease_duration / 3).await;
+            let started = Instant::now();
             match self.try_acquire().await {
-                Ok(true) => last_renewed = std::time::Instant::now(),
+                Ok(true) => {
+                    last_renewed = started;
+                    fence.extend(started + self.fence_window());
+                }
                 Ok(false) => {
                     tracing::warn!("lost the leader lease");
+                    fence.close();
                     return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot renew the leader lease");
                     // Stop acting before another replica may take over.
-                    if last_renewed.elapsed() > self.lease_duration * 2 / 3 {
+                    if last_renewed.elapsed() > self.fence_window() {
+                        fence.close();
                         return;
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_holds_only_within_its_window() {
+        assert!(Fence::always().holds());
+        let fence = Fence::closed();
+        assert!(!fence.holds(), "closed until the lease is held");
+        fence.extend(Instant::now() + Duration::from_secs(10));
+        assert!(fence.holds());
+        fence.extend(Instant::now() - Duration::from_millis(1));
+        assert!(!fence.holds(), "past its window");
+        fence.extend(Instant::now() + Duration::from_secs(10));
+        fence.close();
+        assert!(!fence.holds(), "closed when the lease is lost");
     }
 }

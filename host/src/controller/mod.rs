@@ -93,6 +93,8 @@ pub struct Context {
     warned: Mutex<HashMap<Key, i64>>,
     /// Pauses per policy not yet counted in its status.
     pauses: Arc<Mutex<BTreeMap<String, i64>>>,
+    /// Every write checks it first: only a replica that (still) leads writes.
+    fence: leader::Fence,
 }
 
 /// Why a reconcile failed (it is retried; nothing is paused on an error).
@@ -101,6 +103,9 @@ pub enum Error {
     /// The apiserver refused or could not be reached.
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
+    /// This replica no longer holds the leader lease (or may lose it before the write lands).
+    #[error("not the leader: nothing is written")]
+    NotLeading,
 }
 
 impl Error {
@@ -108,6 +113,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
+            Error::NotLeading => "not_leading",
         }
     }
 }
@@ -206,6 +212,11 @@ impl Context {
             .into_iter()
             .find(|k| k.metadata.name.as_deref() == Some(workspace.spec.kind.as_str()))
             .ok_or(Unmanaged::NoPolicy)?;
+        Ok(self.with_policy(workspace, policy, kind))
+    }
+
+    /// `workspace` governed by `policy` (for its kind `kind`): the rule that applies.
+    fn with_policy(&self, workspace: &Workspace, policy: Arc<CullingPolicy>, kind: WorkspaceKind) -> Governed {
         let namespace_labels = self
             .namespaces
             .get(&ObjectRef::new(&workspace.namespace().unwrap_or_default()))
@@ -216,7 +227,16 @@ impl Context {
             &namespace_labels,
             &pod_config_labels(workspace, &kind),
         );
-        Ok(Governed { policy, kind, rule })
+        Governed { policy, kind, rule }
+    }
+
+    /// Fail unless this replica may write now.
+    fn fenced(&self) -> Result<(), Error> {
+        if self.fence.holds() {
+            Ok(())
+        } else {
+            Err(Error::NotLeading)
+        }
     }
 
     /// The workspace with the activity this process wrote last, when the cached object does
@@ -257,6 +277,10 @@ impl Context {
     }
 
     async fn event(&self, workspace: &Workspace, type_: EventType, reason: &str, note: String) {
+        if !self.fence.holds() {
+            tracing::info!(reason, "not the leader: the event is not recorded");
+            return;
+        }
         let event = Event {
             type_,
             reason: reason.into(),
@@ -338,6 +362,19 @@ async fn pause(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Res
             }
         };
         let policy_name = governed.policy.name_any();
+        // The policy as the apiserver has it now: the cache may not show an edit yet.
+        let Some(policy) = Api::<CullingPolicy>::all(ctx.client.clone())
+            .get_opt(&policy_name)
+            .await?
+        else {
+            tracing::info!(policy = %policy_name, "the policy is gone; not pausing");
+            return Ok(());
+        };
+        if !policy.spec.workspace_kinds.contains(&fresh.spec.kind) {
+            tracing::info!(policy = %policy_name, "the policy no longer names the kind; not pausing");
+            return Ok(());
+        }
+        let governed = ctx.with_policy(&fresh, Arc::new(policy), governed.kind);
         let decision = pause_decision(
             &fresh,
             activity,
@@ -379,6 +416,7 @@ async fn pause(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Res
             "metadata": {"uid": fresh.metadata.uid, "resourceVersion": fresh.resource_version()},
             "spec": {"paused": true},
         });
+        ctx.fenced()?;
         match api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
             Ok(_) => {
                 tracing::info!(policy = %policy_name, "paused the idle workspace");
@@ -397,6 +435,59 @@ async fn pause(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Res
     }
     tracing::warn!("could not pause after repeated conflicts; the next reconcile retries");
     Ok(())
+}
+
+/// Write what `run` says of `workspace` (as read) into Kubeflow's `status.activity`,
+/// conditional on the resourceVersion read, so an older probe's result never lands over a newer
+/// one: on a conflict it re-reads, drops this result if a newer probe is recorded, and
+/// otherwise recomputes from the fresh object and retries. `None`: not written (dropped).
+///
+/// Whatever happens, the attempt is remembered, so a failed write does not make the workspace
+/// due again before `minProbeIntervalSeconds`.
+async fn record(
+    ctx: &Context,
+    workspace: &Workspace,
+    run: &workspace_culler_policy::ProbeRun,
+    rule: &RuleMatch,
+) -> Result<Option<(Workspace, Activity)>, Error> {
+    let key = key_of(workspace);
+    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &key.0);
+    let mut base = workspace.clone();
+    for _ in 0..5 {
+        let activity = activity_after_probe(base.activity(), run, base.last_running_time(), rule);
+        lock(&ctx.written).insert(key.clone(), activity.clone());
+        let mut patch = activity_patch(&activity);
+        if let Some(version) = base.resource_version() {
+            patch["metadata"] = serde_json::json!({"resourceVersion": version});
+        }
+        ctx.fenced()?;
+        match api.patch_status(&key.1, &patch_params(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                base.status.get_or_insert_with(Default::default).activity = Some(activity.clone());
+                return Ok(Some((base, activity)));
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let fresh = api.get(&key.1).await?;
+                if fresh.metadata.uid != workspace.metadata.uid {
+                    tracing::info!("the workspace was re-created since its probe; its result is dropped");
+                    return Ok(None);
+                }
+                let newer = fresh
+                    .activity()
+                    .and_then(|a| a.last_probe.as_ref())
+                    .is_some_and(|p| p.start_time >= run.start_ms);
+                if newer {
+                    tracing::info!("a newer probe is recorded; this one's result is dropped");
+                    lock(&ctx.written).remove(&key);
+                    return Ok(None);
+                }
+                base = fresh;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::warn!("the status kept changing under repeated writes; the next reconcile retries");
+    Ok(None)
 }
 
 async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -453,29 +544,20 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
     ctx.metrics
         .probe_seconds
         .observe(run.end_ms.saturating_sub(run.start_ms) as f64 / 1000.0);
-    let activity = activity_after_probe(
-        workspace.activity(),
-        &run,
-        workspace.last_running_time(),
-        &governed.rule,
-    );
+    let Some((probed, activity)) = record(&ctx, &workspace, &run, &governed.rule).await? else {
+        // A newer probe is recorded, or the workspace was re-created: decide from the next read.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
     let message = activity
         .last_probe
         .as_ref()
         .map(|p| p.message.clone())
         .unwrap_or_default();
     tracing::info!(%result, %message, last_activity = activity.last_activity, "probed");
-
-    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &key.0);
-    api.patch_status(&key.1, &patch_params(), &Patch::Merge(&activity_patch(&activity)))
-        .await?;
-    lock(&ctx.written).insert(key.clone(), activity.clone());
     if let ProbeOutcome::Failure(_) | ProbeOutcome::Timeout(_) = &run.outcome {
         ctx.event(&workspace, EventType::Warning, "ProbeFailing", message).await;
     }
 
-    let mut probed = workspace.clone();
-    probed.status.get_or_insert_with(Default::default).activity = Some(activity.clone());
     match pause_decision(
         &probed,
         &activity,
@@ -552,6 +634,7 @@ pub async fn run(
     settings: Settings,
     metrics: Metrics,
     readiness: server::Readiness,
+    fence: leader::Fence,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let kinds_api: Api<DynamicObject> = Api::all_with(client.clone(), &kind_resource());
@@ -602,6 +685,7 @@ pub async fn run(
                 written: Default::default(),
                 warned: Default::default(),
                 pauses: pauses.clone(),
+                fence: fence.clone(),
             });
             let workspaces_of_kinds = {
                 let store = store.clone();
@@ -658,6 +742,7 @@ pub async fn run(
         kinds.clone(),
         stores,
         pauses,
+        fence,
         now_ms,
     )));
     // Ready: it leads (run is called only then) and the kinds', policies' and namespaces'

@@ -54,6 +54,7 @@ pub async fn run(
     kinds: Store<DynamicObject>,
     workspaces: Vec<Store<DynamicObject>>,
     pauses: Arc<Mutex<BTreeMap<String, i64>>>,
+    fence: super::leader::Fence,
     clock: fn() -> i64,
 ) {
     let params = PatchParams {
@@ -83,7 +84,7 @@ pub async fn run(
             let new_pauses = lock(&pauses).get(&name).copied().unwrap_or(0);
             let before = totals.get(&name).copied().unwrap_or(0);
             let status = status_of(policy, &management, &by_kind, before, new_pauses, clock());
-            if policy.status.as_ref() == Some(&status) {
+            if policy.status.as_ref() == Some(&status) || !fence.holds() {
                 continue;
             }
             let patch = serde_json::json!({"status": status});

@@ -14,6 +14,7 @@ const NOW: i64 = 1_780_000_000_000;
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
 const WORKSPACE_PATH: &str = "/apis/kubeflow.org/v1beta1/namespaces/team/workspaces/ws";
+const POLICY_PATH: &str = "/apis/workspace-culler.io/v1alpha1/cullingpolicies/notebooks";
 
 fn clock() -> i64 {
     NOW
@@ -27,13 +28,18 @@ struct Sent {
     body: Value,
 }
 
-/// The API server's side: the one Workspace, what was sent, and how many pause patches to
-/// refuse with a conflict first.
+/// The API server's side: the one Workspace and the one CullingPolicy, what was sent, how many
+/// pause patches to refuse with a conflict first, and faults to inject into the status write.
 #[derive(Default)]
 struct FakeApi {
     workspace: Mutex<Value>,
+    policy: Mutex<Value>,
     sent: Mutex<Vec<Sent>>,
     conflicts_to_return: AtomicUsize,
+    /// Another writer records a newer probe just before the next status write arrives.
+    newer_probe_first: std::sync::atomic::AtomicBool,
+    /// The next status write fails with a server error.
+    fail_status_write: std::sync::atomic::AtomicBool,
 }
 
 /// RFC 7386 merge of `patch` into `target`.
@@ -66,9 +72,25 @@ impl FakeApi {
                 .unwrap();
             workspace["metadata"]["resourceVersion"] = (version + 1).to_string().into();
         };
+        let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                              "message": "the object has been modified", "reason": "Conflict", "code": 409});
         match (method.as_str(), path) {
             ("GET", WORKSPACE_PATH) => (StatusCode::OK, workspace.clone()),
+            ("GET", POLICY_PATH) => (StatusCode::OK, lock(&self.policy).clone()),
             ("PATCH", p) if p == format!("{WORKSPACE_PATH}/status") => {
+                if self.fail_status_write.swap(false, Ordering::SeqCst) {
+                    let error = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                       "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500});
+                    return (StatusCode::INTERNAL_SERVER_ERROR, error);
+                }
+                if self.newer_probe_first.swap(false, Ordering::SeqCst) {
+                    workspace["status"]["activity"]["lastProbe"] = json!({"startTime": NOW + 1000, "endTime": NOW + 1100, "result": "Success", "message": "newer"});
+                    bump(&mut workspace);
+                }
+                let precondition = &body["metadata"]["resourceVersion"];
+                if !precondition.is_null() && *precondition != workspace["metadata"]["resourceVersion"] {
+                    return (StatusCode::CONFLICT, conflict);
+                }
                 merge(&mut workspace["status"], &body["status"]);
                 bump(&mut workspace);
                 (StatusCode::OK, workspace.clone())
@@ -84,9 +106,7 @@ impl FakeApi {
                     bump(&mut workspace);
                 }
                 if taken || (!precondition.is_null() && *precondition != workspace["metadata"]["resourceVersion"]) {
-                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                        "message": "the object has been modified", "reason": "Conflict", "code": 409});
-                    return (StatusCode::CONFLICT, status);
+                    return (StatusCode::CONFLICT, conflict);
                 }
                 assert_eq!(
                     body["metadata"]["uid"], workspace["metadata"]["uid"],
@@ -111,6 +131,8 @@ impl FakeApi {
             .map(|s| {
                 if s.path.starts_with("/apis/events.k8s.io/") {
                     format!("event {}", s.body["reason"].as_str().unwrap_or_default())
+                } else if s.path == POLICY_PATH {
+                    format!("{} policy", s.method)
                 } else {
                     format!("{} {}", s.method, s.path.trim_start_matches(WORKSPACE_PATH))
                 }
@@ -222,6 +244,7 @@ impl Case {
         let client = Client::new(service, "default");
         let api = Arc::new(FakeApi {
             workspace: Mutex::new(workspace),
+            policy: Mutex::new(serde_json::to_value(&policy).unwrap()),
             ..FakeApi::default()
         });
         let server = tokio::spawn(serve(handle, api.clone()));
@@ -253,6 +276,7 @@ impl Case {
             written: Default::default(),
             warned: Default::default(),
             pauses: Default::default(),
+            fence: leader::Fence::always(),
         });
         Case {
             api,
@@ -263,8 +287,12 @@ impl Case {
     }
 
     async fn reconcile(&self) -> Action {
+        self.try_reconcile().await.unwrap()
+    }
+
+    async fn try_reconcile(&self) -> Result<Action, Error> {
         let workspace: Workspace = serde_json::from_value(lock(&self.api.workspace).clone()).unwrap();
-        reconcile_workspace(workspace, self.ctx.clone()).await.unwrap()
+        reconcile_workspace(workspace, self.ctx.clone()).await
     }
 
     fn stored(&self) -> Value {
@@ -349,8 +377,11 @@ async fn an_idle_workspace_past_eligible_after_is_paused_once_after_a_fresh_read
         ProbeOutcome::Success(ProbeActivity::Idle),
     );
     case.reconcile().await;
-    assert_eq!(case.api.summary(), ["PATCH /status", "GET ", "PATCH ", "event Culled"]);
-    let pause = &case.api.sent()[2].body;
+    assert_eq!(
+        case.api.summary(),
+        ["PATCH /status", "GET ", "GET policy", "PATCH ", "event Culled"]
+    );
+    let pause = &case.api.sent()[3].body;
     assert_eq!(pause["spec"], json!({"paused": true}), "only spec.paused is sent");
     assert_eq!(
         pause["metadata"]["resourceVersion"], "2",
@@ -373,7 +404,16 @@ async fn a_conflicting_write_is_retried_from_a_fresh_read_and_applied_once() {
     case.reconcile().await;
     assert_eq!(
         case.api.summary(),
-        ["PATCH /status", "GET ", "PATCH ", "GET ", "PATCH ", "event Culled"]
+        [
+            "PATCH /status",
+            "GET ",
+            "GET policy",
+            "PATCH ",
+            "GET ",
+            "GET policy",
+            "PATCH ",
+            "event Culled"
+        ]
     );
     assert_eq!(case.ctx.metrics.conflicts.get(), 1);
     assert_eq!(case.ctx.metrics.culls.with_label_values(&["false"]).get(), 1);
@@ -405,7 +445,10 @@ async fn a_dry_run_policy_reports_would_cull_and_pauses_nothing() {
         ProbeOutcome::Success(ProbeActivity::Idle),
     );
     case.reconcile().await;
-    assert_eq!(case.api.summary(), ["PATCH /status", "GET ", "event WouldCull"]);
+    assert_eq!(
+        case.api.summary(),
+        ["PATCH /status", "GET ", "GET policy", "event WouldCull"]
+    );
     assert_eq!(case.stored()["spec"]["paused"], false);
     assert_eq!(case.ctx.metrics.culls.with_label_values(&["true"]).get(), 1);
 }
@@ -421,4 +464,70 @@ async fn a_kind_kubeflow_probes_itself_is_left_alone() {
     assert_eq!(case.reconcile().await, Action::await_change());
     assert_eq!(case.probes(), 0);
     assert!(case.api.sent().is_empty(), "{:?}", case.api.summary());
+}
+
+#[tokio::test]
+async fn a_policy_edit_the_cache_does_not_show_yet_is_honoured_before_a_pause() {
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    // The apiserver already has the policy switched to a dry run.
+    *lock(&case.api.policy) = serde_json::to_value(policy(true)).unwrap();
+    case.reconcile().await;
+    assert_eq!(
+        case.api.summary(),
+        ["PATCH /status", "GET ", "GET policy", "event WouldCull"]
+    );
+    assert_eq!(case.stored()["spec"]["paused"], false);
+}
+
+#[tokio::test]
+async fn an_older_probe_never_overwrites_a_newer_one() {
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    case.api.newer_probe_first.store(true, Ordering::SeqCst);
+    case.reconcile().await;
+    // The write, preconditioned on what was read, conflicts; the fresh read shows a newer probe.
+    assert_eq!(case.api.summary(), ["PATCH /status", "GET "]);
+    let stored = case.stored();
+    assert_eq!(stored["status"]["activity"]["lastProbe"]["message"], "newer");
+    assert_eq!(stored["spec"]["paused"], false, "never paused on the older probe");
+}
+
+#[tokio::test]
+async fn a_failed_status_write_keeps_the_minimum_interval() {
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Failure("Jupyter probe failed: HTTP 500".into()),
+    );
+    case.api.fail_status_write.store(true, Ordering::SeqCst);
+    assert!(matches!(case.try_reconcile().await, Err(Error::Kube(_))));
+    assert_eq!(case.probes(), 1);
+    // Retried 5 s later (error_policy): not probed again before minProbeIntervalSeconds.
+    assert_eq!(case.reconcile().await, after_seconds(60));
+    assert_eq!(case.probes(), 1, "probed again before its interval");
+}
+
+#[tokio::test]
+async fn a_replica_that_no_longer_leads_writes_nothing() {
+    let mut case = Case::new(
+        workspace(probed(30, 2 * HOUR), json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    let fence = leader::Fence::closed();
+    Arc::get_mut(&mut case.ctx).unwrap().fence = fence;
+    assert!(matches!(case.try_reconcile().await, Err(Error::NotLeading)));
+    assert!(case.api.sent().is_empty(), "{:?}", case.api.summary());
+    assert_eq!(case.stored()["spec"]["paused"], false);
 }
