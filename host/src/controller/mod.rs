@@ -651,7 +651,7 @@ pub async fn run(
     namespaces.wait_until_ready().await?;
 
     let recorder = Recorder::new(client.clone(), reporter());
-    let prober: Arc<dyn probe::Prober> = Arc::new(probe::EngineProber(engine));
+    let prober: Arc<dyn probe::Prober> = Arc::new(probe::EngineProber::new(engine));
     let pauses: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {

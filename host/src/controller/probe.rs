@@ -313,22 +313,86 @@ pub async fn read_module(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-async fn load(engine: &Arc<ProbeEngine>, plan: &Plan) -> Result<Arc<LoadedProbe>, String> {
-    let bytes = match &plan.module {
-        Module::Builtin(name) => workspace_culler_engine::builtin::builtin(name)
-            .ok_or_else(|| format!("no built-in probe named {name:?}"))?
-            .component
-            .to_vec(),
-        Module::File(path) => read_module(path).await?,
+/// What identifies a module file's content without reading it: its path, size and
+/// modification time, and the digest it must have.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct FileKey {
+    path: PathBuf,
+    size: u64,
+    modified: Option<std::time::SystemTime>,
+    pinned: Option<String>,
+}
+
+/// Loaded module files by [`FileKey`]: a file that has not changed is neither read nor hashed
+/// again (JavaScript and Python components are tens of MB). A replaced file has a new size or
+/// time and is read, hashed and checked against its pin again. Only the latest version of each
+/// path is kept.
+pub struct ModuleFiles<T> {
+    loaded: std::sync::Mutex<std::collections::HashMap<PathBuf, (FileKey, Arc<T>)>>,
+}
+
+impl<T> Default for ModuleFiles<T> {
+    fn default() -> Self {
+        ModuleFiles {
+            loaded: Default::default(),
+        }
+    }
+}
+
+impl<T> ModuleFiles<T> {
+    /// The module at `path` (pinned to `pinned`), loaded by `load` from its bytes unless the
+    /// same file was loaded before.
+    pub async fn get_or_load<F, Fut>(&self, path: &Path, pinned: Option<&str>, load: F) -> Result<Arc<T>, String>
+    where
+        F: FnOnce(Vec<u8>) -> Fut,
+        Fut: std::future::Future<Output = Result<Arc<T>, String>>,
+    {
+        let metadata = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| format!("cannot read probe module {}: {e}", path.display()))?;
+        let key = FileKey {
+            path: path.to_owned(),
+            size: metadata.len(),
+            modified: metadata.modified().ok(),
+            pinned: pinned.map(str::to_owned),
+        };
+        let cached = self.lock().get(path).filter(|(k, _)| *k == key).map(|(_, v)| v.clone());
+        if let Some(loaded) = cached {
+            return Ok(loaded);
+        }
+        let loaded = load(read_module(path).await?).await?;
+        self.lock().insert(path.to_owned(), (key, loaded.clone()));
+        Ok(loaded)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, (FileKey, Arc<T>)>> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn load(engine: &Arc<ProbeEngine>, files: &ModuleFiles<LoadedProbe>, plan: &Plan) -> Result<Arc<LoadedProbe>, String> {
+    let compile = |bytes: Vec<u8>| {
+        // Compiling a large component (an interpreter inside) takes seconds of CPU: off the
+        // async workers, so other workspaces' probes go on meanwhile.
+        let engine = engine.clone();
+        let pinned = plan.sha256.clone();
+        async move {
+            tokio::task::spawn_blocking(move || engine.load(&bytes, pinned.as_deref()))
+                .await
+                .map_err(|e| format!("loading the probe module failed: {e}"))?
+                .map_err(|e| e.to_string())
+        }
     };
-    // Compiling a large component (an interpreter inside) takes seconds of CPU: off the
-    // async workers, so other workspaces' probes go on meanwhile.
-    let engine = engine.clone();
-    let pinned = plan.sha256.clone();
-    tokio::task::spawn_blocking(move || engine.load(&bytes, pinned.as_deref()))
-        .await
-        .map_err(|e| format!("loading the probe module failed: {e}"))?
-        .map_err(|e| e.to_string())
+    match &plan.module {
+        Module::Builtin(name) => {
+            let component = workspace_culler_engine::builtin::builtin(name)
+                .ok_or_else(|| format!("no built-in probe named {name:?}"))?
+                .component
+                .to_vec();
+            compile(component).await
+        }
+        Module::File(path) => files.get_or_load(path, plan.sha256.as_deref(), compile).await,
+    }
 }
 
 /// The policy's view of how an evaluation ended.
@@ -363,7 +427,20 @@ pub trait Prober: Send + Sync {
 }
 
 /// Probes through the Wasm engine, with the workspace's pod as its capabilities.
-pub struct EngineProber(pub Arc<ProbeEngine>);
+pub struct EngineProber {
+    engine: Arc<ProbeEngine>,
+    files: ModuleFiles<LoadedProbe>,
+}
+
+impl EngineProber {
+    /// Probes evaluated by `engine`.
+    pub fn new(engine: Arc<ProbeEngine>) -> EngineProber {
+        EngineProber {
+            engine,
+            files: ModuleFiles::default(),
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl Prober for EngineProber {
@@ -375,7 +452,7 @@ impl Prober for EngineProber {
         probe: &ActivityProbe,
         start_ms: i64,
     ) -> ProbeRun {
-        match prepare_and_evaluate(ctx, &self.0, workspace, kind, probe, start_ms).await {
+        match prepare_and_evaluate(ctx, self, workspace, kind, probe, start_ms).await {
             Ok(evaluation) => ProbeRun {
                 start_ms: evaluation.started_at_ms,
                 end_ms: evaluation.finished_at_ms,
@@ -392,7 +469,7 @@ impl Prober for EngineProber {
 
 async fn prepare_and_evaluate(
     ctx: &Context,
-    engine: &Arc<ProbeEngine>,
+    prober: &EngineProber,
     workspace: &Workspace,
     kind: &WorkspaceKind,
     probe: &ActivityProbe,
@@ -410,7 +487,7 @@ async fn prepare_and_evaluate(
     if let Some(secret) = &plan.token_secret {
         plan.config["token"] = read_secret(ctx, secret).await?.into();
     }
-    let loaded = load(engine, &plan).await?;
+    let loaded = load(&prober.engine, &prober.files, &plan).await?;
     let pod_name = pod.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let request = ProbeRequest {
@@ -435,7 +512,7 @@ async fn prepare_and_evaluate(
         frozen_clock: false,
     };
     ctx.metrics.probes_waiting.inc();
-    let evaluation = engine.evaluate(&loaded, request, start_ms).await;
+    let evaluation = prober.engine.evaluate(&loaded, request, start_ms).await;
     ctx.metrics.probes_waiting.dec();
     Ok(evaluation)
 }
@@ -554,6 +631,33 @@ mod tests {
                 .unwrap_err()
                 .contains("terminating")
         );
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_module_file_is_read_and_loaded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("probe.wasm");
+        std::fs::write(&path, b"first").unwrap();
+        let files = ModuleFiles::<Vec<u8>>::default();
+        let loads = std::sync::atomic::AtomicUsize::new(0);
+        let load = |bytes: Vec<u8>| {
+            loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok(Arc::new(bytes)) }
+        };
+        assert_eq!(*files.get_or_load(&path, Some("a"), load).await.unwrap(), b"first");
+        assert_eq!(*files.get_or_load(&path, Some("a"), load).await.unwrap(), b"first");
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1, "read once");
+        // Another pin is checked again; a replaced file is read again.
+        files.get_or_load(&path, Some("b"), load).await.unwrap();
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 2);
+        std::fs::write(&path, b"second, longer").unwrap();
+        assert_eq!(*files.get_or_load(&path, Some("b"), load).await.unwrap(), b"second, longer");
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // A load that fails is not kept.
+        let failing = |_: Vec<u8>| async { Err::<Arc<Vec<u8>>, String>("digest mismatch".into()) };
+        std::fs::write(&path, b"third, longer still").unwrap();
+        assert!(files.get_or_load(&path, Some("b"), failing).await.is_err());
+        assert_eq!(*files.get_or_load(&path, Some("b"), load).await.unwrap(), b"third, longer still");
     }
 
     #[test]
