@@ -85,12 +85,16 @@ pub struct Context {
     pub metrics: Metrics,
     clock: fn() -> i64,
     /// Workspaces waiting for a later probe (the due-queue metric).
-    due: Mutex<HashSet<Key>>,
+    /// Shared by the controllers of every watched namespace: one gauge counts them all.
+    due: Arc<Mutex<HashSet<Key>>>,
     /// The activity this process last wrote per workspace: the watch cache can lag behind
     /// our own status patch, and decisions must not.
     written: Mutex<HashMap<Key, Activity>>,
     /// The `eligibleAfter` each workspace was last warned about (`CullingSoon` once).
     warned: Mutex<HashMap<Key, i64>>,
+    /// The `eligibleAfter` each workspace was last reported as a dry-run pause for
+    /// (`WouldCull` and its count once, not on every probe).
+    would_cull: Mutex<HashMap<Key, i64>>,
     /// Pauses per policy not yet counted in its status.
     pauses: Arc<Mutex<BTreeMap<String, i64>>>,
     /// Every write checks it first: only a replica that (still) leads writes.
@@ -257,6 +261,7 @@ impl Context {
     fn forget(&self, key: &Key) {
         lock(&self.written).remove(key);
         lock(&self.warned).remove(key);
+        lock(&self.would_cull).remove(key);
         let mut due = lock(&self.due);
         due.remove(key);
         self.metrics.due_queue.set(i64::try_from(due.len()).unwrap_or(i64::MAX));
@@ -399,6 +404,11 @@ async fn pause(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Res
                 return Ok(());
             }
             Pause::WouldCull => {
+                let eligible = activity.eligible_after();
+                if lock(&ctx.would_cull).insert(key_of(&fresh), eligible) == Some(eligible) {
+                    tracing::debug!("dry run: would pause the workspace (already reported)");
+                    return Ok(());
+                }
                 tracing::info!("dry run: would pause the workspace");
                 ctx.metrics.culls.with_label_values(&["true"]).inc();
                 ctx.event(
@@ -653,6 +663,7 @@ pub async fn run(
     let recorder = Recorder::new(client.clone(), reporter());
     let prober: Arc<dyn probe::Prober> = Arc::new(probe::EngineProber::new(engine));
     let pauses: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
+    let due: Arc<Mutex<HashSet<Key>>> = Arc::default();
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -681,9 +692,10 @@ pub async fn run(
                 recorder: recorder.clone(),
                 metrics: metrics.clone(),
                 clock: now_ms,
-                due: Default::default(),
+                due: due.clone(),
                 written: Default::default(),
                 warned: Default::default(),
+                would_cull: Default::default(),
                 pauses: pauses.clone(),
                 fence: fence.clone(),
             });

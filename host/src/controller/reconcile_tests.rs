@@ -275,6 +275,7 @@ impl Case {
             due: Default::default(),
             written: Default::default(),
             warned: Default::default(),
+            would_cull: Default::default(),
             pauses: Default::default(),
             fence: leader::Fence::always(),
         });
