@@ -19,7 +19,17 @@ const NS: &str = "culling";
 const IDLE_SECONDS: i64 = 20;
 const IDLE: &str = "#!/bin/sh\necho '{\"has_activity\": false}' > \"$OUTPUT_JSON_PATH\"\n";
 const FAILING: &str = "#!/bin/sh\necho 'no /proc here' >&2\nexit 3\n";
-const SLOW: &str = "#!/bin/sh\nsleep 30\n";
+/// Sleeps far past its 2 s timeout; the duration marks its processes.
+const SLOW: &str = "#!/bin/sh\nsleep 29.125\n";
+
+/// How many processes of the slow script still run on this machine (kwok runs exec here).
+fn slow_processes() -> usize {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", "^sleep 29.125$"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
 
 fn module_policy(kind: &str, location: &str, sha256: &str, config: serde_json::Value) -> serde_json::Value {
     serde_json::json!({
@@ -197,6 +207,10 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
     assert!(env.events(NS, "exec-failing", "ProbeFailing").await >= 1);
     let slow = env.activity(NS, "exec-slow").await.last_probe.unwrap();
     assert_eq!(slow.result, ProbeResult::Timeout, "{}", slow.message);
+    // A timed-out exec is killed in the container, not left running: at most the one in
+    // flight remains (each would otherwise run its 29 s, one more every 2 s).
+    let left = slow_processes();
+    assert!(left <= 1, "{left} timed-out probe processes still run in the container");
 
     let wrong = env.activity(NS, "module-wrong").await;
     let wrong_probe = wrong.last_probe.unwrap();

@@ -41,7 +41,8 @@ impl PodCapabilities {
         }
     }
 
-    async fn run(&self, command: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn run(&self, mut command: ExecCommand) -> Result<ExecOutput, ExecError> {
+        command.argv = with_watchdog(&command.argv, command.timeout_ms);
         // Attach stdin only when there is input: closing it needs the v5 exec protocol.
         let with_stdin = !command.stdin.is_empty();
         let params = AttachParams::default()
@@ -74,6 +75,38 @@ impl PodCapabilities {
     }
 }
 
+/// Kills the command in the container once its time is up. Closing the exec stream does not
+/// stop what it started: without this, a probe that times out every `minProbeIntervalSeconds`
+/// piles up processes in the user's container. The command runs as the leader of a process
+/// group of its own where the image has `setsid` (util-linux or busybox), so the whole group is
+/// killed, and as a plain child otherwise (then only it is). Its stdin is passed through (a
+/// background command's stdin is /dev/null unless redirected from a saved descriptor); the
+/// watchdog exits with the command's status.
+const WATCHDOG: &str = r#"t="$1"; shift
+exec 3<&0
+if command -v setsid >/dev/null 2>&1; then setsid "$@" <&3 3<&- & else "$@" <&3 3<&- & fi
+child=$!
+exec 3<&-
+(sleep "$t"; kill -KILL -"$child" 2>/dev/null || kill -KILL "$child" 2>/dev/null) </dev/null >/dev/null 2>&1 &
+watchdog=$!
+wait "$child"; rc=$?
+kill -KILL "$watchdog" 2>/dev/null
+exit "$rc""#;
+
+/// `argv` run under [`WATCHDOG`] with `timeout_ms` (rounded up to whole seconds).
+fn with_watchdog(argv: &[String], timeout_ms: u32) -> Vec<String> {
+    let seconds = timeout_ms.div_ceil(1000).max(1);
+    let mut wrapped = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        WATCHDOG.to_string(),
+        "activity-probe-watchdog".to_string(),
+        seconds.to_string(),
+    ];
+    wrapped.extend(argv.iter().cloned());
+    wrapped
+}
+
 /// The exit code in the final status of an exec stream.
 fn exit_code(status: Option<&Status>) -> Result<i32, ExecError> {
     let Some(status) = status else {
@@ -103,6 +136,55 @@ fn exit_code(status: Option<&Status>) -> Result<i32, ExecError> {
             status.message.as_deref().unwrap_or("no message")
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_locally(argv: &[String]) -> (std::time::Duration, i32) {
+        let started = std::time::Instant::now();
+        let status = std::process::Command::new(&argv[0]).args(&argv[1..]).status().unwrap();
+        (started.elapsed(), status.code().unwrap_or(-1))
+    }
+
+    #[test]
+    fn the_watchdog_passes_the_status_through_and_kills_the_command_group_in_time() {
+        let quick: Vec<String> = ["/bin/sh", "-c", "exit 3"].map(String::from).into();
+        let (took, code) = run_locally(&with_watchdog(&quick, 5_000));
+        assert_eq!(code, 3);
+        assert!(
+            took < std::time::Duration::from_secs(3),
+            "waited for the watchdog: {took:?}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("still-running");
+        // A child of the command outlives the command unless its group is killed.
+        let script = format!("(sleep 3; touch {}) & sleep 30", marker.display());
+        let slow: Vec<String> = vec!["/bin/sh".into(), "-c".into(), script];
+        let (took, code) = run_locally(&with_watchdog(&slow, 1_000));
+        assert_eq!(code, 137, "killed");
+        assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        assert!(!marker.exists(), "a process of the timed-out command kept running");
+    }
+
+    #[test]
+    fn the_watchdog_keeps_stdin() {
+        use std::io::Write;
+        let cat: Vec<String> = ["/bin/sh", "-c", "cat"].map(String::from).into();
+        let wrapped = with_watchdog(&cat, 5_000);
+        let mut child = std::process::Command::new(&wrapped[0])
+            .args(&wrapped[1..])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"input").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.stdout, b"input");
+    }
 }
 
 #[async_trait]

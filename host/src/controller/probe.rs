@@ -370,7 +370,11 @@ impl<T> ModuleFiles<T> {
     }
 }
 
-async fn load(engine: &Arc<ProbeEngine>, files: &ModuleFiles<LoadedProbe>, plan: &Plan) -> Result<Arc<LoadedProbe>, String> {
+async fn load(
+    engine: &Arc<ProbeEngine>,
+    files: &ModuleFiles<LoadedProbe>,
+    plan: &Plan,
+) -> Result<Arc<LoadedProbe>, String> {
     let compile = |bytes: Vec<u8>| {
         // Compiling a large component (an interpreter inside) takes seconds of CPU: off the
         // async workers, so other workspaces' probes go on meanwhile.
@@ -651,13 +655,19 @@ mod tests {
         files.get_or_load(&path, Some("b"), load).await.unwrap();
         assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 2);
         std::fs::write(&path, b"second, longer").unwrap();
-        assert_eq!(*files.get_or_load(&path, Some("b"), load).await.unwrap(), b"second, longer");
+        assert_eq!(
+            *files.get_or_load(&path, Some("b"), load).await.unwrap(),
+            b"second, longer"
+        );
         assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 3);
         // A load that fails is not kept.
         let failing = |_: Vec<u8>| async { Err::<Arc<Vec<u8>>, String>("digest mismatch".into()) };
         std::fs::write(&path, b"third, longer still").unwrap();
         assert!(files.get_or_load(&path, Some("b"), failing).await.is_err());
-        assert_eq!(*files.get_or_load(&path, Some("b"), load).await.unwrap(), b"third, longer still");
+        assert_eq!(
+            *files.get_or_load(&path, Some("b"), load).await.unwrap(),
+            b"third, longer still"
+        );
     }
 
     #[test]
