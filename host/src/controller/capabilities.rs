@@ -138,6 +138,36 @@ fn exit_code(status: Option<&Status>) -> Result<i32, ExecError> {
     })
 }
 
+#[async_trait]
+impl Capabilities for PodCapabilities {
+    async fn exec(&self, _workspace: &Workspace, command: ExecCommand) -> Result<ExecOutput, ExecError> {
+        let timeout = Duration::from_millis(u64::from(command.timeout_ms));
+        match tokio::time::timeout(timeout, self.run(command)).await {
+            Ok(result) => result,
+            // Dropping the stream closes the exec session.
+            Err(_) => Err(ExecError::Timeout),
+        }
+    }
+
+    async fn http(&self, _workspace: &Workspace, request: HttpRequest) -> Result<HttpResponse, String> {
+        match self.http_mode {
+            HttpMode::Direct => crate::transport::http(request).await,
+            HttpMode::PortForward => {
+                let port = request.uri.port_u16().unwrap_or(80);
+                let mut forwarder = self
+                    .pods
+                    .portforward(&self.pod, &[port])
+                    .await
+                    .map_err(|e| format!("port-forward to pod {} port {port} failed: {e}", self.pod))?;
+                let stream = forwarder.take_stream(port).ok_or("port-forward gave no stream")?;
+                let response = crate::transport::http_over(stream, request).await;
+                forwarder.abort();
+                response
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,35 +214,5 @@ mod tests {
         child.stdin.take().unwrap().write_all(b"input").unwrap();
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.stdout, b"input");
-    }
-}
-
-#[async_trait]
-impl Capabilities for PodCapabilities {
-    async fn exec(&self, _workspace: &Workspace, command: ExecCommand) -> Result<ExecOutput, ExecError> {
-        let timeout = Duration::from_millis(u64::from(command.timeout_ms));
-        match tokio::time::timeout(timeout, self.run(command)).await {
-            Ok(result) => result,
-            // Dropping the stream closes the exec session.
-            Err(_) => Err(ExecError::Timeout),
-        }
-    }
-
-    async fn http(&self, _workspace: &Workspace, request: HttpRequest) -> Result<HttpResponse, String> {
-        match self.http_mode {
-            HttpMode::Direct => crate::transport::http(request).await,
-            HttpMode::PortForward => {
-                let port = request.uri.port_u16().unwrap_or(80);
-                let mut forwarder = self
-                    .pods
-                    .portforward(&self.pod, &[port])
-                    .await
-                    .map_err(|e| format!("port-forward to pod {} port {port} failed: {e}", self.pod))?;
-                let stream = forwarder.take_stream(port).ok_or("port-forward gave no stream")?;
-                let response = crate::transport::http_over(stream, request).await;
-                forwarder.abort();
-                response
-            }
-        }
     }
 }
