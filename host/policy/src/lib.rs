@@ -17,6 +17,8 @@ pub mod selector;
 
 mod schema;
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod testing;
 
 pub use decide::{Due, Keep, Pause, Unmanaged, eligible_after, pause_decision, probe_due};
