@@ -208,6 +208,11 @@ async fn http_reaches_only_the_workspace_pod() {
         "http://10.0.0.8:8888/",
         "http://127.0.0.1:8888/",
         "http://[::1]:8888/",
+        // The cloud metadata service, the apiserver, the node's kubelet.
+        "http://169.254.169.254/latest/meta-data/",
+        "https://kubernetes.default.svc/api",
+        "http://10.96.0.1:443/",
+        "http://10.0.0.1:10250/pods",
     ] {
         let config = serde_json::json!({"mode": "http", "url": url});
         let (outcome, _) = run(&engine, &probe, config, Duration::from_secs(5), caps.clone()).await;

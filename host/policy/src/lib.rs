@@ -15,9 +15,9 @@ pub mod record;
 pub mod rules;
 pub mod selector;
 
-mod schema;
 #[cfg(test)]
 mod properties;
+mod schema;
 #[cfg(test)]
 mod testing;
 
