@@ -228,14 +228,13 @@ pub fn resources(input: &[u8]) -> Result<(), String> {
     if let Ok(policy) = decode::<CullingPolicy>(value) {
         let _ = workspace_culler_policy::validate(&policy.spec);
         for rule in &policy.spec.activity_rules {
-            for selector in rule
+            let selectors = rule
                 .match_
                 .iter()
                 .flat_map(|m| [m.match_namespace.as_ref(), m.match_pod_config.as_ref()])
-            {
-                if let Some(selector) = selector {
-                    let _ = selector.selector.matches(&Default::default());
-                }
+                .flatten();
+            for selector in selectors {
+                let _ = selector.selector.matches(&Default::default());
             }
         }
     }
