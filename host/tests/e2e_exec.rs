@@ -44,6 +44,15 @@ fn module_policy(kind: &str, location: &str, sha256: &str, config: serde_json::V
     })
 }
 
+/// The sum of a metric's samples whose line starts with `prefix` and has every label in `labels`.
+fn sum(metrics: &str, prefix: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn condition<'a>(
     policy: &'a workspace_culler_policy::CullingPolicy,
     type_: &str,
@@ -309,6 +318,35 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
     assert!(
         !metrics.contains("kind=\"kubeflow-probed\"") && !metrics.contains("kind=\"shared\""),
         "unmanaged kinds were probed\n{metrics}"
+    );
+    // In steady state a probe reads nothing from the apiserver (pods, StatefulSets and Secrets
+    // come from watches) and writes its status once.
+    let probes = sum(&metrics, "workspace_culler_probes_total{", &[]);
+    let reads: f64 = ["pods", "statefulsets", "secrets"]
+        .iter()
+        .flat_map(|r| ["get", "list"].map(|v| (r, v)))
+        .map(|(r, v)| {
+            sum(
+                &metrics,
+                "workspace_culler_api_requests_total{",
+                &[&format!("resource=\"{r}\""), &format!("verb=\"{v}\"")],
+            )
+        })
+        .sum();
+    let status_writes = sum(
+        &metrics,
+        "workspace_culler_api_requests_total{",
+        &["resource=\"workspaces/status\"", "verb=\"patch\""],
+    );
+    println!("{probes} probes: {reads} pod/StatefulSet/Secret reads, {status_writes} status writes");
+    assert!(probes >= 50.0, "{probes} probes\n{metrics}");
+    assert!(
+        reads <= 6.0,
+        "{reads} pod/StatefulSet/Secret reads for {probes} probes\n{metrics}"
+    );
+    assert!(
+        status_writes <= probes,
+        "{status_writes} status writes for {probes} probes"
     );
 
     // minProbeIntervalSeconds (2 s) holds for failing and timing-out probes too.

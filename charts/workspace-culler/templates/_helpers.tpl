@@ -32,13 +32,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["kubeflow.org"]
   resources: ["workspaces/status"]
   verbs: ["patch"]
+# Watched (a probe reads no pod from the apiserver); a pod is the workspace's only when its
+# StatefulSet is owned by the Workspace.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
-# A pod is the workspace's only when its StatefulSet is owned by the Workspace.
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["pods/exec"]
   verbs: ["create", "get"]

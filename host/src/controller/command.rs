@@ -58,8 +58,9 @@ pub struct ControllerArgs {
     leader_election_lease: String,
 }
 
-/// A client from `kubeconfig`, or from the in-cluster service account.
-pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+/// A client from `kubeconfig`, or from the in-cluster service account, counting its requests
+/// in `metrics`.
+pub async fn kube_client(kubeconfig: Option<&Path>, metrics: &metrics::Metrics) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -70,7 +71,10 @@ pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Clie
             .await
             .context("no in-cluster service account and no kubeconfig")?,
     };
-    Ok(kube::Client::try_from(config)?)
+    let counting = super::api_metrics::CountRequests(metrics.api_requests.clone());
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&counting)
+        .build())
 }
 
 async fn shutdown_signal() {
@@ -87,7 +91,8 @@ async fn shutdown_signal() {
 
 /// Runs the controller until a shutdown signal, or until it loses its Lease.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let metrics = metrics::Metrics::new()?;
+    let client = kube_client(args.kubeconfig.as_deref(), &metrics).await?;
     let engine = Arc::new(ProbeEngine::new(EngineConfig {
         concurrency: u32::from(args.concurrency),
         cache_dir: args
@@ -96,7 +101,6 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             .or_else(workspace_culler_engine::default_cache_dir),
         ..EngineConfig::default()
     })?);
-    let metrics = metrics::Metrics::new()?;
     let readiness = server::Readiness::default();
     let listener = server::bind(args.metrics_addr).await?;
     tokio::spawn(server::serve(listener, metrics.clone(), readiness.clone()));

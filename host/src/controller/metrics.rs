@@ -23,6 +23,8 @@ pub struct Metrics {
     pub conflicts: IntCounter,
     /// Objects that could not be read and were skipped, by resource.
     pub skipped: IntCounterVec,
+    /// Requests sent to the apiserver, by verb and resource.
+    pub api_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -60,6 +62,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(conflicts.clone()))?;
         registry.register(Box::new(skipped.clone()))?;
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "api_requests_total",
+                "Requests sent to the apiserver, by verb and resource",
+            ),
+            &["verb", "resource"],
+        )?;
+        registry.register(Box::new(api_requests.clone()))?;
         Ok(Metrics {
             registry,
             probes,
@@ -70,6 +80,7 @@ impl Metrics {
             probes_waiting,
             conflicts,
             skipped,
+            api_requests,
         })
     }
 

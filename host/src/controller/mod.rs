@@ -8,6 +8,7 @@
 //! pauses with a separate patch preconditioned on a fresh read, and keeps each policy's
 //! status (see [`policy_status`]).
 
+pub mod api_metrics;
 pub mod capabilities;
 pub mod command;
 pub mod leader;
@@ -80,6 +81,11 @@ pub struct Context {
     kinds: Store<DynamicObject>,
     policies: Store<CullingPolicy>,
     namespaces: Store<Namespace>,
+    /// Pods labelled for a workspace, StatefulSets, and the Secrets of the controller's own
+    /// namespace, from watches: a probe reads nothing from the apiserver to find its pod.
+    pods: Store<k8s_openapi::api::core::v1::Pod>,
+    statefulsets: Store<k8s_openapi::api::apps::v1::StatefulSet>,
+    secrets: Store<k8s_openapi::api::core::v1::Secret>,
     recorder: Recorder,
     /// The metrics.
     pub metrics: Metrics,
@@ -629,6 +635,18 @@ where
     (store, AbortOnDrop(tokio::spawn(task)))
 }
 
+/// A cache of `api` as `config` selects, filled in the background until the guard drops.
+fn cache_with<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, AbortOnDrop)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let task = reflector(writer, watcher(api, config))
+        .applied_objects()
+        .for_each(|_| futures::future::ready(()));
+    (store, AbortOnDrop(tokio::spawn(task)))
+}
+
 /// Triggers only on a change of `metadata.generation` (spec edits), not of status: Kubeflow
 /// updates its kinds' status counts, and this controller its policies' status.
 fn on_generation_change<K: Resource>(seen: &Arc<Mutex<HashMap<String, i64>>>, object: &K) -> bool {
@@ -656,9 +674,15 @@ pub async fn run(
     let policies_api: Api<CullingPolicy> = Api::all(client.clone());
     let (policies, _policies_task) = cache(policies_api.clone(), (), |_| {});
     let (namespaces, _namespaces_task) = cache(Api::<Namespace>::all(client.clone()), (), |_| {});
+    let (secrets, _secrets_task) = cache(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &settings.own_namespace),
+        (),
+        |_| {},
+    );
     kinds.wait_until_ready().await?;
     policies.wait_until_ready().await?;
     namespaces.wait_until_ready().await?;
+    secrets.wait_until_ready().await?;
 
     let recorder = Recorder::new(client.clone(), reporter());
     let prober: Arc<dyn probe::Prober> = Arc::new(probe::EngineProber::new(engine));
@@ -671,9 +695,22 @@ pub async fn run(
         settings.namespaces.iter().cloned().map(Some).collect()
     };
     let mut stores = Vec::new();
+    let mut pod_caches = Vec::new();
+    for namespace in &scopes {
+        let (pods, statefulsets) = match namespace {
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+        let (pods, pods_task) = cache_with(pods, watcher::Config::default().labels(WORKSPACE_LABEL));
+        let (statefulsets, statefulsets_task) = cache_with(statefulsets, watcher::Config::default());
+        pods.wait_until_ready().await?;
+        statefulsets.wait_until_ready().await?;
+        pod_caches.push((pods, statefulsets, [pods_task, statefulsets_task]));
+    }
     let runs: Vec<_> = scopes
         .into_iter()
-        .map(|namespace| {
+        .zip(pod_caches.iter())
+        .map(|(namespace, (pods, statefulsets, _))| {
             let workspaces: Api<DynamicObject> = match &namespace {
                 Some(ns) => Api::namespaced_with(client.clone(), ns, &workspace_resource()),
                 None => Api::all_with(client.clone(), &workspace_resource()),
@@ -689,6 +726,9 @@ pub async fn run(
                 kinds: kinds.clone(),
                 policies: policies.clone(),
                 namespaces: namespaces.clone(),
+                pods: pods.clone(),
+                statefulsets: statefulsets.clone(),
+                secrets: secrets.clone(),
                 recorder: recorder.clone(),
                 metrics: metrics.clone(),
                 clock: now_ms,

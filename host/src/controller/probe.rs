@@ -5,9 +5,9 @@
 use super::Context;
 use super::capabilities::PodCapabilities;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,17 +229,22 @@ pub fn owned_by_workspace(statefulset: &StatefulSet, workspace_uid: &str) -> boo
 }
 
 /// The workspace's pod (SPEC §3.1): labelled for it, and controlled through its StatefulSet by
-/// this Workspace's uid, not terminating, Running, with a `main` container.
-async fn workspace_pod(ctx: &Context, workspace: &Workspace, namespace: &str) -> Result<Pod, String> {
+/// this Workspace's uid, not terminating, Running, with a `main` container. Read from the
+/// controller's watch caches: no request per probe.
+fn workspace_pod(ctx: &Context, workspace: &Workspace, namespace: &str) -> Result<Pod, String> {
+    use kube::runtime::reflector::ObjectRef;
     let name = workspace.name_any();
     let uid = workspace.metadata.uid.as_deref().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let listed = pods
-        .list(&ListParams::default().labels(&format!("{WORKSPACE_LABEL}={name}")))
-        .await
-        .map_err(|e| format!("cannot list the workspace's pods: {e}"))?
-        .items;
-    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut listed: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some(namespace)
+                && p.labels().get(WORKSPACE_LABEL).map(String::as_str) == Some(name.as_str())
+        })
+        .collect();
+    listed.sort_by_key(|p| p.name_any());
     let mut rejected = Vec::new();
     for pod in listed {
         let owner = match pod_candidate(&pod) {
@@ -249,13 +254,12 @@ async fn workspace_pod(ctx: &Context, workspace: &Workspace, namespace: &str) ->
                 continue;
             }
         };
-        match statefulsets.get_opt(&owner).await {
-            Ok(Some(sts)) if owned_by_workspace(&sts, uid) => return Ok(pod),
-            Ok(_) => rejected.push(format!(
+        match ctx.statefulsets.get(&ObjectRef::new(&owner).within(namespace)) {
+            Some(sts) if owned_by_workspace(&sts, uid) => return Ok((*pod).clone()),
+            _ => rejected.push(format!(
                 "pod {} is not owned by this Workspace (its StatefulSet {owner} is not)",
                 pod.name_any()
             )),
-            Err(e) => rejected.push(format!("cannot read StatefulSet {namespace}/{owner}: {e}")),
         }
     }
     if rejected.is_empty() {
@@ -264,14 +268,14 @@ async fn workspace_pod(ctx: &Context, workspace: &Workspace, namespace: &str) ->
     Err(format!("no Running pod of this workspace: {}", rejected.join("; ")))
 }
 
-async fn read_secret(ctx: &Context, secret: &SecretKeyRef) -> Result<String, String> {
+fn read_secret(ctx: &Context, secret: &SecretKeyRef) -> Result<String, String> {
+    use kube::runtime::reflector::ObjectRef;
     let namespace = &ctx.settings.own_namespace;
     let (name, key) = (&secret.name, &secret.key);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let found = secrets
-        .get(name)
-        .await
-        .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?;
+    let found = ctx
+        .secrets
+        .get(&ObjectRef::new(name).within(namespace))
+        .ok_or_else(|| format!("cannot read Secret {namespace}/{name}: not found"))?;
     let value = found
         .data
         .as_ref()
@@ -487,9 +491,9 @@ async fn prepare_and_evaluate(
         &ctx.settings.module_dir,
         &ctx.settings.connect_path,
     )?;
-    let pod = workspace_pod(ctx, workspace, &namespace).await?;
+    let pod = workspace_pod(ctx, workspace, &namespace)?;
     if let Some(secret) = &plan.token_secret {
-        plan.config["token"] = read_secret(ctx, secret).await?.into();
+        plan.config["token"] = read_secret(ctx, secret)?.into();
     }
     let loaded = load(&prober.engine, &prober.files, &plan).await?;
     let pod_name = pod.name_any();
