@@ -64,6 +64,21 @@ fn docs(rendered: &str) -> Vec<serde_yaml::Value> {
         .collect()
 }
 
+/// Every `workspace_culler_*` metric name in rendered YAML.
+fn metric_names(rendered: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = rendered;
+    while let Some(start) = rest.find("workspace_culler_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
 fn kinds(rendered: &str) -> Vec<String> {
     docs(rendered)
         .iter()
@@ -121,6 +136,21 @@ fn chart_lints_renders_and_validates_values() {
         default.contains("- --leader-elect"),
         "leader election even with one replica: a rolling update runs two"
     );
+
+    assert!(!default.contains("kind: PrometheusRule") && !default.contains("grafana_dashboard"));
+    let (ok, monitoring, err) = template(
+        &helm,
+        &["metrics.dashboard.enabled=true", "metrics.prometheusRule.enabled=true"],
+    );
+    assert!(ok, "{err}");
+    let dashboard = docs(&monitoring)
+        .into_iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("a dashboard ConfigMap labelled for Grafana's sidecar");
+    let json: serde_json::Value =
+        serde_json::from_str(dashboard["data"]["workspace-culler.json"].as_str().unwrap()).unwrap();
+    assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 5));
+    assert!(kinds(&monitoring).contains(&"PrometheusRule/culler-workspace-culler".to_string()));
 
     let (ok, no_crds, err) = template(&helm, &["crds.install=false"]);
     assert!(ok, "{err}");
@@ -254,6 +284,27 @@ async fn the_charts_service_account_is_enough_and_no_more() {
         !log.to_lowercase().contains("forbidden"),
         "the role lacked something:\n{log}"
     );
+
+    // Every metric the dashboard and the alerts name exists on a running controller.
+    let (ok, monitoring, err) = template(
+        &helm,
+        &["metrics.dashboard.enabled=true", "metrics.prometheusRule.enabled=true"],
+    );
+    assert!(ok, "{err}");
+    let (_, exposed) = controller.get("/metrics").await;
+    let named = metric_names(&monitoring);
+    assert!(named.len() >= 8, "{named:?}");
+    for name in named {
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        assert!(
+            exposed.contains(&format!("# TYPE {base} ")),
+            "{name} is named by the dashboard or an alert but not exposed:\n{exposed}"
+        );
+    }
+    assert!(exposed.contains("workspace_culler_leader 1"), "{exposed}");
 
     // What the role does not grant is refused.
     let sa_client = {

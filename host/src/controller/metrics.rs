@@ -25,6 +25,8 @@ pub struct Metrics {
     pub skipped: IntCounterVec,
     /// Requests sent to the apiserver, by verb and resource.
     pub api_requests: IntCounterVec,
+    /// 1 while this replica leads (acts), 0 while it stands by.
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -70,6 +72,18 @@ impl Metrics {
             &["verb", "resource"],
         )?;
         registry.register(Box::new(api_requests.clone()))?;
+        let leader = IntGauge::new("leader", "1 while this replica leads and acts, 0 while it stands by")?;
+        registry.register(Box::new(leader.clone()))?;
+        // Every series an alert or the dashboard needs exists from the start, at 0.
+        for dry_run in ["true", "false"] {
+            culls.with_label_values(&[dry_run]);
+        }
+        for error in ["kube", "not_leading"] {
+            errors.with_label_values(&[error]);
+        }
+        for resource in ["Workspace", "WorkspaceKind"] {
+            skipped.with_label_values(&[resource]);
+        }
         Ok(Metrics {
             registry,
             probes,
@@ -81,6 +95,7 @@ impl Metrics {
             conflicts,
             skipped,
             api_requests,
+            leader,
         })
     }
 

@@ -800,8 +800,10 @@ pub async fn run(
     // Ready: it leads (run is called only then) and the kinds', policies' and namespaces'
     // caches are filled; each workspace watch fills its own cache before it reconciles.
     readiness.set(true);
+    metrics.leader.set(1);
     tracing::info!("ready");
     futures::future::join_all(runs).await;
+    metrics.leader.set(0);
     readiness.set(false);
     Ok(())
 }
