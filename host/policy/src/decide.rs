@@ -63,7 +63,8 @@ pub fn effective_last_activity(last_activity: i64, last_running_time: i64) -> i6
 }
 
 /// `status.activity.rules.pauseWorkspace.eligibleAfter`: effective last activity +
-/// `secondsSinceActive`, and not before `lastRunningTime` + `minRunningSeconds`. 0 when no
+/// `secondsSinceActive`, and not before `lastRunningTime` + `minRunningSeconds`, nor before the
+/// user's keep-alive. 0 when no
 /// pausing rule applies, when `lastActivity` is unknown, or when `minRunningSeconds` applies
 /// but the workspace has no `lastRunningTime`.
 pub fn eligible_after(last_activity: i64, last_running_time: i64, rule: &RuleMatch) -> i64 {
@@ -75,14 +76,16 @@ pub fn eligible_after(last_activity: i64, last_running_time: i64, rule: &RuleMat
         return 0;
     }
     let idle_until = effective.saturating_add(seconds_to_ms(window.seconds_since_active));
-    if window.min_running_seconds <= 0 {
-        return idle_until;
-    }
-    if last_running_time <= 0 {
+    let eligible = if window.min_running_seconds <= 0 {
+        idle_until
+    } else if last_running_time <= 0 {
         // Kubeflow never pauses on the running guard without knowing when it started.
         return 0;
-    }
-    idle_until.max(last_running_time.saturating_add(seconds_to_ms(window.min_running_seconds)))
+    } else {
+        idle_until.max(last_running_time.saturating_add(seconds_to_ms(window.min_running_seconds)))
+    };
+    // Not before the user's keep-alive.
+    eligible.max(window.keep_alive_until)
 }
 
 fn seconds_to_ms(seconds: i64) -> i64 {
@@ -129,6 +132,58 @@ pub fn probe_due(workspace: &Workspace, probe: &ActivityProbe, rule: &RuleMatch,
         earliest
     };
     if at <= now_ms { Due::Now } else { Due::At(at) }
+}
+
+/// A workspace owner's keep-alive, as the policy allows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// No keep-alive annotation.
+    None,
+    /// Kept running until then (UNIX ms).
+    Until(i64),
+    /// Asked for `requested`, beyond the policy's cap: kept running until `until` instead.
+    Clamped {
+        /// What the annotation says (UNIX ms).
+        requested: i64,
+        /// The cap: when the culler read it + `keepAlive.maxSeconds`.
+        until: i64,
+    },
+    /// The annotation is ignored, and why (a value that is not an RFC 3339 time, or a policy
+    /// that allows no keep-alive).
+    Ignored(String),
+}
+
+impl KeepAlive {
+    /// Until when the workspace is kept running (UNIX ms; 0: not kept).
+    pub fn until(&self) -> i64 {
+        match self {
+            KeepAlive::Until(until) | KeepAlive::Clamped { until, .. } => *until,
+            KeepAlive::None | KeepAlive::Ignored(_) => 0,
+        }
+    }
+}
+
+/// The workspace's keep-alive annotation read at `now_ms`, capped at `max_seconds` ahead.
+pub fn keep_alive(workspace: &Workspace, max_seconds: i64, now_ms: i64) -> KeepAlive {
+    let Some(value) = workspace.keep_alive_annotation() else {
+        return KeepAlive::None;
+    };
+    let Ok(requested) = chrono::DateTime::parse_from_rfc3339(value.trim()) else {
+        return KeepAlive::Ignored(format!(
+            "{} {value:?} is not an RFC 3339 time (e.g. 2026-12-01T18:00:00Z)",
+            crate::kubeflow::KEEP_ALIVE_ANNOTATION
+        ));
+    };
+    if max_seconds <= 0 {
+        return KeepAlive::Ignored("the CullingPolicy allows no keep-alive (keepAlive.maxSeconds: 0)".into());
+    }
+    let requested = requested.timestamp_millis();
+    let cap = now_ms.saturating_add(seconds_to_ms(max_seconds));
+    if requested > cap {
+        KeepAlive::Clamped { requested, until: cap }
+    } else {
+        KeepAlive::Until(requested)
+    }
 }
 
 /// Whether to pause a workspace right after a probe.

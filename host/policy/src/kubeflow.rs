@@ -16,6 +16,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// The annotation that keeps a workspace running: it is still probed, but never paused.
 pub const DISABLE_CULLING_ANNOTATION: &str = "workspace-culler.io/disable-culling";
 
+/// The annotation a workspace's owner sets to keep it running until a time (RFC 3339), within
+/// the policy's `keepAlive.maxSeconds`.
+pub const KEEP_ALIVE_ANNOTATION: &str = "workspace-culler.io/keep-alive-until";
+
 /// `Workspace.spec`: a user's workspace (one pod when running).
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[kube(
@@ -276,6 +280,15 @@ impl Workspace {
             .as_ref()
             .and_then(|a| a.get(DISABLE_CULLING_ANNOTATION))
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    }
+
+    /// The keep-alive annotation's value, if set.
+    pub fn keep_alive_annotation(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(KEEP_ALIVE_ANNOTATION))
+            .map(String::as_str)
     }
 
     /// The podConfig option the running pod uses (status first, then spec).

@@ -79,6 +79,39 @@ pub struct CullingPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub activity_rules: Vec<ActivityRule>,
+    /// How far ahead a workspace's owner may keep it running with the
+    /// `workspace-culler.io/keep-alive-until` annotation (this project's extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<KeepAliveSpec>,
+}
+
+/// Default `keepAlive.maxSeconds`: 8 hours.
+pub const DEFAULT_KEEP_ALIVE_MAX_SECONDS: i32 = 8 * 3600;
+
+fn default_keep_alive_max() -> i32 {
+    DEFAULT_KEEP_ALIVE_MAX_SECONDS
+}
+
+/// `spec.keepAlive`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepAliveSpec {
+    /// The furthest a keep-alive may reach, in seconds from when the culler reads it; a later
+    /// time is clamped to it. 0 turns keep-alive off.
+    #[serde(default = "default_keep_alive_max")]
+    #[schemars(range(min = 0, max = MAX_PROBE_INTERVAL_SECONDS))]
+    pub max_seconds: i32,
+}
+
+impl CullingPolicySpec {
+    /// `keepAlive.maxSeconds`, with its default.
+    pub fn keep_alive_max_seconds(&self) -> i64 {
+        i64::from(
+            self.keep_alive
+                .as_ref()
+                .map_or(DEFAULT_KEEP_ALIVE_MAX_SECONDS, |k| k.max_seconds),
+        )
+    }
 }
 
 fn default_min_probe_interval() -> i32 {

@@ -43,15 +43,19 @@ fn seconds() -> impl Strategy<Value = i64> {
     prop_oneof![8 => 0i64..100_000, 1 => Just(i64::from(i32::MAX)), 1 => Just(i64::MAX)]
 }
 
+fn keep_alive() -> impl Strategy<Value = i64> {
+    prop_oneof![6 => Just(0i64), 1 => time()]
+}
+
 fn rule() -> impl Strategy<Value = RuleMatch> {
     prop_oneof![
-        6 => (16i64..100_000, seconds()).prop_map(|(s, m)| RuleMatch::Pauses {
+        6 => (16i64..100_000, seconds(), keep_alive()).prop_map(|(s, m, k)| RuleMatch::Pauses {
             rule: 0,
-            window: PauseWindow { seconds_since_active: s, min_running_seconds: m },
+            window: PauseWindow { seconds_since_active: s, min_running_seconds: m, keep_alive_until: k },
         }),
-        1 => (seconds(), seconds()).prop_map(|(s, m)| RuleMatch::Pauses {
+        1 => (seconds(), seconds(), keep_alive()).prop_map(|(s, m, k)| RuleMatch::Pauses {
             rule: 0,
-            window: PauseWindow { seconds_since_active: s, min_running_seconds: m },
+            window: PauseWindow { seconds_since_active: s, min_running_seconds: m, keep_alive_until: k },
         }),
         1 => Just(RuleMatch::Exempt { rule: 0 }),
         1 => Just(RuleMatch::NoMatch),
@@ -140,7 +144,10 @@ fn oracle_eligible(last_activity: i64, last_running_time: i64, rule: &RuleMatch)
     } else {
         idle_until.max(i128::from(last_running_time) + i128::from(window.min_running_seconds) * 1000)
     };
-    eligible.min(i128::from(i64::MAX))
+    // Not before the user's keep-alive.
+    eligible
+        .max(i128::from(window.keep_alive_until))
+        .min(i128::from(i64::MAX))
 }
 
 fn spec(dry_run: bool) -> CullingPolicySpec {
@@ -255,7 +262,7 @@ proptest! {
     ) {
         let rule = RuleMatch::Pauses {
             rule: 0,
-            window: PauseWindow { seconds_since_active, min_running_seconds },
+            window: PauseWindow { seconds_since_active, min_running_seconds, keep_alive_until: 0 },
         };
         let mut now = NOW;
         let mut ws = Workspace::test().running();

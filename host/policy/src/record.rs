@@ -227,6 +227,7 @@ mod tests {
             window: PauseWindow {
                 seconds_since_active: seconds,
                 min_running_seconds: 0,
+                keep_alive_until: 0,
             },
         }
     }

@@ -17,6 +17,9 @@ pub struct PauseWindow {
     pub seconds_since_active: i64,
     /// `config.minRunningSeconds`.
     pub min_running_seconds: i64,
+    /// The user's keep-alive (UNIX ms, already capped by the policy; 0: none): not eligible
+    /// before it.
+    pub keep_alive_until: i64,
 }
 
 /// The outcome of matching a workspace against a policy's rules.
@@ -47,6 +50,15 @@ pub enum RuleMatch {
 }
 
 impl RuleMatch {
+    /// This match with the user's keep-alive (UNIX ms): a pausing rule's workspace is not
+    /// eligible before it. Other outcomes never pause anyway.
+    pub fn kept_alive_until(mut self, until: i64) -> RuleMatch {
+        if let RuleMatch::Pauses { window, .. } = &mut self {
+            window.keep_alive_until = until;
+        }
+        self
+    }
+
     /// The window of a pausing rule; `None` for every other outcome.
     pub fn pause_window(&self) -> Option<PauseWindow> {
         match self {
@@ -93,6 +105,7 @@ pub fn select_rule(
             window: PauseWindow {
                 seconds_since_active: i64::from(rule.config.seconds_since_active),
                 min_running_seconds: i64::from(rule.config.min_running_seconds),
+                keep_alive_until: 0,
             },
         };
     }
@@ -129,7 +142,8 @@ mod tests {
                 rule: 0,
                 window: PauseWindow {
                     seconds_since_active: 7200,
-                    min_running_seconds: 300
+                    min_running_seconds: 300,
+                    keep_alive_until: 0,
                 }
             }
         );

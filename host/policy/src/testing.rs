@@ -90,6 +90,7 @@ pub(crate) fn policy(name: &str, kinds: &[&str]) -> CullingPolicy {
                 module: None,
             },
             activity_rules: vec![rule(3600, 0, Some(true))],
+            keep_alive: None,
         },
     )
 }
@@ -170,6 +171,15 @@ impl Workspace {
             .annotations
             .get_or_insert_with(Default::default)
             .insert(DISABLE_CULLING_ANNOTATION.into(), "true".into());
+        self
+    }
+
+    /// Annotated to be kept running until `value`.
+    pub(crate) fn annotated_keep_alive(mut self, value: &str) -> Self {
+        self.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(crate::kubeflow::KEEP_ALIVE_ANNOTATION.into(), value.into());
         self
     }
 

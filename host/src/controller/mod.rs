@@ -98,6 +98,8 @@ pub struct Context {
     written: Mutex<HashMap<Key, Activity>>,
     /// The `eligibleAfter` each workspace was last warned about (`CullingSoon` once).
     warned: Mutex<HashMap<Key, i64>>,
+    /// The ignored keep-alive value each workspace was last told about (once per value).
+    keep_alive_reported: Mutex<HashMap<Key, String>>,
     /// The `eligibleAfter` each workspace was last reported as a dry-run pause for
     /// (`WouldCull` and its count once, not on every probe).
     would_cull: Mutex<HashMap<Key, i64>>,
@@ -186,11 +188,13 @@ where
     }
 }
 
-/// The policy, kind and rule that govern a workspace.
+/// The policy, kind and rule that govern a workspace, and its owner's keep-alive.
 struct Governed {
     policy: Arc<CullingPolicy>,
     kind: WorkspaceKind,
+    /// The matched rule, with the keep-alive applied.
     rule: RuleMatch,
+    keep_alive: workspace_culler_policy::KeepAlive,
 }
 
 impl Context {
@@ -232,12 +236,69 @@ impl Context {
             .get(&ObjectRef::new(&workspace.namespace().unwrap_or_default()))
             .and_then(|n| n.metadata.labels.clone())
             .unwrap_or_default();
+        let keep_alive =
+            workspace_culler_policy::keep_alive(workspace, policy.spec.keep_alive_max_seconds(), (self.clock)());
         let rule = select_rule(
             &policy.spec.activity_rules,
             &namespace_labels,
             &pod_config_labels(workspace, &kind),
-        );
-        Governed { policy, kind, rule }
+        )
+        .kept_alive_until(keep_alive.until());
+        Governed {
+            policy,
+            kind,
+            rule,
+            keep_alive,
+        }
+    }
+
+    /// Clamp a keep-alive beyond the policy's cap (rewriting the annotation, so the cap does
+    /// not move with the clock) or report one that is ignored, each with an Event once.
+    async fn enforce_keep_alive(&self, workspace: &Workspace, governed: &Governed) {
+        use workspace_culler_policy::KeepAlive;
+        let key = key_of(workspace);
+        let value = workspace.keep_alive_annotation().unwrap_or_default().to_owned();
+        match &governed.keep_alive {
+            KeepAlive::None | KeepAlive::Until(_) => {}
+            KeepAlive::Clamped { until, .. } => {
+                if lock(&self.keep_alive_reported).get(&key) == Some(&value) {
+                    return;
+                }
+                let Some(capped) = chrono::DateTime::from_timestamp_millis(*until)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                else {
+                    return;
+                };
+                if !self.fence.holds() {
+                    return;
+                }
+                let patch = serde_json::json!({"metadata": {
+                    "uid": workspace.metadata.uid,
+                    "annotations": {workspace_culler_policy::KEEP_ALIVE_ANNOTATION: capped},
+                }});
+                let api: Api<Workspace> = Api::namespaced(self.client.clone(), &key.0);
+                if let Err(e) = api.patch(&key.1, &patch_params(), &Patch::Merge(&patch)).await {
+                    tracing::warn!(error = %e, "cannot clamp the keep-alive annotation");
+                    return;
+                }
+                lock(&self.keep_alive_reported).insert(key, value.clone());
+                let max = governed.policy.spec.keep_alive_max_seconds();
+                self.event(
+                    workspace,
+                    EventType::Normal,
+                    "KeepAliveClamped",
+                    format!("keep-alive-until {value} is beyond the policy's {max}s: kept running until {capped}"),
+                )
+                .await;
+            }
+            KeepAlive::Ignored(why) => {
+                if lock(&self.keep_alive_reported).insert(key, value.clone()).as_deref() == Some(value.as_str()) {
+                    return;
+                }
+                self.event(workspace, EventType::Warning, "KeepAliveIgnored", why.clone())
+                    .await;
+            }
+        }
     }
 
     /// Fail unless this replica may write now.
@@ -268,6 +329,7 @@ impl Context {
         lock(&self.written).remove(key);
         lock(&self.warned).remove(key);
         lock(&self.would_cull).remove(key);
+        lock(&self.keep_alive_reported).remove(key);
         let mut due = lock(&self.due);
         due.remove(key);
         self.metrics.due_queue.set(i64::try_from(due.len()).unwrap_or(i64::MAX));
@@ -528,6 +590,7 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
             return Ok(Action::await_change());
         }
     };
+    ctx.enforce_keep_alive(&workspace, &governed).await;
     match probe_due(&workspace, &governed.policy.spec.activity_probe, &governed.rule, now) {
         Due::Now => {}
         Due::At(at) => {
@@ -736,6 +799,7 @@ pub async fn run(
                 written: Default::default(),
                 warned: Default::default(),
                 would_cull: Default::default(),
+                keep_alive_reported: Default::default(),
                 pauses: pauses.clone(),
                 fence: fence.clone(),
             });

@@ -110,9 +110,14 @@ impl FakeApi {
                 }
                 assert_eq!(
                     body["metadata"]["uid"], workspace["metadata"]["uid"],
-                    "the pause names the uid"
+                    "every write names the uid"
                 );
-                merge(&mut workspace["spec"], &body["spec"]);
+                let mut changes = body.clone();
+                if let Some(meta) = changes.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                    meta.remove("uid");
+                    meta.remove("resourceVersion");
+                }
+                merge(&mut workspace, &changes);
                 bump(&mut workspace);
                 (StatusCode::OK, workspace.clone())
             }
@@ -279,6 +284,7 @@ impl Case {
             written: Default::default(),
             warned: Default::default(),
             would_cull: Default::default(),
+            keep_alive_reported: Default::default(),
             pauses: Default::default(),
             fence: leader::Fence::always(),
         });
@@ -534,4 +540,84 @@ async fn a_replica_that_no_longer_leads_writes_nothing() {
     assert!(matches!(case.try_reconcile().await, Err(Error::NotLeading)));
     assert!(case.api.sent().is_empty(), "{:?}", case.api.summary());
     assert_eq!(case.stored()["spec"]["paused"], false);
+}
+
+fn keep_alive(value: &str) -> Value {
+    json!({workspace_culler_policy::KEEP_ALIVE_ANNOTATION: value})
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[tokio::test]
+async fn a_keep_alive_holds_an_idle_workspace_and_shows_in_eligible_after() {
+    let until = NOW + HOUR;
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), keep_alive(&rfc3339(until))),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    case.reconcile().await;
+    assert_eq!(case.api.summary(), ["PATCH /status"], "no pause while kept alive");
+    assert_eq!(case.status_patch()["rules"]["pauseWorkspace"]["eligibleAfter"], until);
+}
+
+#[tokio::test]
+async fn a_keep_alive_beyond_the_cap_is_clamped_in_the_annotation_with_an_event() {
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), keep_alive("2099-01-01T00:00:00Z")),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    let result = case.try_reconcile().await;
+    assert!(result.is_ok(), "{result:?}\n{:#?}\n{}", case.api.sent(), case.stored());
+    // The annotation write moved the resourceVersion: the status write conflicts once, re-reads.
+    assert_eq!(
+        case.api.summary(),
+        [
+            "PATCH ",
+            "event KeepAliveClamped",
+            "PATCH /status",
+            "GET ",
+            "PATCH /status"
+        ]
+    );
+    let capped = rfc3339(NOW + 8 * HOUR);
+    assert_eq!(
+        case.stored()["metadata"]["annotations"][workspace_culler_policy::KEEP_ALIVE_ANNOTATION],
+        capped.as_str()
+    );
+    assert_eq!(
+        case.status_patch()["rules"]["pauseWorkspace"]["eligibleAfter"],
+        NOW + 8 * HOUR
+    );
+    assert_eq!(case.stored()["spec"]["paused"], false);
+}
+
+#[tokio::test]
+async fn a_malformed_keep_alive_is_ignored_with_a_warning() {
+    let case = Case::new(
+        workspace(probed(30, 2 * HOUR), keep_alive("tomorrow")),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    case.reconcile().await;
+    assert_eq!(
+        case.api.summary(),
+        [
+            "event KeepAliveIgnored",
+            "PATCH /status",
+            "GET ",
+            "GET policy",
+            "PATCH ",
+            "event Culled"
+        ]
+    );
+    assert_eq!(case.stored()["spec"]["paused"], true, "paused as if it had none");
 }

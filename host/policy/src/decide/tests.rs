@@ -24,6 +24,7 @@ fn pausing(seconds_since_active: i64, min_running_seconds: i64) -> RuleMatch {
         window: PauseWindow {
             seconds_since_active,
             min_running_seconds,
+            keep_alive_until: 0,
         },
     }
 }
@@ -463,4 +464,55 @@ fn reasons_read_well() {
         Unmanaged::Kind(KindNotManaged::NotFound).to_string(),
         "its WorkspaceKind is not managed: no such WorkspaceKind"
     );
+}
+
+#[test]
+fn a_keep_alive_within_the_cap_holds_a_pause_until_it_ends() {
+    let ws = Workspace::test().running().annotated_keep_alive("2026-05-28T22:00:00Z");
+    let until = chrono::DateTime::parse_from_rfc3339("2026-05-28T22:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    assert!(
+        until > NOW && until < NOW + 8 * HOUR * 1000,
+        "the test's time is within 8 h of NOW"
+    );
+    assert_eq!(keep_alive(&ws, 8 * HOUR, NOW), KeepAlive::Until(until));
+    // Idle for a day: eligible only once the keep-alive ends.
+    let rule = pausing(HOUR, 0).kept_alive_until(until);
+    assert_eq!(
+        eligible_after(NOW - 24 * HOUR * 1000, NOW - 48 * HOUR * 1000, &rule),
+        until
+    );
+    let ws = ws.idle_for(24 * HOUR);
+    let activity = freshly_probed(&ws);
+    assert!(matches!(
+        pause_decision(&ws, &activity, &rule, &spec(false), NOW),
+        Pause::No(Keep::NotYetEligible { .. })
+    ));
+    // It ended: paused as usual.
+    let later = until + PAUSE_GRACE_MS;
+    let mut activity = activity;
+    activity.last_probe.as_mut().unwrap().end_time = later;
+    assert_eq!(pause_decision(&ws, &activity, &rule, &spec(false), later), Pause::Yes);
+}
+
+#[test]
+fn a_keep_alive_beyond_the_cap_is_clamped_and_a_malformed_one_ignored() {
+    let far = Workspace::test().running().annotated_keep_alive("2099-01-01T00:00:00Z");
+    match keep_alive(&far, 8 * HOUR, NOW) {
+        KeepAlive::Clamped { until, .. } => assert_eq!(until, NOW + 8 * HOUR * 1000),
+        other => panic!("{other:?}"),
+    }
+    let bad = Workspace::test().running().annotated_keep_alive("tomorrow");
+    match keep_alive(&bad, 8 * HOUR, NOW) {
+        KeepAlive::Ignored(why) => assert!(why.contains("not an RFC 3339 time"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(keep_alive(&bad, 8 * HOUR, NOW).until(), 0, "ignored: no keep-alive");
+    let off = Workspace::test().running().annotated_keep_alive("2026-05-28T22:00:00Z");
+    assert!(
+        matches!(keep_alive(&off, 0, NOW), KeepAlive::Ignored(_)),
+        "keepAlive.maxSeconds: 0"
+    );
+    assert_eq!(keep_alive(&Workspace::test(), 8 * HOUR, NOW), KeepAlive::None);
 }
