@@ -7,6 +7,7 @@ pub mod controller;
 pub mod harness;
 #[cfg(feature = "local")]
 pub mod local;
+pub mod status;
 pub mod transport;
 
 /// The CRD the project ships (the chart's `files/crds.yaml`): `CullingPolicy` only; Kubeflow's

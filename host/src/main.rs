@@ -27,6 +27,8 @@ enum Command {
     Crds,
     /// Run the culling controller.
     Controller(ControllerArgs),
+    /// Show each managed workspace: policy, last activity, last probe, eligibleAfter, keep-alive, and why it is not paused.
+    Status(cli::status::StatusArgs),
     /// Run everything on this machine: a real control plane, Jupyter, sample workspaces, the controller.
     #[cfg(feature = "local")]
     Local,
@@ -56,6 +58,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Probe(command) => cli::probe::run(command).await,
         Command::Controller(args) => controller::run(args).await,
+        Command::Status(args) => cli::status::run(args).await,
         Command::Crds => {
             print!("{}", workspace_culler::crds_yaml());
             Ok(ExitCode::SUCCESS)

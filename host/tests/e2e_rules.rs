@@ -164,4 +164,25 @@ async fn rules_windows_exemptions_warnings_and_the_right_pod() {
         );
         assert_eq!(env.events(ns, name, "CullingSoon").await, 0);
     }
+
+    // `workspace-culler status` says the same, read from the API.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
+        .arg("status")
+        .arg("--kubeconfig")
+        .arg(env.cp.kubeconfig())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = |workspace: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{workspace} ")))
+            .unwrap_or_else(|| panic!("no line for {workspace} in\n{table}"))
+            .to_string()
+    };
+    assert!(line("prod/gpu").ends_with("activityRules[0] says pauseWorkspace: false"), "{table}");
+    assert!(line("other/cpu").ends_with("no activity rule applies: never paused"), "{table}");
+    assert!(line("dev/cpu").contains(" rules ") && line("dev/cpu").ends_with("paused"), "{table}");
+    assert!(line("dev/min-running").contains("long-running"), "{table}");
 }

@@ -5,3 +5,4 @@ pub mod probe;
 pub mod probe_bench;
 pub mod probe_inspect;
 pub mod probe_test;
+pub mod status;
