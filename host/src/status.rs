@@ -129,6 +129,14 @@ pub fn row(
         format!("kept alive: eligible {}", relative(keep.until(), now_ms))
     } else if eligible <= 0 {
         "its last activity is unknown".into()
+    } else if eligible > now_ms
+        && workspace_culler_policy::decide::limited_by_lifetime(
+            activity.last_activity,
+            workspace.last_running_time(),
+            &rule,
+        )
+    {
+        format!("in use: reaches its maxRunningSeconds {}", relative(eligible, now_ms))
     } else if eligible > now_ms {
         format!("in use: eligible {}", relative(eligible, now_ms))
     } else {

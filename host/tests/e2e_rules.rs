@@ -173,7 +173,11 @@ async fn rules_windows_exemptions_warnings_and_the_right_pod() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{table}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = |workspace: &str| {
         table
             .lines()
@@ -181,8 +185,17 @@ async fn rules_windows_exemptions_warnings_and_the_right_pod() {
             .unwrap_or_else(|| panic!("no line for {workspace} in\n{table}"))
             .to_string()
     };
-    assert!(line("prod/gpu").ends_with("activityRules[0] says pauseWorkspace: false"), "{table}");
-    assert!(line("other/cpu").ends_with("no activity rule applies: never paused"), "{table}");
-    assert!(line("dev/cpu").contains(" rules ") && line("dev/cpu").ends_with("paused"), "{table}");
+    assert!(
+        line("prod/gpu").ends_with("activityRules[0] says pauseWorkspace: false"),
+        "{table}"
+    );
+    assert!(
+        line("other/cpu").ends_with("no activity rule applies: never paused"),
+        "{table}"
+    );
+    assert!(
+        line("dev/cpu").contains(" rules ") && line("dev/cpu").ends_with("paused"),
+        "{table}"
+    );
     assert!(line("dev/min-running").contains("long-running"), "{table}");
 }

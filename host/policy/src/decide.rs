@@ -71,21 +71,62 @@ pub fn eligible_after(last_activity: i64, last_running_time: i64, rule: &RuleMat
     let Some(window) = rule.pause_window() else {
         return 0;
     };
+    let idle = idle_eligible_after(last_activity, last_running_time, &window);
+    // A maximum lifetime makes it eligible once it has run that long, active or not.
+    let lifetime = if window.max_running_seconds > 0 && last_running_time > 0 {
+        last_running_time.saturating_add(seconds_to_ms(window.max_running_seconds))
+    } else {
+        0
+    };
+    let eligible = match (idle, lifetime) {
+        (0, lifetime) => lifetime,
+        (idle, 0) => idle,
+        (idle, lifetime) => idle.min(lifetime),
+    };
+    if eligible <= 0 {
+        return 0;
+    }
+    // Not before the user's keep-alive.
+    eligible.max(window.keep_alive_until)
+}
+
+/// Whether the rule's maximum lifetime, not idleness, sets `eligibleAfter` (for messages).
+pub fn limited_by_lifetime(last_activity: i64, last_running_time: i64, rule: &RuleMatch) -> bool {
+    let Some(window) = rule.pause_window().filter(|w| w.max_running_seconds > 0) else {
+        return false;
+    };
+    let idle_only = crate::rules::PauseWindow {
+        max_running_seconds: 0,
+        ..window
+    };
+    let by_idleness = eligible_after(
+        last_activity,
+        last_running_time,
+        &RuleMatch::Pauses {
+            rule: 0,
+            window: idle_only,
+        },
+    );
+    let eligible = eligible_after(last_activity, last_running_time, rule);
+    eligible > 0 && (by_idleness == 0 || eligible < by_idleness)
+}
+
+/// Eligibility by idleness alone: effective last activity + `secondsSinceActive`, not before
+/// `lastRunningTime` + `minRunningSeconds` (0: unknown).
+fn idle_eligible_after(last_activity: i64, last_running_time: i64, window: &crate::rules::PauseWindow) -> i64 {
     let effective = effective_last_activity(last_activity, last_running_time);
     if effective <= 0 {
         return 0;
     }
     let idle_until = effective.saturating_add(seconds_to_ms(window.seconds_since_active));
-    let eligible = if window.min_running_seconds <= 0 {
+    if window.min_running_seconds <= 0 {
         idle_until
     } else if last_running_time <= 0 {
         // Kubeflow never pauses on the running guard without knowing when it started.
-        return 0;
+        0
     } else {
         idle_until.max(last_running_time.saturating_add(seconds_to_ms(window.min_running_seconds)))
-    };
-    // Not before the user's keep-alive.
-    eligible.max(window.keep_alive_until)
+    }
 }
 
 fn seconds_to_ms(seconds: i64) -> i64 {

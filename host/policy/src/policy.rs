@@ -247,7 +247,15 @@ pub struct RuleConfig {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub min_running_seconds: i32,
+    /// Seconds after which a running workspace is paused, active or not, after a CullingSoon
+    /// warning (this project's extension of Kubeflow's rule; absent: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MIN_MAX_RUNNING_SECONDS))]
+    pub max_running_seconds: Option<i32>,
 }
+
+/// The shortest `maxRunningSeconds`: a lifetime shorter than this is a mistake.
+pub const MIN_MAX_RUNNING_SECONDS: i32 = 60;
 
 /// `activityRules[].effect`.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -527,6 +535,18 @@ fn validate_rules(rules: &[ActivityRule], errors: &mut Vec<String>) {
                 "{at}.config.secondsSinceActive must be at least {MIN_SECONDS_SINCE_ACTIVE}, got {}",
                 rule.config.seconds_since_active
             ));
+        }
+        if let Some(max) = rule.config.max_running_seconds {
+            if max < MIN_MAX_RUNNING_SECONDS {
+                errors.push(format!(
+                    "{at}.config.maxRunningSeconds must be at least {MIN_MAX_RUNNING_SECONDS}, got {max}"
+                ));
+            } else if max <= rule.config.min_running_seconds {
+                errors.push(format!(
+                    "{at}.config.maxRunningSeconds ({max}) must be more than minRunningSeconds ({})",
+                    rule.config.min_running_seconds
+                ));
+            }
         }
         if rule.config.min_running_seconds < 0 {
             errors.push(format!(

@@ -43,19 +43,23 @@ fn seconds() -> impl Strategy<Value = i64> {
     prop_oneof![8 => 0i64..100_000, 1 => Just(i64::from(i32::MAX)), 1 => Just(i64::MAX)]
 }
 
+fn max_running() -> impl Strategy<Value = i64> {
+    prop_oneof![4 => Just(0i64), 1 => seconds()]
+}
+
 fn keep_alive() -> impl Strategy<Value = i64> {
     prop_oneof![6 => Just(0i64), 1 => time()]
 }
 
 fn rule() -> impl Strategy<Value = RuleMatch> {
     prop_oneof![
-        6 => (16i64..100_000, seconds(), keep_alive()).prop_map(|(s, m, k)| RuleMatch::Pauses {
+        6 => (16i64..100_000, seconds(), keep_alive(), max_running()).prop_map(|(s, m, k, x)| RuleMatch::Pauses {
             rule: 0,
-            window: PauseWindow { seconds_since_active: s, min_running_seconds: m, keep_alive_until: k },
+            window: PauseWindow { seconds_since_active: s, min_running_seconds: m, keep_alive_until: k, max_running_seconds: x },
         }),
-        1 => (seconds(), seconds(), keep_alive()).prop_map(|(s, m, k)| RuleMatch::Pauses {
+        1 => (seconds(), seconds(), keep_alive(), max_running()).prop_map(|(s, m, k, x)| RuleMatch::Pauses {
             rule: 0,
-            window: PauseWindow { seconds_since_active: s, min_running_seconds: m, keep_alive_until: k },
+            window: PauseWindow { seconds_since_active: s, min_running_seconds: m, keep_alive_until: k, max_running_seconds: x },
         }),
         1 => Just(RuleMatch::Exempt { rule: 0 }),
         1 => Just(RuleMatch::NoMatch),
@@ -129,21 +133,37 @@ impl Case {
     }
 }
 
-/// SPEC §4's `eligibleAfter`, restated with exact arithmetic (0 = unknown or never).
+/// SPEC §4's `eligibleAfter`, restated with exact arithmetic (0 = unknown or never), with
+/// this project's maximum lifetime and keep-alive.
 fn oracle_eligible(last_activity: i64, last_running_time: i64, rule: &RuleMatch) -> i128 {
     let Some(window) = rule.pause_window() else { return 0 };
-    if last_activity <= 0 {
+    let idle = if last_activity <= 0 {
+        0
+    } else {
+        let effective = i128::from(last_activity.max(last_running_time));
+        let idle_until = effective + i128::from(window.seconds_since_active.max(0)) * 1000;
+        if window.min_running_seconds <= 0 {
+            idle_until
+        } else if last_running_time <= 0 {
+            0
+        } else {
+            idle_until.max(i128::from(last_running_time) + i128::from(window.min_running_seconds) * 1000)
+        }
+    };
+    let lifetime = if window.max_running_seconds > 0 && last_running_time > 0 {
+        i128::from(last_running_time) + i128::from(window.max_running_seconds) * 1000
+    } else {
+        0
+    };
+    let eligible = match (idle, lifetime) {
+        (0, l) => l,
+        (i, 0) => i,
+        (i, l) => i.min(l),
+    }
+    .min(i128::from(i64::MAX));
+    if eligible <= 0 {
         return 0;
     }
-    let effective = i128::from(last_activity.max(last_running_time));
-    let idle_until = effective + i128::from(window.seconds_since_active.max(0)) * 1000;
-    let eligible = if window.min_running_seconds <= 0 {
-        idle_until
-    } else if last_running_time <= 0 {
-        return 0;
-    } else {
-        idle_until.max(i128::from(last_running_time) + i128::from(window.min_running_seconds) * 1000)
-    };
     // Not before the user's keep-alive.
     eligible
         .max(i128::from(window.keep_alive_until))
@@ -259,10 +279,11 @@ proptest! {
         probe in probe_settings(),
         seconds_since_active in 16i64..20_000,
         min_running_seconds in prop_oneof![Just(0i64), 0i64..20_000],
+        max_running_seconds in prop_oneof![Just(0i64), 20_000i64..100_000],
     ) {
         let rule = RuleMatch::Pauses {
             rule: 0,
-            window: PauseWindow { seconds_since_active, min_running_seconds, keep_alive_until: 0 },
+            window: PauseWindow { seconds_since_active, min_running_seconds, keep_alive_until: 0, max_running_seconds },
         };
         let mut now = NOW;
         let mut ws = Workspace::test().running();
@@ -298,8 +319,11 @@ proptest! {
             if pause_decision(&ws, &activity, &rule, &spec(false), now) == Pause::Yes {
                 prop_assert!(matches!(outcome, ProbeOutcome::Success(_)), "paused on {:?}", outcome);
                 let effective = activity.last_activity.max(ws.last_running_time());
-                prop_assert!(now - effective >= seconds_since_active * 1000 + PAUSE_GRACE_MS);
-                prop_assert!(now - ws.last_running_time() >= min_running_seconds * 1000);
+                let ran = now - ws.last_running_time();
+                let idle = now - effective >= seconds_since_active * 1000 + PAUSE_GRACE_MS
+                    && ran >= min_running_seconds * 1000;
+                let lifetime = max_running_seconds > 0 && ran >= max_running_seconds * 1000 + PAUSE_GRACE_MS;
+                prop_assert!(idle || lifetime, "paused after {} ms running, idle since {}", ran, effective);
                 break;
             }
         }

@@ -228,6 +228,7 @@ mod tests {
                 seconds_since_active: seconds,
                 min_running_seconds: 0,
                 keep_alive_until: 0,
+                max_running_seconds: 0,
             },
         }
     }

@@ -20,6 +20,8 @@ pub struct PauseWindow {
     /// The user's keep-alive (UNIX ms, already capped by the policy; 0: none): not eligible
     /// before it.
     pub keep_alive_until: i64,
+    /// `config.maxRunningSeconds` (0: no limit): eligible once running that long, active or not.
+    pub max_running_seconds: i64,
 }
 
 /// The outcome of matching a workspace against a policy's rules.
@@ -106,6 +108,7 @@ pub fn select_rule(
                 seconds_since_active: i64::from(rule.config.seconds_since_active),
                 min_running_seconds: i64::from(rule.config.min_running_seconds),
                 keep_alive_until: 0,
+                max_running_seconds: rule.config.max_running_seconds.map_or(0, i64::from),
             },
         };
     }
@@ -144,6 +147,7 @@ mod tests {
                     seconds_since_active: 7200,
                     min_running_seconds: 300,
                     keep_alive_until: 0,
+                    max_running_seconds: 0,
                 }
             }
         );

@@ -40,6 +40,7 @@ pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 pub(crate) fn rule(seconds_since_active: i32, min_running_seconds: i32, pause: Option<bool>) -> ActivityRule {
     ActivityRule {
         config: RuleConfig {
+            max_running_seconds: None,
             seconds_since_active,
             min_running_seconds,
         },

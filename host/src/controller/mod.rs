@@ -397,13 +397,17 @@ impl Context {
         let when = chrono::DateTime::from_timestamp_millis(eligible)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_default();
-        self.event(
-            workspace,
-            EventType::Warning,
-            "CullingSoon",
-            format!("Idle: will be paused after {when} unless it is used before then"),
-        )
-        .await;
+        let activity = workspace.activity().cloned().unwrap_or_default();
+        let note = if workspace_culler_policy::decide::limited_by_lifetime(
+            activity.last_activity,
+            workspace.last_running_time(),
+            &governed.rule,
+        ) {
+            format!("Will be paused after {when}: the maximum running time of its rule (maxRunningSeconds)")
+        } else {
+            format!("Idle: will be paused after {when} unless it is used before then")
+        };
+        self.event(workspace, EventType::Warning, "CullingSoon", note).await;
         None
     }
 }
@@ -462,10 +466,22 @@ async fn pause(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Res
             );
             ((ctx.clock)() - since) / 1000
         };
-        let note = format!(
-            "idle for {}s, past eligibleAfter (CullingPolicy {policy_name})",
-            idle_for(activity)
-        );
+        let now = (ctx.clock)();
+        let note = if workspace_culler_policy::decide::limited_by_lifetime(
+            activity.last_activity,
+            fresh.last_running_time(),
+            &governed.rule,
+        ) {
+            format!(
+                "running for {}s, past its rule's maxRunningSeconds (CullingPolicy {policy_name})",
+                (now - fresh.last_running_time()) / 1000
+            )
+        } else {
+            format!(
+                "idle for {}s, past eligibleAfter (CullingPolicy {policy_name})",
+                idle_for(activity)
+            )
+        };
         match decision {
             Pause::No(keep) => {
                 tracing::info!(%keep, "not pausing after a fresh read");

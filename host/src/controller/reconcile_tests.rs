@@ -193,13 +193,17 @@ where
 }
 
 fn policy(dry_run: bool) -> CullingPolicy {
+    policy_with_rule(dry_run, json!({"secondsSinceActive": 3600}))
+}
+
+fn policy_with_rule(dry_run: bool, config: Value) -> CullingPolicy {
     serde_json::from_value(json!({
         "apiVersion": "workspace-culler.io/v1alpha1", "kind": "CullingPolicy",
         "metadata": {"name": "notebooks", "generation": 1},
         "spec": {"workspaceKinds": ["jupyterlab"], "dryRun": dry_run,
                  "activityProbe": {"minProbeIntervalSeconds": 60, "probeIntervalSeconds": 600,
                                    "jupyter": {"lastActivity": true, "portId": "jupyterlab"}},
-                 "activityRules": [{"config": {"secondsSinceActive": 3600}, "effect": {"pauseWorkspace": true}}]},
+                 "activityRules": [{"config": config, "effect": {"pauseWorkspace": true}}]},
     }))
     .unwrap()
 }
@@ -620,4 +624,32 @@ async fn a_malformed_keep_alive_is_ignored_with_a_warning() {
         ]
     );
     assert_eq!(case.stored()["spec"]["paused"], true, "paused as if it had none");
+}
+
+#[tokio::test]
+async fn an_active_workspace_past_its_maximum_lifetime_is_paused_saying_so() {
+    // Running for 3 h, active a minute ago; the rule allows 2 h.
+    let case = Case::new(
+        workspace(probed(30, MINUTE), json!({})),
+        policy_with_rule(false, json!({"secondsSinceActive": 3600, "maxRunningSeconds": 7200})),
+        false,
+        ProbeOutcome::Success(ProbeActivity::ActiveNow),
+    );
+    case.reconcile().await;
+    assert_eq!(
+        case.api.summary(),
+        ["PATCH /status", "GET ", "GET policy", "PATCH ", "event Culled"]
+    );
+    assert_eq!(
+        case.status_patch()["rules"]["pauseWorkspace"]["eligibleAfter"],
+        NOW - HOUR
+    );
+    let event = case.api.sent().last().unwrap().body.clone();
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("running for 10800s, past its rule's maxRunningSeconds"),
+        "{event}"
+    );
 }

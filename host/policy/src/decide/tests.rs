@@ -25,6 +25,7 @@ fn pausing(seconds_since_active: i64, min_running_seconds: i64) -> RuleMatch {
             seconds_since_active,
             min_running_seconds,
             keep_alive_until: 0,
+            max_running_seconds: 0,
         },
     }
 }
@@ -515,4 +516,49 @@ fn a_keep_alive_beyond_the_cap_is_clamped_and_a_malformed_one_ignored() {
         "keepAlive.maxSeconds: 0"
     );
     assert_eq!(keep_alive(&Workspace::test(), 8 * HOUR, NOW), KeepAlive::None);
+}
+
+fn with_lifetime(seconds_since_active: i64, max_running_seconds: i64) -> RuleMatch {
+    RuleMatch::Pauses {
+        rule: 0,
+        window: PauseWindow {
+            seconds_since_active,
+            min_running_seconds: 0,
+            keep_alive_until: 0,
+            max_running_seconds,
+        },
+    }
+}
+
+#[test]
+fn a_maximum_lifetime_pauses_an_active_workspace_once_it_has_run_that_long() {
+    // Running for 9 hours and active a minute ago; at most 8 hours.
+    let ws = Workspace::test().started_ago(9 * HOUR).idle_for(60).running();
+    let rule = with_lifetime(HOUR, 8 * HOUR);
+    let started = ws.last_running_time();
+    assert_eq!(eligible_after(NOW - 60_000, started, &rule), started + 8 * HOUR * 1000);
+    assert!(crate::decide::limited_by_lifetime(NOW - 60_000, started, &rule));
+    let activity = freshly_probed(&ws);
+    assert_eq!(pause_decision(&ws, &activity, &rule, &spec(false), NOW), Pause::Yes);
+    // Without the limit the same workspace is in use.
+    assert!(matches!(
+        pause_decision(&ws, &activity, &pausing(HOUR, 0), &spec(false), NOW),
+        Pause::No(Keep::NotYetEligible { .. })
+    ));
+    // Not yet 8 hours: kept; idleness still pauses earlier when it comes first.
+    let young = Workspace::test().started_ago(2 * HOUR).idle_for(60).running();
+    assert!(matches!(
+        pause_decision(&young, &freshly_probed(&young), &rule, &spec(false), NOW),
+        Pause::No(Keep::NotYetEligible { .. })
+    ));
+    let idle = Workspace::test().started_ago(3 * HOUR).idle_for(2 * HOUR).running();
+    assert!(!crate::decide::limited_by_lifetime(
+        NOW - 2 * HOUR * 1000,
+        idle.last_running_time(),
+        &rule
+    ));
+    assert_eq!(
+        pause_decision(&idle, &freshly_probed(&idle), &rule, &spec(false), NOW),
+        Pause::Yes
+    );
 }

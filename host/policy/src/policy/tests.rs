@@ -552,3 +552,23 @@ fn a_pod_exec_script_must_start_with_a_valid_shebang() {
         "{message}"
     );
 }
+
+#[test]
+fn a_maximum_lifetime_must_be_a_minute_or_more_and_beyond_min_running_seconds() {
+    let mut spec = policy("p", &["k"]).spec;
+    spec.activity_rules[0].config.max_running_seconds = Some(30);
+    let errors = validate(&spec).unwrap_err();
+    assert!(
+        errors[0].contains("maxRunningSeconds must be at least 60, got 30"),
+        "{errors:?}"
+    );
+    spec.activity_rules[0].config.min_running_seconds = 600;
+    spec.activity_rules[0].config.max_running_seconds = Some(600);
+    let errors = validate(&spec).unwrap_err();
+    assert!(
+        errors[0].contains("maxRunningSeconds (600) must be more than minRunningSeconds (600)"),
+        "{errors:?}"
+    );
+    spec.activity_rules[0].config.max_running_seconds = Some(8 * 3600);
+    assert_eq!(validate(&spec), Ok(()));
+}
