@@ -16,6 +16,7 @@ const BUSY_FILE: &str = "#!/bin/sh\nif [ -e busy ]; then echo '{\"has_activity\"
 const GPU_SECONDS: i64 = 16;
 const DEV_SECONDS: i64 = 40;
 const MIN_RUNNING_SECONDS: i64 = 45;
+const LIFETIME_SECONDS: i64 = 60;
 
 fn rules_policy() -> serde_json::Value {
     serde_json::json!({
@@ -47,6 +48,19 @@ fn min_running_policy() -> serde_json::Value {
     policy
 }
 
+/// A policy whose rule pauses after `LIFETIME_SECONDS` of running, active or not.
+fn lifetime_policy() -> serde_json::Value {
+    let mut policy = e2e::exec_policy("lifetime", &["lifetime"], BUSY_FILE, 3600);
+    policy["spec"]["activityRules"][0]["config"]["maxRunningSeconds"] = LIFETIME_SECONDS.into();
+    policy
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 fn pod_config(id: &str) -> serde_json::Value {
     serde_json::json!({"podConfig": id})
 }
@@ -61,6 +75,15 @@ async fn rules_windows_exemptions_warnings_and_the_right_pod() {
     env.apply_policy(min_running_policy()).await;
     env.apply_kind(sample_kind("rules")).await;
     env.apply_kind(sample_kind("long-running")).await;
+    env.apply_policy(lifetime_policy()).await;
+    env.apply_kind(sample_kind("lifetime")).await;
+    // Always busy: only its maximum running time pauses it.
+    let busy_dir = env.pod_dir("dev", &workspace_culler_support::kubeflow::pod_name("busy"));
+    std::fs::create_dir_all(&busy_dir).unwrap();
+    std::fs::write(busy_dir.join("busy"), "").unwrap();
+    // Kept alive past the namespace rule's window; and one asking for far too long.
+    let keep_until = chrono::Utc::now().timestamp_millis() + 70_000;
+    let keep_alive = |value: String| serde_json::json!({workspace_culler_policy::KEEP_ALIVE_ANNOTATION: value});
 
     // Decoys: labelled for dev/decoyed, Running, and "busy" — one controlled by a StatefulSet
     // the Workspace does not own, one by nothing. They sort before the real pod.
@@ -77,12 +100,20 @@ async fn rules_windows_exemptions_warnings_and_the_right_pod() {
         ("prod", "gpu", "rules", "big_gpu"),
         ("other", "cpu", "rules", "tiny_cpu"),
         ("dev", "min-running", "long-running", "tiny_cpu"),
+        ("dev", "busy", "lifetime", "tiny_cpu"),
+        ("dev", "kept", "rules", "tiny_cpu"),
+        ("dev", "kept-long", "rules", "tiny_cpu"),
     ];
     for (ns, name, kind, config) in cases {
+        let annotations = match name {
+            "kept" => keep_alive(rfc3339(keep_until)),
+            "kept-long" => keep_alive("2099-01-01T00:00:00Z".into()),
+            _ => serde_json::json!({}),
+        };
         env.create_workspace(ns, {
             let mut ws =
                 workspace_culler_support::kubeflow::sample(workspace_culler_support::kubeflow::JUPYTERLAB_WORKSPACE);
-            ws["metadata"] = serde_json::json!({"name": name, "namespace": ns});
+            ws["metadata"] = serde_json::json!({"name": name, "namespace": ns, "annotations": annotations});
             ws["spec"]["kind"] = kind.into();
             ws["spec"]["podTemplate"]["options"]["podConfig"] = pod_config(config)["podConfig"].clone();
             ws
@@ -146,6 +177,58 @@ async fn rules_windows_exemptions_warnings_and_the_right_pod() {
         "paused before minRunningSeconds\n{}",
         log()
     );
+
+    // A keep-alive holds the namespace rule's pause until it ends, and eligibleAfter shows it;
+    // one beyond the policy's 8 h is clamped in the annotation, with an Event.
+    assert!(
+        !env.workspace("dev", "kept").await.spec.paused,
+        "paused despite its keep-alive\n{}",
+        log()
+    );
+    let kept = env.activity("dev", "kept").await;
+    assert_eq!(
+        kept.eligible_after(),
+        keep_until / 1000 * 1000,
+        "eligibleAfter is the keep-alive"
+    );
+    env.wait_paused("dev", "kept", Duration::from_secs(60), log).await;
+    assert!(
+        chrono::Utc::now().timestamp_millis() >= keep_until,
+        "paused before its keep-alive ended"
+    );
+    let long = env.workspace("dev", "kept-long").await;
+    let clamped = long.keep_alive_annotation().unwrap().to_string();
+    let clamped_ms = chrono::DateTime::parse_from_rfc3339(&clamped)
+        .unwrap()
+        .timestamp_millis();
+    assert!(
+        clamped_ms <= chrono::Utc::now().timestamp_millis() + 8 * 3600 * 1000,
+        "not clamped: {clamped}"
+    );
+    assert_eq!(env.events("dev", "kept-long", "KeepAliveClamped").await, 1);
+    assert!(!long.spec.paused);
+
+    // A maximum running time pauses a busy workspace once it has run that long, warned first.
+    env.wait_paused("dev", "busy", Duration::from_secs(60), log).await;
+    let busy = env.workspace("dev", "busy").await;
+    let ran = chrono::Utc::now().timestamp_millis() - busy.last_running_time();
+    assert!(
+        ran >= LIFETIME_SECONDS * 1000,
+        "paused after {ran} ms of running\n{}",
+        log()
+    );
+    let busy_activity = busy.activity().unwrap();
+    assert!(
+        busy_activity
+            .last_probe
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("active now"),
+        "it was busy"
+    );
+    assert_eq!(env.events("dev", "busy", "CullingSoon").await, 1, "{}", log());
+    assert_eq!(env.events("dev", "busy", "Culled").await, 1);
 
     // pauseWorkspace: false (first match in production) and no matching rule: never paused.
     for (ns, name) in [("prod", "gpu"), ("other", "cpu")] {
