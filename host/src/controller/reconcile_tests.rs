@@ -248,6 +248,11 @@ struct Case {
 }
 
 impl Case {
+    /// The usual workspace: Running for 3 h, last active 2 h ago, probed 30 min ago.
+    fn idle(policy: CullingPolicy, outcome: ProbeOutcome) -> Case {
+        Case::new(workspace(probed(30, 2 * HOUR), json!({})), policy, false, outcome)
+    }
+
     fn new(workspace: Value, policy: CullingPolicy, kubeflow_probes_it: bool, outcome: ProbeOutcome) -> Case {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
@@ -347,10 +352,8 @@ async fn a_workspace_not_due_is_requeued_for_when_it_is_without_a_probe_or_a_wri
 
 #[tokio::test]
 async fn a_failed_probe_is_recorded_and_evented_and_retried_after_the_minimum_interval() {
-    let case = Case::new(
-        workspace(probed(30, 2 * HOUR), json!({})),
+    let case = Case::idle(
         policy(false),
-        false,
         ProbeOutcome::Failure("Jupyter probe failed: HTTP 500".into()),
     );
     assert_eq!(case.reconcile().await, after_seconds(60));
@@ -369,12 +372,7 @@ async fn a_failed_probe_is_recorded_and_evented_and_retried_after_the_minimum_in
 
 #[tokio::test]
 async fn an_active_workspace_is_recorded_at_the_probes_end_and_not_paused() {
-    let case = Case::new(
-        workspace(probed(30, 2 * HOUR), json!({})),
-        policy(false),
-        false,
-        ProbeOutcome::Success(ProbeActivity::ActiveNow),
-    );
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::ActiveNow));
     assert_eq!(case.reconcile().await, after_seconds(600));
     assert_eq!(case.api.summary(), ["PATCH /status"]);
     let activity = case.status_patch();
@@ -384,12 +382,7 @@ async fn an_active_workspace_is_recorded_at_the_probes_end_and_not_paused() {
 
 #[tokio::test]
 async fn an_idle_workspace_past_eligible_after_is_paused_once_after_a_fresh_read() {
-    let case = Case::new(
-        workspace(probed(30, 2 * HOUR), json!({})),
-        policy(false),
-        false,
-        ProbeOutcome::Success(ProbeActivity::Idle),
-    );
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
     case.reconcile().await;
     assert_eq!(
         case.api.summary(),
@@ -408,12 +401,7 @@ async fn an_idle_workspace_past_eligible_after_is_paused_once_after_a_fresh_read
 
 #[tokio::test]
 async fn a_conflicting_write_is_retried_from_a_fresh_read_and_applied_once() {
-    let case = Case::new(
-        workspace(probed(30, 2 * HOUR), json!({})),
-        policy(false),
-        false,
-        ProbeOutcome::Success(ProbeActivity::Idle),
-    );
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
     case.api.conflicts_to_return.store(1, Ordering::SeqCst);
     case.reconcile().await;
     assert_eq!(
@@ -452,12 +440,7 @@ async fn an_opted_out_workspace_is_probed_but_never_paused() {
 
 #[tokio::test]
 async fn a_dry_run_policy_reports_would_cull_and_pauses_nothing() {
-    let case = Case::new(
-        workspace(probed(30, 2 * HOUR), json!({})),
-        policy(true),
-        false,
-        ProbeOutcome::Success(ProbeActivity::Idle),
-    );
+    let case = Case::idle(policy(true), ProbeOutcome::Success(ProbeActivity::Idle));
     case.reconcile().await;
     assert_eq!(
         case.api.summary(),
@@ -482,12 +465,7 @@ async fn a_kind_kubeflow_probes_itself_is_left_alone() {
 
 #[tokio::test]
 async fn a_policy_edit_the_cache_does_not_show_yet_is_honoured_before_a_pause() {
-    let case = Case::new(
-        workspace(probed(30, 2 * HOUR), json!({})),
-        policy(false),
-        false,
-        ProbeOutcome::Success(ProbeActivity::Idle),
-    );
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
     // The apiserver already has the policy switched to a dry run.
     *lock(&case.api.policy) = serde_json::to_value(policy(true)).unwrap();
     case.reconcile().await;
@@ -500,12 +478,7 @@ async fn a_policy_edit_the_cache_does_not_show_yet_is_honoured_before_a_pause() 
 
 #[tokio::test]
 async fn an_older_probe_never_overwrites_a_newer_one() {
-    let case = Case::new(
-        workspace(probed(30, 2 * HOUR), json!({})),
-        policy(false),
-        false,
-        ProbeOutcome::Success(ProbeActivity::Idle),
-    );
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
     case.api.newer_probe_first.store(true, Ordering::SeqCst);
     case.reconcile().await;
     // The write, preconditioned on what was read, conflicts; the fresh read shows a newer probe.
@@ -517,10 +490,8 @@ async fn an_older_probe_never_overwrites_a_newer_one() {
 
 #[tokio::test]
 async fn a_failed_status_write_keeps_the_minimum_interval() {
-    let case = Case::new(
-        workspace(probed(30, 2 * HOUR), json!({})),
+    let case = Case::idle(
         policy(false),
-        false,
         ProbeOutcome::Failure("Jupyter probe failed: HTTP 500".into()),
     );
     case.api.fail_status_write.store(true, Ordering::SeqCst);
@@ -533,12 +504,7 @@ async fn a_failed_status_write_keeps_the_minimum_interval() {
 
 #[tokio::test]
 async fn a_replica_that_no_longer_leads_writes_nothing() {
-    let mut case = Case::new(
-        workspace(probed(30, 2 * HOUR), json!({})),
-        policy(false),
-        false,
-        ProbeOutcome::Success(ProbeActivity::Idle),
-    );
+    let mut case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
     let fence = leader::Fence::closed();
     Arc::get_mut(&mut case.ctx).unwrap().fence = fence;
     assert!(matches!(case.try_reconcile().await, Err(Error::NotLeading)));
