@@ -5,10 +5,10 @@
 
 pub mod builtin;
 pub mod capabilities;
-pub mod contract;
+pub use workspace_culler_contract as contract;
+pub use workspace_culler_contract::ProbeOutcome;
 mod state;
 
-use crate::contract::ProbeActivity;
 pub use capabilities::{
     Capabilities, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, NoCapabilities, Port, Workspace,
 };
@@ -235,28 +235,6 @@ pub struct ProbeRequest {
     /// The probe's wall clock stands still at the evaluation's start (for
     /// replaying fixtures) instead of advancing in real time.
     pub frozen_clock: bool,
-}
-
-/// How an evaluation ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProbeOutcome {
-    /// A valid result.
-    Success(ProbeActivity),
-    /// No result; the message says why (becomes `lastProbe.message`).
-    Failure(String),
-    /// Out of time; the message says so.
-    Timeout(String),
-}
-
-impl ProbeOutcome {
-    /// `Success`, `Failure` or `Timeout`, as in `lastProbe.result`.
-    pub fn result(&self) -> &'static str {
-        match self {
-            ProbeOutcome::Success(_) => "Success",
-            ProbeOutcome::Failure(_) => "Failure",
-            ProbeOutcome::Timeout(_) => "Timeout",
-        }
-    }
 }
 
 /// The record of one evaluation.

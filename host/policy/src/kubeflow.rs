@@ -174,6 +174,15 @@ pub enum ProbeResult {
 }
 
 impl ProbeResult {
+    /// How `outcome` is recorded.
+    pub fn of(outcome: &workspace_culler_contract::ProbeOutcome) -> ProbeResult {
+        match outcome {
+            workspace_culler_contract::ProbeOutcome::Success(_) => ProbeResult::Success,
+            workspace_culler_contract::ProbeOutcome::Failure(_) => ProbeResult::Failure,
+            workspace_culler_contract::ProbeOutcome::Timeout(_) => ProbeResult::Timeout,
+        }
+    }
+
     /// The value as Kubeflow spells it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -18,51 +18,7 @@ pub const TRUNCATION_MARKER: &str = "…";
 /// is a `Failure` (SPEC §5), since `lastActivity` never moves back and would keep it forever.
 pub const MAX_LAST_ACTIVITY_AFTER_END_MS: i64 = 60_000;
 
-/// What a successful probe says about activity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeActivity {
-    /// `has_activity: true`: in use now.
-    ActiveNow,
-    /// `has_activity: false`: not in use now.
-    Idle,
-    /// `last_activity: <time>`, in UNIX ms.
-    LastAt(i64),
-    /// `last_activity: null`: the probe cannot tell.
-    Unknown,
-}
-
-impl std::fmt::Display for ProbeActivity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ProbeActivity::ActiveNow => f.write_str("active now"),
-            ProbeActivity::Idle => f.write_str("not active now"),
-            ProbeActivity::Unknown => f.write_str("last activity unknown"),
-            ProbeActivity::LastAt(ms) => write!(f, "last active at {}", time_text(*ms)),
-        }
-    }
-}
-
-/// How a probe ended; the controller maps its engine's result to this.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProbeOutcome {
-    /// The probe ran and its output was valid.
-    Success(ProbeActivity),
-    /// The probe could not run, or its output was invalid (the message says which).
-    Failure(String),
-    /// The probe did not finish within its deadline.
-    Timeout(String),
-}
-
-impl ProbeOutcome {
-    /// The `lastProbe.result` this outcome is recorded as.
-    pub fn result(&self) -> ProbeResult {
-        match self {
-            ProbeOutcome::Success(_) => ProbeResult::Success,
-            ProbeOutcome::Failure(_) => ProbeResult::Failure,
-            ProbeOutcome::Timeout(_) => ProbeResult::Timeout,
-        }
-    }
-}
+pub use workspace_culler_contract::{ProbeActivity, ProbeOutcome};
 
 /// One finished probe: when it ran (UNIX ms) and how it ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,7 +98,7 @@ pub fn activity_after_probe(
         last_probe: Some(LastProbe {
             start_time: run.start_ms,
             end_time: run.end_ms,
-            result: outcome.result(),
+            result: ProbeResult::of(&outcome),
             message: cap_message(&message, MAX_MESSAGE_BYTES),
         }),
         rules: Some(ActivityRulesStatus {
@@ -252,7 +208,7 @@ mod tests {
             );
             let probe = now.last_probe.unwrap();
             assert_eq!((probe.start_time, probe.end_time), (START, END));
-            assert_eq!(probe.result, outcome.result());
+            assert_eq!(probe.result, ProbeResult::of(&outcome));
         }
     }
 

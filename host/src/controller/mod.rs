@@ -631,7 +631,7 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
             now,
         )
         .await;
-    let result = run.outcome.result();
+    let result = workspace_culler_policy::ProbeResult::of(&run.outcome);
     ctx.metrics
         .probes
         .with_label_values(&[result.as_str(), &kind_name])

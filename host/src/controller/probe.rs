@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use workspace_culler_engine::{Evaluation, LoadedProbe, Port, ProbeEngine, ProbeRequest};
 use workspace_culler_policy::policy::{JupyterProbe, ProbeMethod, SecretKeyRef};
-use workspace_culler_policy::{ActivityProbe, ProbeActivity, ProbeOutcome, ProbeRun, Workspace, WorkspaceKind};
+use workspace_culler_policy::{ActivityProbe, ProbeOutcome, ProbeRun, Workspace, WorkspaceKind};
 
 /// The label Kubeflow puts on a workspace's pod.
 pub const WORKSPACE_LABEL: &str = "notebooks.kubeflow.org/workspace-name";
@@ -403,21 +403,6 @@ async fn load(
     }
 }
 
-/// The policy's view of how an evaluation ended.
-pub fn outcome(evaluation: &Evaluation) -> ProbeOutcome {
-    use workspace_culler_engine::contract::ProbeActivity as Engine;
-    match &evaluation.outcome {
-        workspace_culler_engine::ProbeOutcome::Success(activity) => ProbeOutcome::Success(match activity {
-            Engine::ActiveNow => ProbeActivity::ActiveNow,
-            Engine::Idle => ProbeActivity::Idle,
-            Engine::LastAt(ms) => ProbeActivity::LastAt(*ms),
-            Engine::Unknown => ProbeActivity::Unknown,
-        }),
-        workspace_culler_engine::ProbeOutcome::Failure(m) => ProbeOutcome::Failure(m.clone()),
-        workspace_culler_engine::ProbeOutcome::Timeout(m) => ProbeOutcome::Timeout(m.clone()),
-    }
-}
-
 /// Runs one probe of a workspace. The controller's is [`EngineProber`]; the reconcile's unit
 /// tests script outcomes instead.
 #[async_trait::async_trait]
@@ -464,7 +449,7 @@ impl Prober for EngineProber {
             Ok(evaluation) => ProbeRun {
                 start_ms: evaluation.started_at_ms,
                 end_ms: evaluation.finished_at_ms,
-                outcome: outcome(&evaluation),
+                outcome: evaluation.outcome,
             },
             Err(message) => ProbeRun {
                 start_ms,

@@ -312,12 +312,7 @@ pub fn render(probe_label: &str, fixture: &Fixture, report: &CaseReport) -> Stri
     );
     match &e.outcome {
         ProbeOutcome::Success(activity) => {
-            let last = match crate::controller::probe::outcome(e) {
-                workspace_culler_policy::ProbeOutcome::Success(a) => {
-                    workspace_culler_policy::record::next_last_activity(0, e.finished_at_ms, a)
-                }
-                _ => 0,
-            };
+            let last = workspace_culler_policy::record::next_last_activity(0, e.finished_at_ms, *activity);
             let when = chrono::DateTime::from_timestamp_millis(last)
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
                 .unwrap_or_default();

@@ -1,6 +1,8 @@
-//! The host-boundary validator of the probe contract (SPEC §5): whatever a
-//! probe returns is judged here, and a mistake becomes a message that tells
-//! the probe's author exactly what to fix.
+//! The probe contract (SPEC §5) at the host boundary: whatever a probe returns is judged here
+//! ([`validate`]), and a mistake becomes a message that tells the probe's author exactly what
+//! to fix; [`ProbeActivity`] is what a valid result says, and [`ProbeOutcome`] how an
+//! evaluation ended. The engine produces outcomes and the decisions consume them: both use
+//! these types, and neither depends on the other.
 
 use chrono::DateTime;
 use serde_json::Value;
@@ -40,6 +42,28 @@ impl std::fmt::Display for ProbeActivity {
                 ),
                 None => write!(f, "last active at {ms} ms"),
             },
+        }
+    }
+}
+
+/// How an evaluation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// A valid result.
+    Success(ProbeActivity),
+    /// No result; the message says why (becomes `lastProbe.message`).
+    Failure(String),
+    /// Out of time; the message says so.
+    Timeout(String),
+}
+
+impl ProbeOutcome {
+    /// `Success`, `Failure` or `Timeout`, as Kubeflow's `lastProbe.result` spells it.
+    pub fn result(&self) -> &'static str {
+        match self {
+            ProbeOutcome::Success(_) => "Success",
+            ProbeOutcome::Failure(_) => "Failure",
+            ProbeOutcome::Timeout(_) => "Timeout",
         }
     }
 }
