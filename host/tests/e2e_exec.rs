@@ -279,6 +279,21 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
             "{name}: {message}"
         );
     }
+    // A module file the controller cannot use makes its policy not Ready, saying why.
+    for (name, message) in [
+        ("module-outside", "outside the module directory"),
+        ("module-missing", "cannot read probe module missing.wasm"),
+        ("module-dir", "is not a regular file"),
+    ] {
+        let policy = env.policy(name).await;
+        let ready = condition(&policy, "Ready").expect("Ready");
+        assert_eq!(ready.status, "False", "{name}");
+        assert!(ready.message.contains(message), "{name}: {}", ready.message);
+    }
+    assert_eq!(
+        condition(&env.policy("module-idle").await, "Ready").unwrap().status,
+        "True"
+    );
     let idle_policy = env.policy("idle").await;
     let status = idle_policy.status.clone().unwrap();
     assert_eq!(condition(&idle_policy, "Ready").unwrap().status, "True");

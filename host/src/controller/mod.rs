@@ -868,15 +868,16 @@ pub async fn run(
                 })
         })
         .collect();
-    let _status_task = AbortOnDrop(tokio::spawn(policy_status::run(
-        policies_api,
-        policies.clone(),
-        kinds.clone(),
-        stores,
+    let sources = policy_status::Sources {
+        api: policies_api,
+        policies: policies.clone(),
+        kinds: kinds.clone(),
+        workspaces: stores,
         pauses,
         fence,
-        now_ms,
-    )));
+        module_dir: settings.module_dir.clone(),
+    };
+    let _status_task = AbortOnDrop(tokio::spawn(policy_status::run(sources, now_ms)));
     // Ready: it leads (run is called only then) and the kinds', policies' and namespaces'
     // caches are filled; each workspace watch fills its own cache before it reconciles.
     readiness.set(true);

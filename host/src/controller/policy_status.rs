@@ -17,15 +17,25 @@ use workspace_culler_policy::{
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
 /// The status `policy` should have now; `paused_before` is the total this process last wrote
-/// (the cached policy may not show it yet).
+/// (the cached policy may not show it yet); `module_problem` what is wrong with its module
+/// file, which only the controller can see.
 pub fn status_of(
     policy: &CullingPolicy,
     management: &Management,
     workspaces_by_kind: &BTreeMap<String, i64>,
     paused_before: i64,
     new_pauses: i64,
+    module_problem: Option<String>,
     now_ms: i64,
 ) -> CullingPolicyStatus {
+    let validation = match (validate(&policy.spec), module_problem) {
+        (result, None) => result,
+        (Ok(()), Some(problem)) => Err(vec![problem]),
+        (Err(mut errors), Some(problem)) => {
+            errors.push(problem);
+            Err(errors)
+        }
+    };
     let previous = policy.status.clone().unwrap_or_default();
     let kinds = management.for_policy(&policy.name_any()).cloned().unwrap_or_default();
     let managed_workspaces = kinds
@@ -37,7 +47,7 @@ pub fn status_of(
         observed_generation: policy.metadata.generation,
         conditions: policy_conditions(
             &kinds,
-            &validate(&policy.spec),
+            &validation,
             policy.metadata.generation,
             &previous.conditions,
             now_ms,
@@ -47,16 +57,35 @@ pub fn status_of(
     }
 }
 
+/// What the policies' status is computed from.
+pub struct Sources {
+    /// Where the status is written.
+    pub api: Api<CullingPolicy>,
+    /// Every policy.
+    pub policies: Store<CullingPolicy>,
+    /// Every WorkspaceKind.
+    pub kinds: Store<DynamicObject>,
+    /// The workspaces of every watched namespace.
+    pub workspaces: Vec<Store<DynamicObject>>,
+    /// Pauses per policy not yet counted in its status.
+    pub pauses: Arc<Mutex<BTreeMap<String, i64>>>,
+    /// Writes only while this replica leads.
+    pub fence: super::leader::Fence,
+    /// Where module files must lie.
+    pub module_dir: std::path::PathBuf,
+}
+
 /// Keep every policy's status current until the task is dropped.
-pub async fn run(
-    api: Api<CullingPolicy>,
-    policies: Store<CullingPolicy>,
-    kinds: Store<DynamicObject>,
-    workspaces: Vec<Store<DynamicObject>>,
-    pauses: Arc<Mutex<BTreeMap<String, i64>>>,
-    fence: super::leader::Fence,
-    clock: fn() -> i64,
-) {
+pub async fn run(sources: Sources, clock: fn() -> i64) {
+    let Sources {
+        api,
+        policies,
+        kinds,
+        workspaces,
+        pauses,
+        fence,
+        module_dir,
+    } = sources;
     let params = PatchParams {
         field_manager: Some(MANAGER.into()),
         ..PatchParams::default()
@@ -83,7 +112,8 @@ pub async fn run(
             let name = policy.name_any();
             let new_pauses = lock(&pauses).get(&name).copied().unwrap_or(0);
             let before = totals.get(&name).copied().unwrap_or(0);
-            let status = status_of(policy, &management, &by_kind, before, new_pauses, clock());
+            let problem = super::probe::module_problem(&policy.spec.activity_probe, &module_dir);
+            let status = status_of(policy, &management, &by_kind, before, new_pauses, problem, clock());
             if policy.status.as_ref() == Some(&status) || !fence.holds() {
                 continue;
             }
@@ -133,7 +163,7 @@ mod tests {
         });
         let management = Management::compute(std::slice::from_ref(&notebooks), &[kind("jupyterlab"), kind("rstudio")]);
         let by_kind = BTreeMap::from([("jupyterlab".to_string(), 3), ("rstudio".to_string(), 7)]);
-        let status = status_of(&notebooks, &management, &by_kind, 0, 2, 1_780_000_000_000);
+        let status = status_of(&notebooks, &management, &by_kind, 0, 2, None, 1_780_000_000_000);
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!(status.managed_workspaces, 3, "only the kinds it manages");
         assert_eq!(status.paused_total, 6);
@@ -141,8 +171,31 @@ mod tests {
         assert_eq!(kinds_managed.status, "False");
         assert!(kinds_managed.message.contains("missing"), "{}", kinds_managed.message);
         // A total this process wrote, not yet in the cached policy, is never lost.
-        let status = status_of(&notebooks, &management, &by_kind, 9, 1, 1_780_000_000_000);
+        let status = status_of(&notebooks, &management, &by_kind, 9, 1, None, 1_780_000_000_000);
         assert_eq!(status.paused_total, 10);
+    }
+
+    #[test]
+    fn a_module_outside_the_module_directory_makes_the_policy_not_ready() {
+        let notebooks = policy("notebooks", &["jupyterlab"]);
+        let management = Management::compute(std::slice::from_ref(&notebooks), &[kind("jupyterlab")]);
+        let problem = Some("probe module ../x.wasm is outside the module directory /probes".to_string());
+        let status = status_of(
+            &notebooks,
+            &management,
+            &BTreeMap::new(),
+            0,
+            0,
+            problem,
+            1_780_000_000_000,
+        );
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+        assert!(
+            ready.message.contains("outside the module directory"),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]
@@ -150,9 +203,9 @@ mod tests {
         let mut notebooks = policy("notebooks", &["jupyterlab"]);
         let management = Management::compute(std::slice::from_ref(&notebooks), &[kind("jupyterlab")]);
         let by_kind = BTreeMap::from([("jupyterlab".to_string(), 1)]);
-        let first = status_of(&notebooks, &management, &by_kind, 0, 0, 1_780_000_000_000);
+        let first = status_of(&notebooks, &management, &by_kind, 0, 0, None, 1_780_000_000_000);
         notebooks.status = Some(first.clone());
-        let later = status_of(&notebooks, &management, &by_kind, 0, 0, 1_780_000_099_000);
+        let later = status_of(&notebooks, &management, &by_kind, 0, 0, None, 1_780_000_099_000);
         assert_eq!(later, first, "no write when nothing changed");
     }
 }

@@ -191,6 +191,29 @@ pub fn plan(
     }
 }
 
+/// What is wrong with the module file `probe` names, seen from the controller (`None`: nothing,
+/// or not a module file): for the policy's `Ready` condition.
+pub fn module_problem(probe: &ActivityProbe, module_dir: &Path) -> Option<String> {
+    let module = probe.module.as_ref()?;
+    if workspace_culler_engine::builtin::builtin(&module.location).is_some() {
+        return None;
+    }
+    let path = match module_path(module_dir, &module.location) {
+        Ok(path) => path,
+        Err(problem) => return Some(problem),
+    };
+    match std::fs::metadata(&path) {
+        Err(e) => Some(format!("cannot read probe module {}: {e}", path.display())),
+        Ok(m) if !m.is_file() => Some(format!("probe module {} is not a regular file", path.display())),
+        Ok(m) if m.len() > MAX_MODULE_BYTES => Some(format!(
+            "probe module {} is {} bytes, over the cap of {MAX_MODULE_BYTES} bytes",
+            path.display(),
+            m.len()
+        )),
+        Ok(_) => None,
+    }
+}
+
 /// Why a pod is not the workspace's pod, or `None` when it may be (its StatefulSet is still
 /// to be checked): returns the name of the StatefulSet that controls it.
 pub fn pod_candidate(pod: &Pod) -> Result<String, String> {
