@@ -160,11 +160,42 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// What one cycle sees: StatefulSets and pods of every workspace, by `namespace/name`, from
+/// one list each (a cycle costs three lists, however many workspaces there are).
+struct Seen {
+    statefulsets: std::collections::HashMap<(String, String), StatefulSet>,
+    pods: std::collections::HashMap<(String, String), Pod>,
+}
+
 async fn sync_all(client: &Client, pods_dir: &Path) -> anyhow::Result<()> {
     let workspaces: Api<DynamicObject> = Api::all_with(client.clone(), &workspace_resource());
+    let labelled = kube::api::ListParams::default().labels(WORKSPACE_LABEL);
+    let seen = Seen {
+        statefulsets: Api::<StatefulSet>::all(client.clone())
+            .list(&labelled)
+            .await?
+            .items
+            .into_iter()
+            .map(|s| (key(&s.metadata), s))
+            .collect(),
+        pods: Api::<Pod>::all(client.clone())
+            .list(&labelled)
+            .await?
+            .items
+            .into_iter()
+            .map(|p| (key(&p.metadata), p))
+            .collect(),
+    };
     for workspace in workspaces.list(&Default::default()).await?.items {
         let name = workspace.name_any();
-        sync(client, pods_dir, &workspace)
+        sync(client, pods_dir, &workspace, &seen)
             .await
             .with_context(|| format!("workspace {name}"))?;
     }
@@ -176,7 +207,7 @@ fn owner(api_version: &str, kind: &str, name: &str, uid: &str) -> serde_json::Va
                         "controller": true, "blockOwnerDeletion": true}])
 }
 
-async fn sync(client: &Client, pods_dir: &Path, workspace: &DynamicObject) -> anyhow::Result<()> {
+async fn sync(client: &Client, pods_dir: &Path, workspace: &DynamicObject, seen: &Seen) -> anyhow::Result<()> {
     let namespace = workspace.namespace().unwrap_or_default();
     let name = workspace.name_any();
     let uid = workspace.uid().unwrap_or_default();
@@ -191,7 +222,7 @@ async fn sync(client: &Client, pods_dir: &Path, workspace: &DynamicObject) -> an
     let labels = serde_json::json!({WORKSPACE_LABEL: name});
     let replicas = if paused { 0 } else { 1 };
 
-    let sts = match statefulsets.get_opt(&sts_name).await? {
+    let sts = match seen.statefulsets.get(&(namespace.clone(), sts_name.clone())).cloned() {
         Some(sts) => sts,
         None => {
             let sts: StatefulSet = serde_json::from_value(serde_json::json!({
@@ -211,7 +242,7 @@ async fn sync(client: &Client, pods_dir: &Path, workspace: &DynamicObject) -> an
             .patch(&sts_name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
-    let existing = pods.get_opt(&pod).await?;
+    let existing = seen.pods.get(&(namespace.clone(), pod.clone())).cloned();
     let status = |fields: serde_json::Value| {
         let mut fields = fields;
         if data.get("status").and_then(|s| s.get("podTemplateOptions")).is_none() {
