@@ -564,6 +564,7 @@ async fn record(
                 let fresh = api.get(&key.1).await?;
                 if fresh.metadata.uid != workspace.metadata.uid {
                     tracing::info!("the workspace was re-created since its probe; its result is dropped");
+                    lock(&ctx.written).remove(&key);
                     return Ok(None);
                 }
                 let newer = fresh
