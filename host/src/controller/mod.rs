@@ -95,7 +95,8 @@ pub struct Context {
     due: Arc<Mutex<HashSet<Key>>>,
     /// The activity this process last wrote per workspace: the watch cache can lag behind
     /// our own status patch, and decisions must not.
-    written: Mutex<HashMap<Key, Activity>>,
+    /// Keyed by name, kept with the uid it was written for (a re-created workspace starts anew).
+    written: Mutex<HashMap<Key, (Option<String>, Activity)>>,
     /// The `eligibleAfter` each workspace was last warned about (`CullingSoon` once).
     warned: Mutex<HashMap<Key, i64>>,
     /// The ignored keep-alive value each workspace was last told about (once per value).
@@ -314,7 +315,10 @@ impl Context {
     /// not show it yet (so `minProbeIntervalSeconds` holds and `lastActivity` never goes back).
     fn with_freshest_activity(&self, mut workspace: Workspace) -> Workspace {
         let written = lock(&self.written);
-        let Some(ours) = written.get(&key_of(&workspace)) else {
+        let Some((_, ours)) = written
+            .get(&key_of(&workspace))
+            .filter(|(uid, _)| *uid == workspace.metadata.uid)
+        else {
             return workspace;
         };
         let start = |a: Option<&Activity>| a.and_then(|a| a.last_probe.as_ref()).map_or(i64::MIN, |p| p.start_time);
@@ -549,7 +553,7 @@ async fn record(
     let mut base = workspace.clone();
     for _ in 0..5 {
         let activity = activity_after_probe(base.activity(), run, base.last_running_time(), rule);
-        lock(&ctx.written).insert(key.clone(), activity.clone());
+        lock(&ctx.written).insert(key.clone(), (workspace.metadata.uid.clone(), activity.clone()));
         let mut patch = activity_patch(&activity);
         if let Some(version) = base.resource_version() {
             patch["metadata"] = serde_json::json!({"resourceVersion": version});

@@ -619,3 +619,17 @@ async fn an_active_workspace_past_its_maximum_lifetime_is_paused_saying_so() {
         "{event}"
     );
 }
+
+#[tokio::test]
+async fn a_workspace_re_created_under_the_same_name_starts_anew() {
+    let case = Case::idle(policy(false), ProbeOutcome::Failure("down".into()));
+    case.reconcile().await;
+    assert_eq!(case.probes(), 1);
+    // Deleted and created again: another uid, no activity yet.
+    let mut again = workspace(json!({}), json!({}));
+    again["metadata"]["uid"] = "uid-2".into();
+    again["metadata"]["resourceVersion"] = "10".into();
+    *lock(&case.api.workspace) = again;
+    case.reconcile().await;
+    assert_eq!(case.probes(), 2, "the old workspace's probe time held the new one back");
+}
