@@ -108,19 +108,20 @@ pub fn row(
         &pod_config_labels(workspace, kind),
     );
     let eligible = activity.eligible_after();
+    let not_pausing_rule = match &rule {
+        RuleMatch::Pauses { .. } => None,
+        RuleMatch::NoMatch => Some("no activity rule applies: never paused".to_string()),
+        RuleMatch::Exempt { rule } => Some(format!("activityRules[{rule}] says pauseWorkspace: false")),
+        RuleMatch::Invalid { rule, error } => Some(format!("activityRules[{rule}] is invalid: {error}")),
+    };
     row.why = if workspace.spec.paused {
         "paused".into()
     } else if workspace.state() != WorkspaceState::Running {
         format!("{} (only Running workspaces are probed)", workspace.state())
     } else if workspace.culling_disabled() {
         format!("annotated {}", workspace_culler_policy::DISABLE_CULLING_ANNOTATION)
-    } else if let RuleMatch::NoMatch | RuleMatch::Exempt { .. } | RuleMatch::Invalid { .. } = &rule {
-        match rule {
-            RuleMatch::NoMatch => "no activity rule applies: never paused".into(),
-            RuleMatch::Exempt { rule } => format!("activityRules[{rule}] says pauseWorkspace: false"),
-            RuleMatch::Invalid { rule, error } => format!("activityRules[{rule}] is invalid: {error}"),
-            RuleMatch::Pauses { .. } => unreachable!(),
-        }
+    } else if let Some(why) = not_pausing_rule {
+        why
     } else if let Some(p) = probe.filter(|p| p.result != ProbeResult::Success) {
         format!("its last probe did not succeed: {}", p.message)
     } else if probe.is_none() {

@@ -699,16 +699,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A cache of `api`, filled in the background until the guard drops; `on_change` sees each
-/// applied object.
-fn cache<K>(api: Api<K>, dyntype: K::DynamicType, on_change: impl Fn(&K) + Send + 'static) -> (Store<K>, AbortOnDrop)
+/// A cache of `api` as `config` selects, filled in the background until the guard drops;
+/// `on_change` sees each applied object.
+fn cache<K>(
+    api: Api<K>,
+    dyntype: K::DynamicType,
+    config: watcher::Config,
+    on_change: impl Fn(&K) + Send + 'static,
+) -> (Store<K>, AbortOnDrop)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let writer = reflector::store::Writer::new(dyntype);
     let store = writer.as_reader();
-    let task = reflector(writer, watcher(api, watcher::Config::default()))
+    let task = reflector(writer, watcher(api, config))
         .applied_objects()
         .for_each(move |object| {
             if let Ok(object) = object {
@@ -716,18 +721,6 @@ where
             }
             futures::future::ready(())
         });
-    (store, AbortOnDrop(tokio::spawn(task)))
-}
-
-/// A cache of `api` as `config` selects, filled in the background until the guard drops.
-fn cache_with<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, AbortOnDrop)
-where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let task = reflector(writer, watcher(api, config))
-        .applied_objects()
-        .for_each(|_| futures::future::ready(()));
     (store, AbortOnDrop(tokio::spawn(task)))
 }
 
@@ -751,16 +744,22 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let kinds_api: Api<DynamicObject> = Api::all_with(client.clone(), &kind_resource());
     let kind_metrics = metrics.clone();
-    let (kinds, _kinds_task) = cache(kinds_api.clone(), kind_resource(), move |kind: &DynamicObject| {
-        // Logged and counted once per change of the kind.
-        let _ = decoded::<WorkspaceKind>(kind, &kind_metrics);
-    });
+    let (kinds, _kinds_task) = cache(
+        kinds_api.clone(),
+        kind_resource(),
+        Default::default(),
+        move |kind: &DynamicObject| {
+            // Logged and counted once per change of the kind.
+            let _ = decoded::<WorkspaceKind>(kind, &kind_metrics);
+        },
+    );
     let policies_api: Api<CullingPolicy> = Api::all(client.clone());
-    let (policies, _policies_task) = cache(policies_api.clone(), (), |_| {});
-    let (namespaces, _namespaces_task) = cache(Api::<Namespace>::all(client.clone()), (), |_| {});
+    let (policies, _policies_task) = cache(policies_api.clone(), (), Default::default(), |_| {});
+    let (namespaces, _namespaces_task) = cache(Api::<Namespace>::all(client.clone()), (), Default::default(), |_| {});
     let (secrets, _secrets_task) = cache(
         Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &settings.own_namespace),
         (),
+        Default::default(),
         |_| {},
     );
     kinds.wait_until_ready().await?;
@@ -785,8 +784,9 @@ pub async fn run(
             Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-        let (pods, pods_task) = cache_with(pods, watcher::Config::default().labels(WORKSPACE_LABEL));
-        let (statefulsets, statefulsets_task) = cache_with(statefulsets, watcher::Config::default());
+        let labelled = watcher::Config::default().labels(WORKSPACE_LABEL);
+        let (pods, pods_task) = cache(pods, (), labelled, |_| {});
+        let (statefulsets, statefulsets_task) = cache(statefulsets, (), Default::default(), |_| {});
         pods.wait_until_ready().await?;
         statefulsets.wait_until_ready().await?;
         pod_caches.push((pods, statefulsets, [pods_task, statefulsets_task]));

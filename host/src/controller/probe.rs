@@ -202,16 +202,29 @@ pub fn module_problem(probe: &ActivityProbe, module_dir: &Path) -> Option<String
         Ok(path) => path,
         Err(problem) => return Some(problem),
     };
-    match std::fs::metadata(&path) {
-        Err(e) => Some(format!("cannot read probe module {}: {e}", path.display())),
-        Ok(m) if !m.is_file() => Some(format!("probe module {} is not a regular file", path.display())),
-        Ok(m) if m.len() > MAX_MODULE_BYTES => Some(format!(
-            "probe module {} is {} bytes, over the cap of {MAX_MODULE_BYTES} bytes",
-            path.display(),
-            m.len()
-        )),
-        Ok(_) => None,
+    std::fs::metadata(&path)
+        .map_err(|e| format!("cannot read probe module {}: {e}", path.display()))
+        .and_then(|metadata| usable_module_file(&path, &metadata))
+        .err()
+}
+
+/// A module file must be a regular file (not a device or a FIFO) of at most
+/// [`MAX_MODULE_BYTES`].
+fn usable_module_file(path: &Path, metadata: &std::fs::Metadata) -> Result<(), String> {
+    if !metadata.is_file() {
+        return Err(format!("probe module {} is not a regular file", path.display()));
     }
+    if metadata.len() > MAX_MODULE_BYTES {
+        return Err(too_big(path, metadata.len()));
+    }
+    Ok(())
+}
+
+fn too_big(path: &Path, size: u64) -> String {
+    format!(
+        "probe module {} is {size} bytes, over the cap of {MAX_MODULE_BYTES} bytes",
+        path.display()
+    )
 }
 
 /// Why a pod is not the workspace's pod, or `None` when it may be (its StatefulSet is still
@@ -313,21 +326,11 @@ fn read_secret(ctx: &Context, secret: &SecretKeyRef) -> Result<String, String> {
 /// device or a huge file cannot exhaust memory.
 pub async fn read_module(path: &Path) -> Result<Vec<u8>, String> {
     use tokio::io::AsyncReadExt;
-    let shown = path.display();
-    let cannot = |e: std::io::Error| format!("cannot read probe module {shown}: {e}");
+    let cannot = |e: std::io::Error| format!("cannot read probe module {}: {e}", path.display());
     // Look before opening (opening a FIFO would block), then check the file opened.
-    if !tokio::fs::metadata(path).await.map_err(cannot)?.is_file() {
-        return Err(format!("probe module {shown} is not a regular file"));
-    }
+    usable_module_file(path, &tokio::fs::metadata(path).await.map_err(cannot)?)?;
     let file = tokio::fs::File::open(path).await.map_err(cannot)?;
-    let metadata = file.metadata().await.map_err(cannot)?;
-    if !metadata.is_file() {
-        return Err(format!("probe module {shown} is not a regular file"));
-    }
-    let too_big = |size: u64| format!("probe module {shown} is {size} bytes, over the cap of {MAX_MODULE_BYTES} bytes");
-    if metadata.len() > MAX_MODULE_BYTES {
-        return Err(too_big(metadata.len()));
-    }
+    usable_module_file(path, &file.metadata().await.map_err(cannot)?)?;
     // It may grow between the look and the read: read no more than the cap allows.
     let mut bytes = Vec::new();
     file.take(MAX_MODULE_BYTES + 1)
@@ -335,7 +338,7 @@ pub async fn read_module(path: &Path) -> Result<Vec<u8>, String> {
         .await
         .map_err(cannot)?;
     if bytes.len() as u64 > MAX_MODULE_BYTES {
-        return Err(too_big(bytes.len() as u64));
+        return Err(too_big(path, bytes.len() as u64));
     }
     Ok(bytes)
 }
