@@ -12,6 +12,7 @@ const PROFILE: &str = "probe";
 const PROBES: &[(&str, &str, &str)] = &[
     ("probe-jupyter", "probe_jupyter", "PROBE_JUPYTER_WASM"),
     ("probe-exec-script", "probe_exec_script", "PROBE_EXEC_SCRIPT_WASM"),
+    ("probe-nvidia-gpu", "probe_nvidia_gpu", "PROBE_NVIDIA_GPU_WASM"),
 ];
 
 fn main() {
@@ -27,6 +28,7 @@ fn main() {
         // Not all of probes/: the other languages' examples hold installed toolchains.
         "probes/jupyter",
         "probes/exec-script",
+        "probes/nvidia-gpu",
         "Cargo.lock",
         "Cargo.toml",
     ] {

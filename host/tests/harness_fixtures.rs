@@ -32,6 +32,13 @@ fn exec_script_fixtures_pass() {
 }
 
 #[test]
+fn nvidia_gpu_fixtures_pass() {
+    let (code, text) = run_fixture_dir("nvidia-gpu");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("12 passed, 0 failed"), "{text}");
+}
+
+#[test]
 fn a_fixture_run_against_the_wrong_probe_fails_loudly() {
     // The jupyter fixtures run against exec-script: every case mismatches.
     let cache = tempfile::tempdir().unwrap();

@@ -19,6 +19,10 @@ pub const BUILTINS: &[Builtin] = &[
         name: "exec-script",
         component: include_bytes!(env!("PROBE_EXEC_SCRIPT_WASM")),
     },
+    Builtin {
+        name: "nvidia-gpu",
+        component: include_bytes!(env!("PROBE_NVIDIA_GPU_WASM")),
+    },
 ];
 
 /// A built-in probe by name.
