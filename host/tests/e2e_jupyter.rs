@@ -44,8 +44,8 @@ fn base_path(name: &str) -> String {
     format!("/workspace/connect/{NS}/{name}/jupyterlab/")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jupyter_workspaces_are_paused_only_when_idle() {
+/// A control plane with the notebooks namespace, the token Secret, and Kubeflow's sample kind.
+async fn env_with_sample_kind() -> Env {
     let env = Env::start().await;
     // The sample's first rule matches namespaces labelled tier=development.
     env.namespace(NS, &[("tier", "development")]).await;
@@ -57,6 +57,12 @@ async fn jupyter_workspaces_are_paused_only_when_idle() {
     secrets.create(&PostParams::default(), &secret).await.unwrap();
     env.apply_kind(kubeflow::kind_without_probe(kubeflow::JUPYTERLAB_KIND))
         .await;
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jupyter_workspaces_are_paused_only_when_idle() {
+    let env = env_with_sample_kind().await;
     env.apply_policy(policy()).await;
 
     let idle = Jupyter::start(&base_path("idle")).await;
@@ -135,4 +141,71 @@ async fn jupyter_workspaces_are_paused_only_when_idle() {
         down_probe.message
     );
     assert_eq!(down.last_activity, 0, "a failing probe never sets activity");
+}
+
+/// Puts a `nvidia-smi` into the container of `name`'s pod that prints `stdout` and exits `code`.
+fn fake_nvidia_smi(env: &Env, name: &str, stdout: &str, code: i32) {
+    let bin = env.pod_dir(NS, &kubeflow::pod_name(name)).join("bin/nvidia-smi");
+    std::fs::write(&bin, format!("#!/bin/sh\nprintf '%s' '{stdout}'\nexit {code}\n")).unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// `anyOf: [jupyter, nvidia-gpu]`: three notebooks whose Jupyter servers are all idle. The one
+/// training on a GPU is kept, the one whose GPUs are idle is paused, and the one whose driver
+/// is missing is never paused on doubt: its probe fails and says which probe and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_is_active_while_jupyter_or_its_gpu_is() {
+    let env = env_with_sample_kind().await;
+    let mut policy = policy();
+    let probe = &mut policy["spec"]["activityProbe"];
+    let jupyter = probe["jupyter"].take();
+    probe.as_object_mut().unwrap().remove("jupyter");
+    probe["anyOf"] = serde_json::json!([
+        {"jupyter": jupyter},
+        {"module": {"location": "nvidia-gpu", "config": {"samples": 2, "intervalSeconds": 1},
+                    "timeoutSeconds": 20}},
+    ]);
+    env.apply_policy(policy).await;
+
+    let mut servers = Vec::new();
+    for (name, gpu_stdout, code) in [
+        ("training", "0, 0, 30512\n1, 91, 30512\n", 0),
+        ("idle", "0, 0, 30512\n1, 2, 0\n", 0),
+        (
+            "no-driver",
+            "NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.\n",
+            9,
+        ),
+    ] {
+        let server = Jupyter::start(&base_path(name)).await;
+        env.forward(NS, &kubeflow::pod_name(name), 8888, server.port).await;
+        env.running_workspace(NS, name, "jupyterlab", serde_json::json!({}))
+            .await;
+        fake_nvidia_smi(&env, name, gpu_stdout, code);
+        servers.push(server);
+    }
+    let controller = env.controller("controller", &["--namespace", NS]);
+    env.wait_paused(NS, "idle", Duration::from_secs(120), || controller.log())
+        .await;
+    let log = controller.log();
+    for name in ["training", "no-driver"] {
+        assert!(!env.workspace(NS, name).await.spec.paused, "{name} was paused\n{log}");
+    }
+    let training = env.activity(NS, "training").await;
+    assert_eq!(training.last_probe.as_ref().unwrap().result, ProbeResult::Success);
+    assert!(
+        chrono::Utc::now().timestamp_millis() - training.last_activity < 15_000,
+        "a busy GPU is activity now, though Jupyter is idle\n{log}"
+    );
+    let no_driver = env.activity(NS, "no-driver").await;
+    let probe = no_driver.last_probe.unwrap();
+    assert_eq!(probe.result, ProbeResult::Failure);
+    assert!(
+        probe
+            .message
+            .contains("anyOf[1] nvidia-gpu: nvidia-gpu: nvidia-smi exited 9: NVIDIA-SMI has failed"),
+        "{}",
+        probe.message
+    );
+    assert_eq!(no_driver.last_activity, 0, "a failing probe never sets activity");
 }

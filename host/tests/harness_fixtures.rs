@@ -35,7 +35,7 @@ fn exec_script_fixtures_pass() {
 fn nvidia_gpu_fixtures_pass() {
     let (code, text) = run_fixture_dir("nvidia-gpu");
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("12 passed, 0 failed"), "{text}");
+    assert!(text.contains("13 passed, 0 failed"), "{text}");
 }
 
 #[test]

@@ -68,6 +68,38 @@ impl ProbeOutcome {
     }
 }
 
+/// The verdict of probes combined with `anyOf`, from each one's name and outcome: active when
+/// any of them found activity now; otherwise a `Failure` (or a `Timeout`, when every probe that
+/// did not succeed ran out of time) naming each probe that gave no answer, since it might have
+/// found activity; otherwise, every probe having answered, the latest `last_activity` any of
+/// them reported (a probe that found none adds nothing), or not active now.
+pub fn any_of(outcomes: impl IntoIterator<Item = (String, ProbeOutcome)>) -> ProbeOutcome {
+    let mut unanswered = Vec::new();
+    let mut all_timeouts = true;
+    let mut latest: Option<i64> = None;
+    let mut idle = false;
+    for (i, (name, outcome)) in outcomes.into_iter().enumerate() {
+        match outcome {
+            ProbeOutcome::Success(ProbeActivity::ActiveNow) => return ProbeOutcome::Success(ProbeActivity::ActiveNow),
+            ProbeOutcome::Success(ProbeActivity::LastAt(at)) => latest = latest.max(Some(at)),
+            ProbeOutcome::Success(ProbeActivity::Idle) => idle = true,
+            ProbeOutcome::Success(ProbeActivity::Unknown) => {}
+            ProbeOutcome::Failure(message) => {
+                all_timeouts = false;
+                unanswered.push(format!("anyOf[{i}] {name}: {message}"));
+            }
+            ProbeOutcome::Timeout(message) => unanswered.push(format!("anyOf[{i}] {name}: {message}")),
+        }
+    }
+    match (unanswered.is_empty(), latest) {
+        (false, _) if all_timeouts => ProbeOutcome::Timeout(unanswered.join("; ")),
+        (false, _) => ProbeOutcome::Failure(unanswered.join("; ")),
+        (true, Some(at)) => ProbeOutcome::Success(ProbeActivity::LastAt(at)),
+        (true, None) if idle => ProbeOutcome::Success(ProbeActivity::Idle),
+        (true, None) => ProbeOutcome::Success(ProbeActivity::Unknown),
+    }
+}
+
 /// Why a probe's output breaks the contract. The text is the user's message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ContractError {
@@ -196,6 +228,58 @@ fn first_duplicate_key(object_text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn named(outcomes: &[ProbeOutcome]) -> Vec<(String, ProbeOutcome)> {
+        outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (format!("p{i}"), o.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn any_of_is_active_when_one_probe_is_even_if_another_failed() {
+        use ProbeOutcome::*;
+        let outcomes = [
+            Failure("down".into()),
+            Success(ProbeActivity::Idle),
+            Success(ProbeActivity::ActiveNow),
+        ];
+        assert_eq!(any_of(named(&outcomes)), Success(ProbeActivity::ActiveNow));
+    }
+
+    #[test]
+    fn any_of_without_activity_is_no_answer_while_one_probe_gave_none() {
+        use ProbeOutcome::*;
+        let failed = any_of(named(&[
+            Success(ProbeActivity::LastAt(5)),
+            Timeout("slow".into()),
+            Failure("no nvidia-smi".into()),
+        ]));
+        assert_eq!(failed, Failure("anyOf[1] p1: slow; anyOf[2] p2: no nvidia-smi".into()));
+        let timed_out = any_of(named(&[Success(ProbeActivity::Idle), Timeout("slow".into())]));
+        assert_eq!(timed_out, Timeout("anyOf[1] p1: slow".into()));
+    }
+
+    #[test]
+    fn any_of_every_probe_answering_takes_the_latest_activity_reported() {
+        use ProbeOutcome::*;
+        let outcomes = [
+            Success(ProbeActivity::LastAt(7)),
+            Success(ProbeActivity::Idle),
+            Success(ProbeActivity::LastAt(9)),
+            Success(ProbeActivity::Unknown),
+        ];
+        assert_eq!(any_of(named(&outcomes)), Success(ProbeActivity::LastAt(9)));
+        assert_eq!(
+            any_of(named(&[Success(ProbeActivity::Unknown), Success(ProbeActivity::Idle)])),
+            Success(ProbeActivity::Idle)
+        );
+        assert_eq!(
+            any_of(named(&[Success(ProbeActivity::Unknown)])),
+            Success(ProbeActivity::Unknown)
+        );
+    }
 
     /// 2026-11-29T11:28:24Z
     const START: i64 = 1_795_951_704_000;

@@ -40,6 +40,8 @@ pub const JUPYTER_PROBE_TIMEOUT_SECONDS: i64 = 10;
 pub const MIN_SECONDS_SINCE_ACTIVE: i32 = 16;
 /// Kubeflow's `podExec.script` length limit.
 pub const MAX_SCRIPT_LENGTH: usize = 2048;
+/// Most probes one `anyOf` may combine.
+pub const MAX_ANY_OF: usize = 4;
 
 /// What Linux reads of a shebang line after `#!` (Kubeflow's webhook limit).
 const MAX_SHEBANG_LENGTH: usize = 255;
@@ -127,13 +129,13 @@ fn default_module_timeout() -> i32 {
     DEFAULT_MODULE_TIMEOUT_SECONDS
 }
 
-/// `spec.activityProbe`: exactly one of `podExec`, `jupyter`, `module`.
+/// `spec.activityProbe`: exactly one of `podExec`, `jupyter`, `module`, `anyOf`.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "message": "must specify exactly one of 'podExec', 'jupyter' or 'module'",
-        "rule": "(has(self.podExec) ? 1 : 0) + (has(self.jupyter) ? 1 : 0) + (has(self.module) ? 1 : 0) == 1"
+        "message": "must specify exactly one of 'podExec', 'jupyter', 'module' or 'anyOf'",
+        "rule": "(has(self.podExec) ? 1 : 0) + (has(self.jupyter) ? 1 : 0) + (has(self.module) ? 1 : 0) + (has(self.anyOf) ? 1 : 0) == 1"
     },
     {
         "message": "minProbeIntervalSeconds must be less than or equal to probeIntervalSeconds",
@@ -149,6 +151,33 @@ pub struct ActivityProbe {
     #[serde(default = "default_probe_interval")]
     #[schemars(range(min = 1, max = MAX_PROBE_INTERVAL_SECONDS))]
     pub probe_interval_seconds: i32,
+    /// A script run in the workspace's main container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_exec: Option<PodExecProbe>,
+    /// Ask the Jupyter server of the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jupyter: Option<JupyterProbe>,
+    /// A WebAssembly probe component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<ModuleProbe>,
+    /// Several probes run side by side: the workspace is active when any of them says so, and
+    /// idle only when every one of them succeeded and none found activity (our extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_ANY_OF))]
+    pub any_of: Option<Vec<ProbeSource>>,
+}
+
+/// `activityProbe.anyOf[]`: one probe of a combination, exactly one of `podExec`, `jupyter`,
+/// `module`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "message": "must specify exactly one of 'podExec', 'jupyter' or 'module'",
+        "rule": "(has(self.podExec) ? 1 : 0) + (has(self.jupyter) ? 1 : 0) + (has(self.module) ? 1 : 0) == 1"
+    }
+]))]
+pub struct ProbeSource {
     /// A script run in the workspace's main container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_exec: Option<PodExecProbe>,
@@ -340,15 +369,53 @@ impl ProbeMethod<'_> {
     }
 }
 
-impl ActivityProbe {
-    /// The configured probe; `None` unless exactly one is set.
-    pub fn method(&self) -> Option<ProbeMethod<'_>> {
-        match (&self.pod_exec, &self.jupyter, &self.module) {
+impl<'a> ProbeMethod<'a> {
+    /// The one probe of these fields; `None` unless exactly one is set.
+    fn of(
+        pod_exec: &'a Option<PodExecProbe>,
+        jupyter: &'a Option<JupyterProbe>,
+        module: &'a Option<ModuleProbe>,
+    ) -> Option<ProbeMethod<'a>> {
+        match (pod_exec, jupyter, module) {
             (Some(p), None, None) => Some(ProbeMethod::PodExec(p)),
             (None, Some(j), None) => Some(ProbeMethod::Jupyter(j)),
             (None, None, Some(m)) => Some(ProbeMethod::Module(m)),
             _ => None,
         }
+    }
+}
+
+impl ProbeSource {
+    /// The configured probe; `None` unless exactly one is set.
+    pub fn method(&self) -> Option<ProbeMethod<'_>> {
+        ProbeMethod::of(&self.pod_exec, &self.jupyter, &self.module)
+    }
+}
+
+impl ActivityProbe {
+    /// The probes to run: one, or each of `anyOf`; `None` unless exactly one of the four
+    /// fields is set and each of `anyOf` (1 to [`MAX_ANY_OF`]) sets exactly one probe.
+    pub fn methods(&self) -> Option<Vec<ProbeMethod<'_>>> {
+        match (
+            ProbeMethod::of(&self.pod_exec, &self.jupyter, &self.module),
+            &self.any_of,
+        ) {
+            (Some(one), None) => Some(vec![one]),
+            (None, Some(all)) if (1..=MAX_ANY_OF).contains(&all.len()) => all.iter().map(ProbeSource::method).collect(),
+            _ => None,
+        }
+    }
+
+    /// The modules it runs (one, or those among `anyOf`).
+    pub fn modules(&self) -> impl Iterator<Item = &ModuleProbe> {
+        self.module
+            .iter()
+            .chain(self.any_of.iter().flatten().filter_map(|p| p.module.as_ref()))
+    }
+
+    /// The whole deadline of a probe: the probes of `anyOf` run side by side, so the longest.
+    pub fn deadline_seconds(&self) -> Option<i64> {
+        self.methods()?.iter().map(ProbeMethod::deadline_seconds).max()
     }
 }
 
@@ -412,43 +479,73 @@ fn validate_probe(probe: &ActivityProbe, errors: &mut Vec<String>) {
         probe.pod_exec.is_some(),
         probe.jupyter.is_some(),
         probe.module.is_some(),
+        probe.any_of.is_some(),
     ];
     if configured.iter().filter(|set| **set).count() != 1 {
         errors.push(format!(
-            "{P} must specify exactly one of 'podExec', 'jupyter' or 'module'"
+            "{P} must specify exactly one of 'podExec', 'jupyter', 'module' or 'anyOf'"
         ));
     }
-    if let Some(exec) = &probe.pod_exec {
+    validate_method(P, &probe.pod_exec, &probe.jupyter, &probe.module, errors);
+    let Some(any_of) = &probe.any_of else {
+        return;
+    };
+    if !(1..=MAX_ANY_OF).contains(&any_of.len()) {
+        errors.push(format!(
+            "{P}.anyOf must list 1 to {MAX_ANY_OF} probes, got {}",
+            any_of.len()
+        ));
+    }
+    for (i, source) in any_of.iter().enumerate() {
+        let at = format!("{P}.anyOf[{i}]");
+        if source.method().is_none() {
+            errors.push(format!(
+                "{at} must specify exactly one of 'podExec', 'jupyter' or 'module'"
+            ));
+        }
+        validate_method(&at, &source.pod_exec, &source.jupyter, &source.module, errors);
+    }
+}
+
+/// The checks of one probe's fields, `at` naming where they are.
+fn validate_method(
+    at: &str,
+    pod_exec: &Option<PodExecProbe>,
+    jupyter: &Option<JupyterProbe>,
+    module: &Option<ModuleProbe>,
+    errors: &mut Vec<String>,
+) {
+    if let Some(exec) = pod_exec {
         let length = exec.script.chars().count();
         if length == 0 || length > MAX_SCRIPT_LENGTH {
             errors.push(format!(
-                "{P}.podExec.script must be 1 to {MAX_SCRIPT_LENGTH} characters, got {length}"
+                "{at}.podExec.script must be 1 to {MAX_SCRIPT_LENGTH} characters, got {length}"
             ));
         }
         if let Some(problem) = shebang_problem(&exec.script) {
-            errors.push(format!("{P}.podExec.script: {problem}"));
+            errors.push(format!("{at}.podExec.script: {problem}"));
         }
         if exec.timeout_seconds < 1 {
             errors.push(format!(
-                "{P}.podExec.timeoutSeconds must be at least 1, got {}",
+                "{at}.podExec.timeoutSeconds must be at least 1, got {}",
                 exec.timeout_seconds
             ));
         }
     }
-    if let Some(jupyter) = &probe.jupyter {
+    if let Some(jupyter) = jupyter {
         if !jupyter.last_activity {
-            errors.push(format!("{P}.jupyter: 'lastActivity' must be true"));
+            errors.push(format!("{at}.jupyter: 'lastActivity' must be true"));
         }
         if !is_port_id(&jupyter.port_id) {
             errors.push(format!(
-                "{P}.jupyter.portId: \"{}\" is not a port id (1 to 32 of a-z, 0-9, '_' or '-', starting and ending with a-z or 0-9)",
+                "{at}.jupyter.portId: \"{}\" is not a port id (1 to 32 of a-z, 0-9, '_' or '-', starting and ending with a-z or 0-9)",
                 jupyter.port_id
             ));
         }
         if let Some(secret) = &jupyter.token_secret_ref {
             if !is_dns_subdomain(&secret.name) {
                 errors.push(format!(
-                    "{P}.jupyter.tokenSecretRef.name: \"{}\" is not a valid Secret name",
+                    "{at}.jupyter.tokenSecretRef.name: \"{}\" is not a valid Secret name",
                     secret.name
                 ));
             }
@@ -460,22 +557,22 @@ fn validate_probe(probe: &ActivityProbe, errors: &mut Vec<String>) {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
             if !key_ok {
                 errors.push(format!(
-                    "{P}.jupyter.tokenSecretRef.key: \"{}\" is not a valid Secret key",
+                    "{at}.jupyter.tokenSecretRef.key: \"{}\" is not a valid Secret key",
                     secret.key
                 ));
             }
         }
     }
-    if let Some(module) = &probe.module {
+    if let Some(module) = module {
         if module.location.trim().is_empty() {
             errors.push(format!(
-                "{P}.module.location must name a built-in probe or a module file"
+                "{at}.module.location must name a built-in probe or a module file"
             ));
         }
         // A location may never climb out of the module directory, whatever the controller's layout.
         if module.location.split(['/', '\\']).any(|part| part == "..") {
             errors.push(format!(
-                "{P}.module.location \"{}\" must not contain '..'",
+                "{at}.module.location \"{}\" must not contain '..'",
                 module.location
             ));
         }
@@ -483,13 +580,13 @@ fn validate_probe(probe: &ActivityProbe, errors: &mut Vec<String>) {
             let hex = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
             if !hex {
                 errors.push(format!(
-                    "{P}.module.sha256 must be 64 lowercase hex digits, got \"{digest}\""
+                    "{at}.module.sha256 must be 64 lowercase hex digits, got \"{digest}\""
                 ));
             }
         }
         if module.timeout_seconds < 1 {
             errors.push(format!(
-                "{P}.module.timeoutSeconds must be at least 1, got {}",
+                "{at}.module.timeoutSeconds must be at least 1, got {}",
                 module.timeout_seconds
             ));
         }
@@ -583,7 +680,7 @@ fn validate_rules(rules: &[ActivityRule], errors: &mut Vec<String>) {
 }
 
 fn validate_deadline(spec: &CullingPolicySpec, errors: &mut Vec<String>) {
-    let Some(method) = spec.activity_probe.method() else {
+    let Some(deadline) = spec.activity_probe.deadline_seconds() else {
         return;
     };
     let shortest = spec
@@ -594,7 +691,6 @@ fn validate_deadline(spec: &CullingPolicySpec, errors: &mut Vec<String>) {
     let Some((i, rule)) = shortest else {
         return;
     };
-    let deadline = method.deadline_seconds();
     let window = i64::from(rule.config.seconds_since_active);
     if deadline >= window {
         errors.push(format!(

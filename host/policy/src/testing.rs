@@ -89,6 +89,7 @@ pub(crate) fn policy(name: &str, kinds: &[&str]) -> CullingPolicy {
                     token_secret_ref: None,
                 }),
                 module: None,
+                any_of: None,
             },
             activity_rules: vec![rule(3600, 0, Some(true))],
             keep_alive: None,

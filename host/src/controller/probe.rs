@@ -11,7 +11,7 @@ use kube::api::Api;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use workspace_culler_engine::{Evaluation, LoadedProbe, Port, ProbeEngine, ProbeRequest};
+use workspace_culler_engine::{LoadedProbe, Port, ProbeEngine, ProbeRequest};
 use workspace_culler_policy::policy::{JupyterProbe, ProbeMethod, SecretKeyRef};
 use workspace_culler_policy::{ActivityProbe, ProbeOutcome, ProbeRun, Workspace, WorkspaceKind};
 
@@ -147,17 +147,32 @@ pub fn module_path(module_dir: &Path, location: &str) -> Result<PathBuf, String>
     Ok(real)
 }
 
-/// What to run for `probe` against `workspace` of `kind`.
-pub fn plan(
+/// What to run for `probe` against `workspace` of `kind`: one plan per probe (several for
+/// `anyOf`), each planned on its own, so one that cannot be planned does not hide the others.
+pub fn plans(
     probe: &ActivityProbe,
     workspace: &Workspace,
     kind: &WorkspaceKind,
     module_dir: &Path,
     connect_path: &str,
+) -> Result<Vec<Result<Plan, String>>, String> {
+    let methods = probe
+        .methods()
+        .ok_or("activityProbe must set exactly one of podExec, jupyter, module, anyOf")?;
+    Ok(methods
+        .into_iter()
+        .map(|method| plan(method, workspace, kind, module_dir, connect_path))
+        .collect())
+}
+
+/// What to run for one probe of a policy.
+fn plan(
+    method: ProbeMethod<'_>,
+    workspace: &Workspace,
+    kind: &WorkspaceKind,
+    module_dir: &Path,
+    connect_path: &str,
 ) -> Result<Plan, String> {
-    let method = probe
-        .method()
-        .ok_or("activityProbe must set exactly one of podExec, jupyter, module")?;
     let deadline = Duration::from_secs(u64::try_from(method.deadline_seconds()).unwrap_or(1).max(1));
     match method {
         ProbeMethod::PodExec(exec) => Ok(Plan {
@@ -191,21 +206,22 @@ pub fn plan(
     }
 }
 
-/// What is wrong with the module file `probe` names, seen from the controller (`None`: nothing,
-/// or not a module file): for the policy's `Ready` condition.
+/// What is wrong with a module file `probe` names (the first such, for `anyOf`), seen from the
+/// controller (`None`: nothing, or no module file): for the policy's `Ready` condition.
 pub fn module_problem(probe: &ActivityProbe, module_dir: &Path) -> Option<String> {
-    let module = probe.module.as_ref()?;
-    if workspace_culler_engine::builtin::builtin(&module.location).is_some() {
-        return None;
-    }
-    let path = match module_path(module_dir, &module.location) {
-        Ok(path) => path,
-        Err(problem) => return Some(problem),
-    };
-    std::fs::metadata(&path)
-        .map_err(|e| format!("cannot read probe module {}: {e}", path.display()))
-        .and_then(|metadata| usable_module_file(&path, &metadata))
-        .err()
+    probe
+        .modules()
+        .filter(|module| workspace_culler_engine::builtin::builtin(&module.location).is_none())
+        .find_map(|module| {
+            let path = match module_path(module_dir, &module.location) {
+                Ok(path) => path,
+                Err(problem) => return Some(problem),
+            };
+            std::fs::metadata(&path)
+                .map_err(|e| format!("cannot read probe module {}: {e}", path.display()))
+                .and_then(|metadata| usable_module_file(&path, &metadata))
+                .err()
+        })
 }
 
 /// A module file must be a regular file (not a device or a FIFO) of at most
@@ -471,38 +487,75 @@ impl Prober for EngineProber {
         probe: &ActivityProbe,
         start_ms: i64,
     ) -> ProbeRun {
-        match prepare_and_evaluate(ctx, self, workspace, kind, probe, start_ms).await {
-            Ok(evaluation) => ProbeRun {
-                start_ms: evaluation.started_at_ms,
-                end_ms: evaluation.finished_at_ms,
-                outcome: evaluation.outcome,
-            },
-            Err(message) => ProbeRun {
-                start_ms,
-                end_ms: (ctx.clock)().max(start_ms),
-                outcome: ProbeOutcome::Failure(message),
-            },
+        let failed = |message| ProbeRun {
+            start_ms,
+            end_ms: (ctx.clock)().max(start_ms),
+            outcome: ProbeOutcome::Failure(message),
+        };
+        let namespace = workspace.namespace().unwrap_or_default();
+        let planned = plans(
+            probe,
+            workspace,
+            kind,
+            &ctx.settings.module_dir,
+            &ctx.settings.connect_path,
+        );
+        let (planned, pod) = match (planned, workspace_pod(ctx, workspace, &namespace)) {
+            (Ok(planned), Ok(pod)) => (planned, pod),
+            (Err(message), _) | (_, Err(message)) => return failed(message),
+        };
+        let runs = futures::future::join_all(planned.into_iter().map(|plan| {
+            let pod = &pod;
+            async move {
+                match plan {
+                    Ok(plan) => evaluate(ctx, self, plan, workspace, pod, start_ms).await,
+                    Err(message) => Err(message),
+                }
+            }
+        }))
+        .await;
+        let runs: Vec<ProbeRun> = runs.into_iter().map(|run| run.unwrap_or_else(failed)).collect();
+        if probe.any_of.is_none() {
+            return runs
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| failed("no probe to run".into()));
+        }
+        let names = probe
+            .methods()
+            .unwrap_or_default()
+            .iter()
+            .map(method_name)
+            .collect::<Vec<_>>();
+        ProbeRun {
+            start_ms: runs.iter().map(|r| r.start_ms).min().unwrap_or(start_ms),
+            end_ms: runs.iter().map(|r| r.end_ms).max().unwrap_or(start_ms),
+            outcome: workspace_culler_engine::contract::any_of(
+                names.into_iter().zip(runs.into_iter().map(|r| r.outcome)),
+            ),
         }
     }
 }
 
-async fn prepare_and_evaluate(
+/// How a probe of `anyOf` is named in a message.
+fn method_name(method: &ProbeMethod<'_>) -> String {
+    match method {
+        ProbeMethod::PodExec(_) => "podExec".into(),
+        ProbeMethod::Jupyter(_) => "jupyter".into(),
+        ProbeMethod::Module(module) => module.location.clone(),
+    }
+}
+
+/// Runs one planned probe against `pod`.
+async fn evaluate(
     ctx: &Context,
     prober: &EngineProber,
+    mut plan: Plan,
     workspace: &Workspace,
-    kind: &WorkspaceKind,
-    probe: &ActivityProbe,
+    pod: &Pod,
     start_ms: i64,
-) -> Result<Evaluation, String> {
+) -> Result<ProbeRun, String> {
     let namespace = workspace.namespace().unwrap_or_default();
-    let mut plan = plan(
-        probe,
-        workspace,
-        kind,
-        &ctx.settings.module_dir,
-        &ctx.settings.connect_path,
-    )?;
-    let pod = workspace_pod(ctx, workspace, &namespace)?;
     if let Some(secret) = &plan.token_secret {
         plan.config["token"] = read_secret(ctx, secret)?.into();
     }
@@ -533,7 +586,11 @@ async fn prepare_and_evaluate(
     ctx.metrics.probes_waiting.inc();
     let evaluation = prober.engine.evaluate(&loaded, request, start_ms).await;
     ctx.metrics.probes_waiting.dec();
-    Ok(evaluation)
+    Ok(ProbeRun {
+        start_ms: evaluation.started_at_ms,
+        end_ms: evaluation.finished_at_ms,
+        outcome: evaluation.outcome,
+    })
 }
 
 #[cfg(test)]
@@ -557,11 +614,51 @@ mod tests {
         serde_json::from_value(value).unwrap()
     }
 
+    fn only_plan(probe: &ActivityProbe, workspace: &Workspace, kind: &WorkspaceKind) -> Result<Plan, String> {
+        let mut plans = plans(probe, workspace, kind, Path::new("/probes"), DEFAULT_CONNECT_PATH).unwrap();
+        assert_eq!(plans.len(), 1);
+        plans.remove(0)
+    }
+
+    #[test]
+    fn each_probe_of_any_of_is_planned_on_its_own() {
+        let (workspace, kind) = sample();
+        let any_of = probe(serde_json::json!({"anyOf": [
+            {"jupyter": {"lastActivity": true, "portId": "nope"}},
+            {"module": {"location": "nvidia-gpu", "config": {"samples": 2}, "timeoutSeconds": 20}},
+        ]}));
+        let plans = plans(&any_of, &workspace, &kind, Path::new("/probes"), DEFAULT_CONNECT_PATH).unwrap();
+        assert_eq!(plans.len(), 2);
+        assert!(
+            plans[0]
+                .as_ref()
+                .unwrap_err()
+                .contains("portId \"nope\" does not resolve")
+        );
+        let gpu = plans[1].as_ref().unwrap();
+        assert_eq!(gpu.module, Module::Builtin("nvidia-gpu".into()));
+        assert_eq!(gpu.config["samples"], 2);
+        assert_eq!(gpu.deadline, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_bad_module_file_inside_any_of_is_a_module_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let any_of = probe(serde_json::json!({"anyOf": [
+            {"module": {"location": "nvidia-gpu"}},
+            {"module": {"location": "missing.wasm"}},
+        ]}));
+        let problem = module_problem(&any_of, dir.path()).unwrap();
+        assert!(problem.contains("missing.wasm"), "{problem}");
+        std::fs::write(dir.path().join("missing.wasm"), b"x").unwrap();
+        assert_eq!(module_problem(&any_of, dir.path()), None);
+    }
+
     #[test]
     fn a_jupyter_port_id_resolves_through_the_image_in_effect() {
         let (workspace, kind) = sample();
         let jupyter = probe(serde_json::json!({"jupyter": {"lastActivity": true, "portId": "jupyterlab"}}));
-        let plan = plan(&jupyter, &workspace, &kind, Path::new("/probes"), DEFAULT_CONNECT_PATH).unwrap();
+        let plan = only_plan(&jupyter, &workspace, &kind).unwrap();
         assert_eq!(plan.module, Module::Builtin("jupyter".into()));
         assert_eq!(plan.ports.len(), 1);
         assert_eq!(plan.ports[0].id, "jupyterlab");
@@ -570,7 +667,7 @@ mod tests {
         assert_eq!(plan.deadline, Duration::from_secs(10));
 
         let unknown = probe(serde_json::json!({"jupyter": {"lastActivity": true, "portId": "nope"}}));
-        let error = super::plan(&unknown, &workspace, &kind, Path::new("/probes"), DEFAULT_CONNECT_PATH).unwrap_err();
+        let error = only_plan(&unknown, &workspace, &kind).unwrap_err();
         assert!(error.contains("portId \"nope\" does not resolve"), "{error}");
     }
 
@@ -579,7 +676,7 @@ mod tests {
         let (mut workspace, kind) = sample();
         workspace.metadata.uid = Some("u-1".into());
         let exec = probe(serde_json::json!({"podExec": {"script": "#!/bin/sh\n", "timeoutSeconds": 12}}));
-        let plan = plan(&exec, &workspace, &kind, Path::new("/probes"), DEFAULT_CONNECT_PATH).unwrap();
+        let plan = only_plan(&exec, &workspace, &kind).unwrap();
         assert_eq!(plan.module, Module::Builtin("exec-script".into()));
         assert_eq!(plan.deadline, Duration::from_secs(12));
         assert_eq!(plan.config["outputPath"], "/tmp/workspace-culler-activity-u-1.json");

@@ -115,16 +115,24 @@ fn kwok(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kwok.x-k8s.io", "v1alpha1", kind), plural)
 }
 
-/// Make `pod`'s `main` container exec on this machine, in its own directory under `pods_dir`.
+/// Make `pod`'s `main` container exec on this machine, in its own directory under `pods_dir`,
+/// with that directory's `bin/` first on its `PATH` (a test puts a container's own commands
+/// there, e.g. an `nvidia-smi`).
 pub async fn exec_locally(client: &Client, pods_dir: &Path, namespace: &str, pod: &str) -> anyhow::Result<PathBuf> {
     let dir = pod_dir(pods_dir, namespace, pod);
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(dir.join("bin"))?;
+    let path = format!(
+        "{}:{}",
+        dir.join("bin").display(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+    );
     let execs: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &kwok("Exec", "execs"));
     if execs.get_opt(pod).await?.is_none() {
         let exec: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Exec",
             "metadata": {"name": pod, "namespace": namespace},
-            "spec": {"execs": [{"containers": ["main"], "local": {"workDir": dir}}]},
+            "spec": {"execs": [{"containers": ["main"],
+                                "local": {"workDir": dir, "envs": [{"name": "PATH", "value": path}]}}]},
         }))?;
         execs.create(&PostParams::default(), &exec).await?;
     }

@@ -7,7 +7,7 @@ use probe_nvidia_gpu::NvidiaGpu;
 fn the_harness_fixtures_pass_natively() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/nvidia-gpu");
     match probe_sdk::testing::run_fixtures::<NvidiaGpu>(dir) {
-        Ok(cases) => assert_eq!(cases, 12, "every fixture ran"),
+        Ok(cases) => assert_eq!(cases, 13, "every fixture ran"),
         Err(report) => panic!("fixtures failed natively:\n{report}"),
     }
 }

@@ -146,7 +146,7 @@ fn the_activity_rules_schema_is_kubeflows() {
 }
 
 #[test]
-fn the_schema_adds_module_token_and_a_three_way_choice() {
+fn the_schema_adds_module_token_any_of_and_a_four_way_choice() {
     let ours = our_crd();
     let probe = at(&ours, &format!("{OUR_SPEC}/activityProbe"));
     let rules: Vec<&str> = probe["x-kubernetes-validations"]
@@ -155,8 +155,16 @@ fn the_schema_adds_module_token_and_a_three_way_choice() {
         .iter()
         .map(|v| v["rule"].as_str().unwrap())
         .collect();
-    assert!(
-        rules.contains(&"(has(self.podExec) ? 1 : 0) + (has(self.jupyter) ? 1 : 0) + (has(self.module) ? 1 : 0) == 1")
+    assert!(rules.contains(
+        &"(has(self.podExec) ? 1 : 0) + (has(self.jupyter) ? 1 : 0) + (has(self.module) ? 1 : 0) + (has(self.anyOf) ? 1 : 0) == 1"
+    ));
+    let any_of = at(probe, "/properties/anyOf");
+    assert_eq!(any_of.pointer("/maxItems"), Some(&json!(MAX_ANY_OF)));
+    assert_eq!(
+        any_of.pointer("/items/x-kubernetes-validations/0/rule"),
+        Some(&json!(
+            "(has(self.podExec) ? 1 : 0) + (has(self.jupyter) ? 1 : 0) + (has(self.module) ? 1 : 0) == 1"
+        ))
     );
     let module = at(probe, "/properties/module");
     assert_eq!(module.pointer("/required"), Some(&json!(["location"])));
@@ -265,7 +273,7 @@ fn kubeflows_sample_probe_and_rules_paste_into_a_policy() {
             "activityRules": sample["spec"]["activityRules"],
         }))
         .unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert!(spec.activity_probe.method().is_some(), "{file}");
+        assert!(spec.activity_probe.methods().is_some(), "{file}");
         assert!(!spec.activity_rules.is_empty(), "{file}");
         // podExec's 60 s default fits Kubeflow's sample windows (7200 s and more).
         assert_eq!(validate(&spec), Ok(()), "{file}");
@@ -320,8 +328,8 @@ fn a_valid_policy_passes() {
 fn exactly_one_probe_method_is_required() {
     let mut none = valid();
     none.activity_probe.jupyter = None;
-    assert_eq!(none.activity_probe.method(), None);
-    assert!(errors(&none).contains("exactly one of 'podExec', 'jupyter' or 'module'"));
+    assert_eq!(none.activity_probe.methods(), None);
+    assert!(errors(&none).contains("exactly one of 'podExec', 'jupyter', 'module' or 'anyOf'"));
 
     let mut two = valid();
     two.activity_probe.module = Some(ModuleProbe {
@@ -330,8 +338,74 @@ fn exactly_one_probe_method_is_required() {
         config: None,
         timeout_seconds: 5,
     });
-    assert_eq!(two.activity_probe.method(), None);
+    assert_eq!(two.activity_probe.methods(), None);
     assert!(errors(&two).contains("exactly one of"));
+}
+
+fn any_of(sources: Value) -> CullingPolicySpec {
+    let mut spec = valid();
+    spec.activity_probe.jupyter = None;
+    spec.activity_probe.any_of = Some(serde_json::from_value(sources).unwrap());
+    spec
+}
+
+#[test]
+fn any_of_combines_probes_each_checked_where_it_is() {
+    let spec = any_of(json!([
+        {"jupyter": {"lastActivity": true, "portId": "jupyterlab"}},
+        {"module": {"location": "nvidia-gpu", "timeoutSeconds": 40}},
+    ]));
+    assert_eq!(validate(&spec), Ok(()));
+    assert_eq!(spec.activity_probe.methods().map(|m| m.len()), Some(2));
+    assert_eq!(
+        spec.activity_probe.deadline_seconds(),
+        Some(40),
+        "side by side: the longest"
+    );
+    assert_eq!(spec.activity_probe.modules().count(), 1);
+
+    let broken = any_of(json!([
+        {"jupyter": {"lastActivity": true, "portId": "Bad Port"}},
+        {},
+        {"module": {"location": "../x.wasm"}},
+    ]));
+    assert_eq!(broken.activity_probe.methods(), None);
+    let text = errors(&broken);
+    for expected in [
+        "spec.activityProbe.anyOf[0].jupyter.portId: \"Bad Port\" is not a port id",
+        "spec.activityProbe.anyOf[1] must specify exactly one of 'podExec', 'jupyter' or 'module'",
+        "spec.activityProbe.anyOf[2].module.location \"../x.wasm\" must not contain '..'",
+    ] {
+        assert!(text.contains(expected), "{expected}\n{text}");
+    }
+    assert!(errors(&any_of(json!([]))).contains("anyOf must list 1 to 4 probes, got 0"));
+    let five = Value::Array(vec![json!({"module": {"location": "nvidia-gpu"}}); 5]);
+    assert!(errors(&any_of(five)).contains("anyOf must list 1 to 4 probes, got 5"));
+
+    let mut both = any_of(json!([{"module": {"location": "nvidia-gpu"}}]));
+    both.activity_probe.pod_exec = Some(PodExecProbe {
+        script: "#!/bin/sh\n".into(),
+        timeout_seconds: 5,
+    });
+    assert!(errors(&both).contains("exactly one of 'podExec', 'jupyter', 'module' or 'anyOf'"));
+}
+
+#[test]
+fn the_deadline_of_any_of_is_its_longest_probe() {
+    let mut spec = any_of(json!([
+        {"jupyter": {"lastActivity": true, "portId": "jupyterlab"}},
+        {"module": {"location": "nvidia-gpu", "timeoutSeconds": 4000}},
+    ]));
+    assert!(
+        errors(&spec)
+            .contains("the probe's deadline (4000 s) must be shorter than the shortest secondsSinceActive (3600 s")
+    );
+    spec.activity_probe.any_of.as_mut().unwrap()[1]
+        .module
+        .as_mut()
+        .unwrap()
+        .timeout_seconds = 30;
+    assert_eq!(validate(&spec), Ok(()));
 }
 
 #[test]
