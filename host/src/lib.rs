@@ -7,6 +7,7 @@ pub mod controller;
 pub mod harness;
 #[cfg(feature = "local")]
 pub mod local;
+pub mod oci;
 pub mod status;
 pub mod transport;
 

@@ -225,6 +225,7 @@ pub async fn run(controlplane_bin: &Path, jupyter_bin: &Path) -> anyhow::Result<
         module_dir: cp.dir().join("probes"),
         own_namespace: NS.into(),
         culling_soon_seconds: 10,
+        registry: Arc::new(crate::oci::Registry::new(crate::oci::Settings::default()).map_err(anyhow::Error::msg)?),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(controller::run(

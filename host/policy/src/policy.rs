@@ -235,8 +235,10 @@ pub struct SecretKeyRef {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ModuleProbe {
-    /// A built-in probe's name, or a file under the controller's module directory.
-    #[schemars(length(min = 1))]
+    /// A built-in probe's name, a file under the controller's module directory, or an OCI
+    /// artifact pinned by digest: `oci://<registry>/<repository>@sha256:<manifest digest>`, or
+    /// `oci://<registry>/<repository>:<tag>` together with `sha256`.
+    #[schemars(length(min = 1, max = 1024))]
     pub location: String,
     /// The component's expected SHA-256 (lowercase hex); checked before it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,7 +252,23 @@ pub struct ModuleProbe {
     #[serde(default = "default_module_timeout")]
     #[schemars(range(min = 1))]
     pub timeout_seconds: i32,
+    /// For an `oci://` location: a `kubernetes.io/dockerconfigjson` Secret in the controller's
+    /// namespace holding credentials for the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret_ref: Option<SecretRef>,
 }
+
+/// A Secret in the controller's own namespace.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    pub name: String,
+}
+
+/// The scheme of a module location in an OCI registry.
+pub const OCI_SCHEME: &str = "oci://";
 
 /// `spec.activityRules[]`: Kubeflow's `ActivityRule`.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -574,6 +592,23 @@ fn validate_method(
             errors.push(format!(
                 "{at}.module.location \"{}\" must not contain '..'",
                 module.location
+            ));
+        }
+        if let Some(rest) = module.location.strip_prefix(OCI_SCHEME) {
+            if !rest.contains("@sha256:") && module.sha256.is_none() {
+                errors.push(format!(
+                    "{at}.module.location \"{}\" names a tag only, which can move: pin it with \
+                     @sha256:<manifest digest> or set {at}.module.sha256 (both printed by `workspace-culler probe push`)",
+                    module.location
+                ));
+            }
+        } else if module.pull_secret_ref.is_some() {
+            errors.push(format!("{at}.module.pullSecretRef applies to oci:// locations only"));
+        }
+        if let Some(secret) = module.pull_secret_ref.as_ref().filter(|s| !is_dns_subdomain(&s.name)) {
+            errors.push(format!(
+                "{at}.module.pullSecretRef.name: \"{}\" is not a valid Secret name",
+                secret.name
             ));
         }
         if let Some(digest) = &module.sha256 {

@@ -4,10 +4,12 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use oci_client::secrets::RegistryAuth;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use workspace_culler::harness::Fixture;
+use workspace_culler::oci::{self, Registry};
 use workspace_culler_engine::builtin::{self, BUILTINS};
 use workspace_culler_engine::{EngineConfig, LoadedProbe, ProbeEngine};
 
@@ -19,20 +21,107 @@ pub enum ProbeCommand {
     Inspect(ProbeArg),
     /// Measure what a probe costs: compiling, loading from the cache, one evaluation.
     Bench(super::probe_bench::BenchArgs),
+    /// Push a component to an OCI registry as a Wasm artifact; prints the digests to pin.
+    Push(PushArgs),
     /// List the built-in probes.
     List,
 }
 
 #[derive(Args)]
 pub struct ProbeArg {
-    /// A built-in probe name (`jupyter`, `exec-script`) or a component file.
+    /// A built-in probe name (`jupyter`, `exec-script`, `nvidia-gpu`), a component file, or an
+    /// `oci://registry/repository@sha256:…` artifact.
     pub probe: String,
     /// Refuse to run the component unless its sha256 is this.
     #[arg(long)]
     sha256: Option<String>,
-    /// Where compiled components are cached.
+    /// Where compiled components (and pulled ones) are cached.
     #[arg(long, env = "WORKSPACE_CULLER_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How to reach an OCI registry from the command line.
+#[derive(Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// A registry (`host:port`) reached over plain HTTP (repeatable); every other one over TLS.
+    #[arg(long = "insecure-registry")]
+    pub insecure: Vec<String>,
+    /// A PEM file of CA certificates to trust for registries' TLS.
+    #[arg(long = "registry-ca-file")]
+    pub ca_file: Option<PathBuf>,
+    /// The registry user (basic auth); the password comes from $WORKSPACE_CULLER_REGISTRY_PASSWORD.
+    #[arg(long = "registry-username")]
+    pub username: Option<String>,
+    #[arg(
+        long = "registry-password",
+        env = "WORKSPACE_CULLER_REGISTRY_PASSWORD",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+}
+
+impl RegistryArgs {
+    fn client(&self, cache_dir: Option<PathBuf>) -> anyhow::Result<Registry> {
+        Registry::new(oci::Settings {
+            insecure: self.insecure.clone(),
+            ca_file: self.ca_file.clone(),
+            cache_dir,
+            max_bytes: workspace_culler::controller::probe::MAX_MODULE_BYTES,
+        })
+        .map_err(anyhow::Error::msg)
+    }
+
+    fn auth(&self) -> RegistryAuth {
+        match (&self.username, &self.password) {
+            (Some(user), Some(password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+            _ => RegistryAuth::Anonymous,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The component file.
+    pub component: PathBuf,
+    /// Where to: `oci://registry/repository:tag`.
+    pub reference: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let rest = args
+        .reference
+        .strip_prefix(oci::SCHEME)
+        .with_context(|| format!("{} is not an oci:// reference", args.reference))?;
+    let reference: oci_client::Reference = rest
+        .parse()
+        .with_context(|| format!("{} is not a valid OCI reference", args.reference))?;
+    let component =
+        std::fs::read(&args.component).with_context(|| format!("cannot read {}", args.component.display()))?;
+    let registry = args.registry.client(None)?;
+    let pushed = registry
+        .push(&reference, component, &args.registry.auth())
+        .await
+        .map_err(|e| anyhow::anyhow!("pushing to {}: {e}", args.reference))?;
+    let pinned = format!(
+        "{}{}/{}@{}",
+        oci::SCHEME,
+        reference.registry(),
+        reference.repository(),
+        pushed.manifest_digest
+    );
+    println!("pushed    {}", args.reference);
+    println!("digest    {}", pushed.manifest_digest);
+    println!("sha256    {}", pushed.component_sha256);
+    println!(
+        "pin       module: {{location: {pinned}, sha256: {}}}",
+        pushed.component_sha256
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a `probe` subcommand.
@@ -41,6 +130,7 @@ pub async fn run(command: ProbeCommand) -> anyhow::Result<ExitCode> {
         ProbeCommand::Test(args) => super::probe_test::run(args).await,
         ProbeCommand::Inspect(arg) => super::probe_inspect::run(arg).await,
         ProbeCommand::Bench(args) => super::probe_bench::run(args).await,
+        ProbeCommand::Push(args) => push(args).await,
         ProbeCommand::List => {
             for b in BUILTINS {
                 println!(
@@ -54,16 +144,40 @@ pub async fn run(command: ProbeCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The component a command line names (a built-in name or a file), and a
-/// label for reports.
-pub fn probe_bytes(probe: &str) -> anyhow::Result<(Vec<u8>, String)> {
+/// The component a command line names (a built-in name, a file, or an `oci://` artifact pulled
+/// into `cache_dir`), and a label for reports.
+pub async fn probe_bytes(
+    probe: &str,
+    sha256: Option<&str>,
+    registry: &RegistryArgs,
+    cache_dir: Option<PathBuf>,
+) -> anyhow::Result<(Vec<u8>, String)> {
     if let Some(b) = builtin::builtin(probe) {
         return Ok((b.component.to_vec(), b.name.to_string()));
+    }
+    if oci::is_oci(probe) {
+        let location = oci::parse(probe, sha256).map_err(anyhow::Error::msg)?;
+        let fetched = registry
+            .client(cache_dir)?
+            .fetch(&location, &registry.auth())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let label = location
+            .reference
+            .repository()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        return Ok((fetched.bytes, label));
     }
     let path = Path::new(probe);
     if !path.exists() {
         let names: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
-        bail!("{probe} is neither a built-in probe ({}) nor a file", names.join(", "));
+        bail!(
+            "{probe} is neither a built-in probe ({}), a file, nor an oci:// artifact",
+            names.join(", ")
+        );
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let label = path
@@ -74,16 +188,17 @@ pub fn probe_bytes(probe: &str) -> anyhow::Result<(Vec<u8>, String)> {
 }
 
 /// The engine and the loaded probe named on the command line.
-pub fn load(arg: &ProbeArg) -> anyhow::Result<(ProbeEngine, Arc<LoadedProbe>, String)> {
+pub async fn load(arg: &ProbeArg) -> anyhow::Result<(ProbeEngine, Arc<LoadedProbe>, String)> {
+    let cache_dir = arg
+        .cache_dir
+        .clone()
+        .or_else(workspace_culler_engine::default_cache_dir);
     let engine = ProbeEngine::new(EngineConfig {
         concurrency: 1,
-        cache_dir: arg
-            .cache_dir
-            .clone()
-            .or_else(workspace_culler_engine::default_cache_dir),
+        cache_dir: cache_dir.clone(),
         ..EngineConfig::default()
     })?;
-    let (bytes, label) = probe_bytes(&arg.probe)?;
+    let (bytes, label) = probe_bytes(&arg.probe, arg.sha256.as_deref(), &arg.registry, cache_dir).await?;
     let probe = engine.load(&bytes, arg.sha256.as_deref())?;
     Ok((engine, probe, label))
 }

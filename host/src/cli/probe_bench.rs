@@ -10,7 +10,7 @@ use workspace_culler_engine::{EngineConfig, ProbeEngine};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// A built-in probe name or a component file.
+    /// A built-in probe name, a component file, or an `oci://` artifact.
     pub probe: String,
     /// The fixture evaluated (scripted replies; default: none).
     #[arg(long)]
@@ -18,12 +18,14 @@ pub struct BenchArgs {
     /// Evaluations measured.
     #[arg(long, default_value_t = 200)]
     pub iterations: u32,
+    #[command(flatten)]
+    pub registry: super::probe::RegistryArgs,
 }
 
 /// Prints the measurements.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     use std::time::{Duration, Instant};
-    let (bytes, _) = probe_bytes(&args.probe)?;
+    let (bytes, _) = probe_bytes(&args.probe, None, &args.registry, None).await?;
     let cache = tempfile::tempdir()?;
     let engine = |cache_dir: Option<PathBuf>| {
         ProbeEngine::new(EngineConfig {

@@ -7,7 +7,7 @@ use workspace_culler_engine::{WIT_PACKAGE, WIT_VERSION, capability_warnings};
 
 /// Prints the probe's description.
 pub async fn run(arg: ProbeArg) -> anyhow::Result<ExitCode> {
-    let (engine, probe, _) = load(&arg)?;
+    let (engine, probe, _) = load(&arg).await?;
     let info = engine.info(&probe).await?;
     let unknown = "(none: it imports nothing of the contract)".to_string();
     println!("name          {}", info.name);

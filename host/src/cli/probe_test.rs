@@ -52,7 +52,7 @@ fn parse_port(s: &str) -> Result<(String, u16), String> {
 
 /// Runs every case; exit 1 when one differs from what it expects.
 pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let (engine, probe, name) = load(&args.probe)?;
+    let (engine, probe, name) = load(&args.probe).await?;
     let live = LiveMode {
         exec: args.live_exec,
         http: args.live_http,

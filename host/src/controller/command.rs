@@ -44,9 +44,16 @@ pub struct ControllerArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: std::net::SocketAddr,
-    /// Where compiled probe components are cached.
+    /// Where compiled probe components (and those pulled from registries) are cached.
     #[arg(long, env = "WORKSPACE_CULLER_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// A registry (`host:port`) of `oci://` modules reached over plain HTTP (repeatable);
+    /// every other one over TLS.
+    #[arg(long = "insecure-registry", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+    /// A PEM file of CA certificates trusted for registries' TLS, beside the system's.
+    #[arg(long)]
+    registry_ca_file: Option<PathBuf>,
     /// Act only while holding a Lease, so several replicas never both act.
     #[arg(long)]
     leader_elect: bool,
@@ -93,14 +100,24 @@ async fn shutdown_signal() {
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let metrics = metrics::Metrics::new()?;
     let client = kube_client(args.kubeconfig.as_deref(), &metrics).await?;
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .or_else(workspace_culler_engine::default_cache_dir);
     let engine = Arc::new(ProbeEngine::new(EngineConfig {
         concurrency: u32::from(args.concurrency),
-        cache_dir: args
-            .cache_dir
-            .clone()
-            .or_else(workspace_culler_engine::default_cache_dir),
+        cache_dir: cache_dir.clone(),
         ..EngineConfig::default()
     })?);
+    let registry = Arc::new(
+        crate::oci::Registry::new(crate::oci::Settings {
+            insecure: args.insecure_registries,
+            ca_file: args.registry_ca_file,
+            cache_dir,
+            max_bytes: super::probe::MAX_MODULE_BYTES,
+        })
+        .map_err(anyhow::Error::msg)?,
+    );
     let readiness = server::Readiness::default();
     let listener = server::bind(args.metrics_addr).await?;
     tokio::spawn(server::serve(listener, metrics.clone(), readiness.clone()));
@@ -113,6 +130,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         module_dir: args.module_dir,
         own_namespace: args.controller_namespace.clone(),
         culling_soon_seconds: args.culling_soon_seconds,
+        registry,
     };
     tracing::info!(dry_run = settings.dry_run, http_mode = ?settings.http_mode, "starting the culling controller");
     if !args.leader_elect {

@@ -64,6 +64,8 @@ pub struct Settings {
     pub own_namespace: String,
     /// How long before `eligibleAfter` a `CullingSoon` Event warns the user (0: never).
     pub culling_soon_seconds: i64,
+    /// Where `oci://` modules are pulled from, and the pulled ones kept.
+    pub registry: Arc<crate::oci::Registry>,
 }
 
 /// A workspace's key in the controller's own maps.
@@ -881,6 +883,7 @@ pub async fn run(
         pauses,
         fence,
         module_dir: settings.module_dir.clone(),
+        registry: settings.registry.clone(),
     };
     let _status_task = AbortOnDrop(tokio::spawn(policy_status::run(sources, now_ms)));
     // Ready: it leads (run is called only then) and the kinds', policies' and namespaces'

@@ -73,6 +73,8 @@ pub struct Sources {
     pub fence: super::leader::Fence,
     /// Where module files must lie.
     pub module_dir: std::path::PathBuf,
+    /// The last problem pulling each `oci://` module.
+    pub registry: Arc<crate::oci::Registry>,
 }
 
 /// Keep every policy's status current until the task is dropped.
@@ -85,6 +87,7 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
         pauses,
         fence,
         module_dir,
+        registry,
     } = sources;
     let params = PatchParams {
         field_manager: Some(MANAGER.into()),
@@ -112,7 +115,7 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
             let name = policy.name_any();
             let new_pauses = lock(&pauses).get(&name).copied().unwrap_or(0);
             let before = totals.get(&name).copied().unwrap_or(0);
-            let problem = super::probe::module_problem(&policy.spec.activity_probe, &module_dir);
+            let problem = super::probe::module_problem(&policy.spec.activity_probe, &module_dir, &registry);
             let status = status_of(policy, &management, &by_kind, before, new_pauses, problem, clock());
             if policy.status.as_ref() == Some(&status) || !fence.holds() {
                 continue;

@@ -34,6 +34,8 @@ pub enum Module {
     Builtin(String),
     /// A component file under the module directory.
     File(PathBuf),
+    /// An artifact in an OCI registry, pinned.
+    Oci(crate::oci::Location),
 }
 
 /// Everything needed to run one workspace's probe, except the pod and the token.
@@ -51,6 +53,8 @@ pub struct Plan {
     pub ports: Vec<Port>,
     /// A Secret key (controller's namespace) whose value becomes the config's `token`.
     pub token_secret: Option<SecretKeyRef>,
+    /// A `kubernetes.io/dockerconfigjson` Secret (controller's namespace) for an `oci://` pull.
+    pub pull_secret: Option<String>,
 }
 
 impl Plan {
@@ -62,6 +66,13 @@ impl Plan {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            Module::Oci(location) => location
+                .reference
+                .repository()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
         }
     }
 }
@@ -129,6 +140,7 @@ fn jupyter_plan(
             number,
         }],
         token_secret: jupyter.token_secret_ref.clone(),
+        pull_secret: None,
     })
 }
 
@@ -186,33 +198,43 @@ fn plan(
             deadline,
             ports: workspace_ports(workspace, kind),
             token_secret: None,
+            pull_secret: None,
         }),
         ProbeMethod::Jupyter(jupyter) => jupyter_plan(jupyter, workspace, kind, connect_path),
         ProbeMethod::Module(module) => {
-            let is_builtin = workspace_culler_engine::builtin::builtin(&module.location).is_some();
+            let location = &module.location;
             Ok(Plan {
-                module: if is_builtin {
-                    Module::Builtin(module.location.clone())
+                module: if workspace_culler_engine::builtin::builtin(location).is_some() {
+                    Module::Builtin(location.clone())
+                } else if crate::oci::is_oci(location) {
+                    Module::Oci(crate::oci::parse(location, module.sha256.as_deref())?)
                 } else {
-                    Module::File(module_path(module_dir, &module.location)?)
+                    Module::File(module_path(module_dir, location)?)
                 },
                 sha256: module.sha256.clone(),
                 config: serde_json::Value::Object(module.config.clone().unwrap_or_default()),
                 deadline,
                 ports: workspace_ports(workspace, kind),
                 token_secret: None,
+                pull_secret: module.pull_secret_ref.as_ref().map(|s| s.name.clone()),
             })
         }
     }
 }
 
-/// What is wrong with a module file `probe` names (the first such, for `anyOf`), seen from the
-/// controller (`None`: nothing, or no module file): for the policy's `Ready` condition.
-pub fn module_problem(probe: &ActivityProbe, module_dir: &Path) -> Option<String> {
+/// What is wrong with a module `probe` names (the first such, for `anyOf`), seen from the
+/// controller: a module file it cannot use, or an `oci://` location that does not parse or whose
+/// last pull failed (`None`: nothing, or only built-ins): for the policy's `Ready` condition.
+pub fn module_problem(probe: &ActivityProbe, module_dir: &Path, registry: &crate::oci::Registry) -> Option<String> {
     probe
         .modules()
         .filter(|module| workspace_culler_engine::builtin::builtin(&module.location).is_none())
         .find_map(|module| {
+            if crate::oci::is_oci(&module.location) {
+                return crate::oci::parse(&module.location, module.sha256.as_deref())
+                    .err()
+                    .or_else(|| registry.problem(&module.location));
+            }
             let path = match module_path(module_dir, &module.location) {
                 Ok(path) => path,
                 Err(problem) => return Some(problem),
@@ -416,11 +438,8 @@ impl<T> ModuleFiles<T> {
     }
 }
 
-async fn load(
-    engine: &Arc<ProbeEngine>,
-    files: &ModuleFiles<LoadedProbe>,
-    plan: &Plan,
-) -> Result<Arc<LoadedProbe>, String> {
+async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Result<Arc<LoadedProbe>, String> {
+    let engine = &prober.engine;
     let compile = |bytes: Vec<u8>| {
         // Compiling a large component (an interpreter inside) takes seconds of CPU: off the
         // async workers, so other workspaces' probes go on meanwhile.
@@ -441,8 +460,52 @@ async fn load(
                 .to_vec();
             compile(component).await
         }
-        Module::File(path) => files.get_or_load(path, plan.sha256.as_deref(), compile).await,
+        Module::File(path) => prober.files.get_or_load(path, plan.sha256.as_deref(), compile).await,
+        Module::Oci(location) => {
+            // A pinned artifact never changes: pulled (or read from the disk cache) and
+            // compiled once per process.
+            let key = format!("{}#{}", location.text, plan.sha256.as_deref().unwrap_or_default());
+            let known = lock(&prober.pulled).get(&key).cloned();
+            if let Some(loaded) = known {
+                return Ok(loaded);
+            }
+            let auth = match &plan.pull_secret {
+                Some(name) => registry_auth(ctx, name, location.reference.registry())?,
+                None => oci_client::secrets::RegistryAuth::Anonymous,
+            };
+            let fetched = ctx.settings.registry.fetch(location, &auth).await?;
+            if fetched.pulled {
+                tracing::info!(location = %location.text, sha256 = %fetched.sha256, "pulled a probe module");
+            }
+            let loaded = compile(fetched.bytes).await?;
+            lock(&prober.pulled).insert(key, loaded.clone());
+            Ok(loaded)
+        }
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The credentials for `registry` in the `kubernetes.io/dockerconfigjson` Secret `name` of the
+/// controller's namespace (from the watch cache).
+fn registry_auth(ctx: &Context, name: &str, registry: &str) -> Result<oci_client::secrets::RegistryAuth, String> {
+    use kube::runtime::reflector::ObjectRef;
+    let namespace = &ctx.settings.own_namespace;
+    let secret = ctx
+        .secrets
+        .get(&ObjectRef::new(name).within(namespace))
+        .ok_or_else(|| format!("cannot read the pull Secret {namespace}/{name}: not found"))?;
+    let config = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .ok_or_else(|| {
+            format!("the pull Secret {namespace}/{name} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)")
+        })?;
+    crate::oci::auth_from_docker_config(&config.0, registry)
+        .map_err(|e| format!("the pull Secret {namespace}/{name}: {e}"))
 }
 
 /// Runs one probe of a workspace. The controller's is [`EngineProber`]; the reconcile's unit
@@ -465,6 +528,8 @@ pub trait Prober: Send + Sync {
 pub struct EngineProber {
     engine: Arc<ProbeEngine>,
     files: ModuleFiles<LoadedProbe>,
+    /// `oci://` modules loaded, by location and pin.
+    pulled: std::sync::Mutex<std::collections::HashMap<String, Arc<LoadedProbe>>>,
 }
 
 impl EngineProber {
@@ -473,6 +538,7 @@ impl EngineProber {
         EngineProber {
             engine,
             files: ModuleFiles::default(),
+            pulled: Default::default(),
         }
     }
 }
@@ -559,7 +625,7 @@ async fn evaluate(
     if let Some(secret) = &plan.token_secret {
         plan.config["token"] = read_secret(ctx, secret)?.into();
     }
-    let loaded = load(&prober.engine, &prober.files, &plan).await?;
+    let loaded = load(ctx, prober, &plan).await?;
     let pod_name = pod.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let request = ProbeRequest {
@@ -648,10 +714,14 @@ mod tests {
             {"module": {"location": "nvidia-gpu"}},
             {"module": {"location": "missing.wasm"}},
         ]}));
-        let problem = module_problem(&any_of, dir.path()).unwrap();
+        let registry = crate::oci::Registry::new(crate::oci::Settings::default()).unwrap();
+        let problem = module_problem(&any_of, dir.path(), &registry).unwrap();
         assert!(problem.contains("missing.wasm"), "{problem}");
         std::fs::write(dir.path().join("missing.wasm"), b"x").unwrap();
-        assert_eq!(module_problem(&any_of, dir.path()), None);
+        assert_eq!(module_problem(&any_of, dir.path(), &registry), None);
+        let tag_only = probe(serde_json::json!({"module": {"location": "oci://registry.example/probe:v1"}}));
+        let problem = module_problem(&tag_only, dir.path(), &registry).unwrap();
+        assert!(problem.contains("names a tag only"), "{problem}");
     }
 
     #[test]

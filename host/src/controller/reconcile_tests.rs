@@ -279,6 +279,7 @@ impl Case {
                 module_dir: "/probes".into(),
                 own_namespace: "culler-system".into(),
                 culling_soon_seconds: 0,
+                registry: Arc::new(crate::oci::Registry::new(crate::oci::Settings::default()).unwrap()),
             },
             kinds: store(kind_resource(), vec![kind(kubeflow_probes_it)]),
             policies: store((), vec![policy]),

@@ -5,4 +5,5 @@
 
 pub mod controlplane;
 pub mod kubeflow;
+pub mod registry;
 pub mod test_probes;

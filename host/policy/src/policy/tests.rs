@@ -337,6 +337,7 @@ fn exactly_one_probe_method_is_required() {
         sha256: None,
         config: None,
         timeout_seconds: 5,
+        pull_secret_ref: None,
     });
     assert_eq!(two.activity_probe.methods(), None);
     assert!(errors(&two).contains("exactly one of"));
@@ -567,6 +568,7 @@ fn module_settings_are_checked() {
         sha256: Some("ABC".into()),
         config: None,
         timeout_seconds: 0,
+        pull_secret_ref: None,
     });
     let message = errors(&spec);
     assert!(message.contains("must not contain '..'"), "{message}");
@@ -580,6 +582,7 @@ fn module_settings_are_checked() {
         sha256: Some("0".repeat(64)),
         config: None,
         timeout_seconds: 5,
+        pull_secret_ref: None,
     });
     assert_eq!(validate(&spec), Ok(()), "'..' inside a file name is fine");
 }
@@ -645,4 +648,35 @@ fn a_maximum_lifetime_must_be_a_minute_or_more_and_beyond_min_running_seconds() 
     );
     spec.activity_rules[0].config.max_running_seconds = Some(8 * 3600);
     assert_eq!(validate(&spec), Ok(()));
+}
+
+#[test]
+fn an_oci_module_is_pinned_and_only_it_takes_a_pull_secret() {
+    let module = |location: &str, sha256: Option<String>, secret: Option<&str>| {
+        let mut spec = valid();
+        spec.activity_probe.jupyter = None;
+        spec.activity_probe.module = Some(ModuleProbe {
+            location: location.into(),
+            sha256,
+            config: None,
+            timeout_seconds: 5,
+            pull_secret_ref: secret.map(|name| SecretRef { name: name.into() }),
+        });
+        spec
+    };
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let pinned = module(
+        &format!("oci://registry.example/team/probe@{digest}"),
+        None,
+        Some("pull"),
+    );
+    assert_eq!(validate(&pinned), Ok(()));
+    let tag_and_sha = module("oci://registry.example/team/probe:v1", Some("b".repeat(64)), None);
+    assert_eq!(validate(&tag_and_sha), Ok(()));
+    let tag_only = module("oci://registry.example/team/probe:v1", None, None);
+    assert!(errors(&tag_only).contains("names a tag only, which can move"));
+    let file_with_secret = module("team/probe.wasm", None, Some("pull"));
+    assert!(errors(&file_with_secret).contains("pullSecretRef applies to oci:// locations only"));
+    let bad_secret = module(&format!("oci://registry.example/p@{digest}"), None, Some("Not A Name"));
+    assert!(errors(&bad_secret).contains("pullSecretRef.name: \"Not A Name\" is not a valid Secret name"));
 }

@@ -1,0 +1,530 @@
+//! Probe modules in an OCI registry, pinned by digest: `oci://<registry>/<repository>@sha256:<d>`
+//! (a manifest digest) or `oci://<registry>/<repository>:<tag>` together with the component's
+//! own `sha256`. What is pulled is verified against both before anything runs it, kept on disk
+//! by its digest, and read from there afterwards, so a restart pulls nothing.
+//!
+//! The artifact is the CNCF layout for Wasm (config `application/vnd.wasm.config.v0+json`, one
+//! layer `application/vnd.wasm.content.layer.v1+wasm`); an image whose single layer is the
+//! component itself (as `oras push` makes by default) is accepted too.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use futures::StreamExt;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use workspace_culler_engine::sha256_hex;
+
+/// The scheme of a location in a registry.
+pub const SCHEME: &str = "oci://";
+/// The config media type of a Wasm artifact (CNCF TAG Runtime's layout).
+pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
+/// The layer media type of a Wasm component.
+pub const WASM_LAYER_MEDIA_TYPE: &str = "application/vnd.wasm.content.layer.v1+wasm";
+/// Layer media types whose content is taken as the component.
+const LAYER_MEDIA_TYPES: &[&str] = &[
+    WASM_LAYER_MEDIA_TYPE,
+    "application/wasm",
+    // `oras push registry/repo:tag probe.wasm` stores the file as is under this type.
+    "application/vnd.oci.image.layer.v1.tar",
+];
+/// Manifest types asked for.
+const MANIFEST_MEDIA_TYPES: &[&str] = &[
+    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+];
+/// Largest manifest read.
+const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+
+/// Whether `location` names a module in a registry.
+pub fn is_oci(location: &str) -> bool {
+    location.starts_with(SCHEME)
+}
+
+/// A parsed, pinned `oci://` location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// Registry, repository, tag and digest.
+    pub reference: Reference,
+    /// The location as written.
+    pub text: String,
+    /// The component's SHA-256 (hex) the policy pins, if it does.
+    pub sha256: Option<String>,
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Parse `location` (with the policy's `sha256`, if any). A tag alone can move, so it is
+/// refused unless `sha256` pins the component.
+pub fn parse(location: &str, sha256: Option<&str>) -> Result<Location, String> {
+    let rest = location
+        .strip_prefix(SCHEME)
+        .ok_or_else(|| format!("{location:?} is not an oci:// location"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if !rest.contains('/') || !(host.contains('.') || host.contains(':') || host == "localhost") {
+        return Err(format!(
+            "{location}: name the registry first, e.g. oci://registry.example.com/team/probe@sha256:…"
+        ));
+    }
+    let reference: Reference = rest
+        .parse()
+        .map_err(|e| format!("{location} is not a valid OCI reference: {e}"))?;
+    if let Some(digest) = reference.digest() {
+        let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+        if !is_sha256_hex(hex) {
+            return Err(format!(
+                "{location}: the digest must be sha256:<64 lowercase hex digits>"
+            ));
+        }
+    } else if sha256.is_none() {
+        return Err(format!(
+            "{location} names a tag only, which can move: pin the artifact with @sha256:<manifest digest> \
+             or the component with module.sha256 (both printed by `workspace-culler probe push`)"
+        ));
+    }
+    if let Some(pin) = sha256.filter(|pin| !is_sha256_hex(pin)) {
+        return Err(format!("sha256 must be 64 lowercase hex digits, got {pin:?}"));
+    }
+    Ok(Location {
+        reference,
+        text: location.to_string(),
+        sha256: sha256.map(str::to_string),
+    })
+}
+
+/// How to reach registries.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Registries (`host[:port]`) reached over plain HTTP; every other one over TLS.
+    pub insecure: Vec<String>,
+    /// PEM file of extra CA certificates registries' TLS certificates are checked against.
+    pub ca_file: Option<PathBuf>,
+    /// Where pulled components are kept (by digest); `None`: nowhere, each process pulls.
+    pub cache_dir: Option<PathBuf>,
+    /// Largest component pulled.
+    pub max_bytes: u64,
+}
+
+/// What [`Registry::push`] stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// The manifest's digest (`sha256:…`): pin it in the location.
+    pub manifest_digest: String,
+    /// The component's SHA-256 (hex): the same as `probe inspect` prints.
+    pub component_sha256: String,
+}
+
+/// A component read from the cache or pulled.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    /// The component.
+    pub bytes: Vec<u8>,
+    /// Its SHA-256 (hex).
+    pub sha256: String,
+    /// Whether it came from the registry (not the cache).
+    pub pulled: bool,
+}
+
+/// The registry client, the on-disk cache of pulled components, and the last problem with each
+/// location (for a policy's condition).
+pub struct Registry {
+    client: Client,
+    settings: Settings,
+    problems: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every cause of an error, outermost first (a transport error's own text is often bare).
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn explain(error: oci_client::errors::OciDistributionError) -> String {
+    use oci_client::errors::OciDistributionError as E;
+    match &error {
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => format!(
+            "the registry refused access ({}); name a kubernetes.io/dockerconfigjson Secret with \
+             credentials for it in module.pullSecretRef",
+            describe(&error)
+        ),
+        E::ImageManifestNotFoundError(_) => format!("not found in the registry ({})", describe(&error)),
+        E::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::ManifestUnknown
+                        | oci_client::errors::OciErrorCode::NameUnknown
+                        | oci_client::errors::OciErrorCode::BlobUnknown
+                        | oci_client::errors::OciErrorCode::NotFound
+                )
+            }) =>
+        {
+            format!("not found in the registry ({})", describe(&error))
+        }
+        E::RequestError(_) => format!("cannot reach the registry: {}", describe(&error)),
+        _ => describe(&error),
+    }
+}
+
+impl Registry {
+    /// A client for `settings`.
+    pub fn new(settings: Settings) -> Result<Registry, String> {
+        // reqwest's TLS needs a process-wide crypto provider; the controller's is ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(settings.insecure.clone()),
+            connect_timeout: Some(std::time::Duration::from_secs(10)),
+            read_timeout: Some(std::time::Duration::from_secs(30)),
+            user_agent: concat!("workspace-culler/", env!("CARGO_PKG_VERSION")),
+            ..ClientConfig::default()
+        };
+        if let Some(path) = &settings.ca_file {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cannot read the registry CA file {}: {e}", path.display()))?;
+            config.extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem,
+            });
+        }
+        Ok(Registry {
+            client: Client::new(config),
+            settings,
+            problems: Mutex::default(),
+        })
+    }
+
+    /// The last problem fetching `location` (`None` after a success, or before any fetch).
+    pub fn problem(&self, location: &str) -> Option<String> {
+        self.problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(location)
+            .cloned()
+    }
+
+    fn blob_path(&self, sha256: &str) -> Option<PathBuf> {
+        Some(self.settings.cache_dir.as_ref()?.join("oci/sha256").join(sha256))
+    }
+
+    fn manifest_path(&self, manifest_digest: &str) -> Option<PathBuf> {
+        let hex = manifest_digest.strip_prefix("sha256:")?;
+        Some(self.settings.cache_dir.as_ref()?.join("oci/manifests").join(hex))
+    }
+
+    /// The cached component with this digest, checked (a damaged file is ignored).
+    fn cached(&self, sha256: &str) -> Option<Vec<u8>> {
+        let bytes = std::fs::read(self.blob_path(sha256)?).ok()?;
+        (sha256_hex(&bytes) == sha256).then_some(bytes)
+    }
+
+    /// The component `location` names: from the cache when its digest is known and cached,
+    /// else pulled and verified. Every problem is an error whose text says what to fix.
+    pub async fn fetch(&self, location: &Location, auth: &RegistryAuth) -> Result<Fetched, String> {
+        let result = self.fetch_unrecorded(location, auth).await;
+        let mut problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(_) => problems.remove(&location.text),
+            Err(problem) => problems.insert(location.text.clone(), problem.clone()),
+        };
+        result
+    }
+
+    async fn fetch_unrecorded(&self, location: &Location, auth: &RegistryAuth) -> Result<Fetched, String> {
+        let known = location.sha256.clone().or_else(|| {
+            let path = self.manifest_path(location.reference.digest()?)?;
+            std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+        });
+        if let Some(bytes) = known.as_deref().and_then(|sha256| self.cached(sha256)) {
+            return Ok(Fetched {
+                sha256: sha256_hex(&bytes),
+                bytes,
+                pulled: false,
+            });
+        }
+        let fetched = self
+            .pull(location, auth)
+            .await
+            .map_err(|e| format!("pulling {}: {e}", location.text))?;
+        self.keep(location, &fetched);
+        Ok(fetched)
+    }
+
+    async fn pull(&self, location: &Location, auth: &RegistryAuth) -> Result<Fetched, String> {
+        let reference = &location.reference;
+        let (raw, digest) = self
+            .client
+            .pull_manifest_raw(reference, auth, MANIFEST_MEDIA_TYPES)
+            .await
+            .map_err(explain)?;
+        if raw.len() > MAX_MANIFEST_BYTES {
+            return Err(format!(
+                "the manifest is {} bytes, over the cap of {MAX_MANIFEST_BYTES}",
+                raw.len()
+            ));
+        }
+        let actual = format!("sha256:{}", sha256_hex(&raw));
+        if let Some(pinned) = reference.digest().filter(|pinned| *pinned != actual) {
+            return Err(format!(
+                "digest mismatch: the registry served a manifest whose digest is {actual}, not the pinned {pinned}"
+            ));
+        }
+        let manifest: OciImageManifest =
+            serde_json::from_slice(&raw).map_err(|e| format!("the manifest {digest} is not an image manifest: {e}"))?;
+        let layer = component_layer(&manifest, self.settings.max_bytes)?;
+        let layer_sha256 = layer.digest.strip_prefix("sha256:").unwrap_or_default().to_string();
+        if let Some(pin) = location.sha256.as_ref().filter(|pin| **pin != layer_sha256) {
+            return Err(format!(
+                "digest mismatch: the artifact's component is sha256:{layer_sha256}, not the pinned sha256 {pin}"
+            ));
+        }
+        let mut stream = self.client.pull_blob_stream(reference, layer).await.map_err(explain)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("reading the layer: {}", describe(&e)))?;
+            if (bytes.len() + chunk.len()) as u64 > self.settings.max_bytes {
+                return Err(format!(
+                    "the layer is larger than the cap of {} bytes (its descriptor said {})",
+                    self.settings.max_bytes, layer.size
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let sha256 = sha256_hex(&bytes);
+        if sha256 != layer_sha256 {
+            return Err(format!(
+                "digest mismatch: the layer's content is sha256:{sha256}, its descriptor says {}",
+                layer.digest
+            ));
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err("the layer is not a WebAssembly component (no \\0asm header)".into());
+        }
+        Ok(Fetched {
+            bytes,
+            sha256,
+            pulled: true,
+        })
+    }
+
+    /// Keeps a pulled component (and which manifest named it); a cache that cannot be written
+    /// only costs a pull next time.
+    fn keep(&self, location: &Location, fetched: &Fetched) {
+        let write = |path: PathBuf, bytes: &[u8]| -> std::io::Result<()> {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let mut file = tempfile::NamedTempFile::new_in(dir)?;
+            std::io::Write::write_all(&mut file, bytes)?;
+            file.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        };
+        let results = [
+            self.blob_path(&fetched.sha256).map(|path| write(path, &fetched.bytes)),
+            location
+                .reference
+                .digest()
+                .and_then(|d| self.manifest_path(d))
+                .map(|path| write(path, fetched.sha256.as_bytes())),
+        ];
+        for error in results.into_iter().flatten().filter_map(Result::err) {
+            tracing::warn!(location = %location.text, error = %error, "cannot cache a pulled probe module");
+        }
+    }
+
+    /// Push `component` to `reference` as a Wasm artifact.
+    pub async fn push(&self, reference: &Reference, component: Vec<u8>, auth: &RegistryAuth) -> Result<Pushed, String> {
+        if !component.starts_with(b"\0asm") {
+            return Err("not a WebAssembly component (no \\0asm header)".into());
+        }
+        let component_sha256 = sha256_hex(&component);
+        let layer = ImageLayer::new(component, WASM_LAYER_MEDIA_TYPE.to_string(), None);
+        let config = Config::new(b"{}".to_vec(), WASM_CONFIG_MEDIA_TYPE.to_string(), None);
+        let manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
+        self.client
+            .push(reference, &[layer], config, auth, Some(manifest))
+            .await
+            .map_err(explain)?;
+        let manifest_digest = self
+            .client
+            .fetch_manifest_digest(reference, auth)
+            .await
+            .map_err(explain)?;
+        Ok(Pushed {
+            manifest_digest,
+            component_sha256,
+        })
+    }
+}
+
+/// The layer that holds the component: the only one, of a Wasm (or raw file) type, under the
+/// size cap.
+fn component_layer(manifest: &OciImageManifest, max_bytes: u64) -> Result<&OciDescriptor, String> {
+    let [layer] = &manifest.layers[..] else {
+        return Err(format!(
+            "the artifact has {} layers; a probe artifact has exactly one, the component",
+            manifest.layers.len()
+        ));
+    };
+    if !LAYER_MEDIA_TYPES.contains(&layer.media_type.as_str()) {
+        return Err(format!(
+            "the layer's media type is {}, not a Wasm component ({WASM_LAYER_MEDIA_TYPE})",
+            layer.media_type
+        ));
+    }
+    if u64::try_from(layer.size).map_or(true, |size| size > max_bytes) {
+        return Err(format!(
+            "the layer is {} bytes, over the cap of {max_bytes} bytes",
+            layer.size
+        ));
+    }
+    Ok(layer)
+}
+
+/// The credentials for `registry` in a `kubernetes.io/dockerconfigjson` Secret's
+/// `.dockerconfigjson` (an `auths` entry keyed by the registry's host, with or without a scheme).
+pub fn auth_from_docker_config(config: &[u8], registry: &str) -> Result<RegistryAuth, String> {
+    #[derive(serde::Deserialize)]
+    struct DockerConfig {
+        #[serde(default)]
+        auths: HashMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        username: Option<String>,
+        password: Option<String>,
+        auth: Option<String>,
+    }
+    let config: DockerConfig =
+        serde_json::from_slice(config).map_err(|e| format!("the .dockerconfigjson is not valid: {e}"))?;
+    let host = |key: &str| {
+        key.trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let entry = config
+        .auths
+        .iter()
+        .find(|(key, _)| host(key) == registry)
+        .map(|(_, entry)| entry)
+        .ok_or_else(|| format!("the .dockerconfigjson has no credentials for {registry}"))?;
+    match (&entry.username, &entry.password, &entry.auth) {
+        (Some(user), Some(password), _) => Ok(RegistryAuth::Basic(user.clone(), password.clone())),
+        (_, _, Some(auth)) => {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .map_err(|e| format!("the auth of {registry} is not base64: {e}"))?;
+            let text = String::from_utf8(decoded).map_err(|_| format!("the auth of {registry} is not UTF-8"))?;
+            let (user, password) = text
+                .split_once(':')
+                .ok_or_else(|| format!("the auth of {registry} is not user:password"))?;
+            Ok(RegistryAuth::Basic(user.into(), password.into()))
+        }
+        _ => Err(format!(
+            "the .dockerconfigjson entry of {registry} has neither auth nor username and password"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_location_is_pinned_by_its_digest_or_the_components() {
+        let by_digest = parse(&format!("oci://registry.example:5000/team/probe@{DIGEST}"), None).unwrap();
+        assert_eq!(by_digest.reference.registry(), "registry.example:5000");
+        assert_eq!(by_digest.reference.repository(), "team/probe");
+        assert_eq!(by_digest.reference.digest(), Some(DIGEST));
+        let pin = "ab".repeat(32);
+        let by_tag = parse("oci://localhost:5000/probe:v1", Some(&pin)).unwrap();
+        assert_eq!(by_tag.reference.tag(), Some("v1"));
+        assert_eq!(by_tag.sha256.as_deref(), Some(pin.as_str()));
+
+        let tag_only = parse("oci://localhost:5000/probe:v1", None).unwrap_err();
+        assert!(tag_only.contains("names a tag only"), "{tag_only}");
+        let no_registry = parse(&format!("oci://team/probe@{DIGEST}"), None).unwrap_err();
+        assert!(no_registry.contains("name the registry first"), "{no_registry}");
+        let short = parse("oci://localhost:5000/probe@sha256:abc", None).unwrap_err();
+        assert!(
+            short.contains("not a valid OCI reference") || short.contains("64"),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn credentials_come_from_the_auths_entry_of_the_registry() {
+        let config = br#"{"auths": {
+            "https://other.example/v1/": {"auth": "eDp5"},
+            "localhost:5000": {"auth": "YWxpY2U6czNjcmV0"},
+            "registry.example": {"username": "bob", "password": "pw"}
+        }}"#;
+        assert_eq!(
+            format!("{:?}", auth_from_docker_config(config, "localhost:5000").unwrap()),
+            format!("{:?}", RegistryAuth::Basic("alice".into(), "s3cret".into()))
+        );
+        assert!(matches!(
+            auth_from_docker_config(config, "registry.example").unwrap(),
+            RegistryAuth::Basic(user, _) if user == "bob"
+        ));
+        assert!(matches!(
+            auth_from_docker_config(config, "other.example"),
+            Ok(RegistryAuth::Basic(..))
+        ));
+        let missing = auth_from_docker_config(config, "nowhere.example").unwrap_err();
+        assert!(missing.contains("no credentials for nowhere.example"), "{missing}");
+    }
+
+    #[test]
+    fn the_component_layer_is_the_only_one_of_a_wasm_type_under_the_cap() {
+        let layer = |media_type: &str, size: i64| OciDescriptor {
+            media_type: media_type.into(),
+            digest: DIGEST.into(),
+            size,
+            ..OciDescriptor::default()
+        };
+        let manifest = |layers: Vec<OciDescriptor>| OciImageManifest {
+            layers,
+            ..OciImageManifest::default()
+        };
+        let problem = |layers: Vec<OciDescriptor>| component_layer(&manifest(layers), 100).err();
+        assert_eq!(problem(vec![layer(WASM_LAYER_MEDIA_TYPE, 10)]), None);
+        assert_eq!(problem(vec![layer("application/vnd.oci.image.layer.v1.tar", 10)]), None);
+        let gzip = problem(vec![layer("application/vnd.oci.image.layer.v1.tar+gzip", 10)]).unwrap();
+        assert!(
+            gzip.contains("media type is application/vnd.oci.image.layer.v1.tar+gzip"),
+            "{gzip}"
+        );
+        let big = problem(vec![layer(WASM_LAYER_MEDIA_TYPE, 101)]).unwrap();
+        assert!(big.contains("over the cap of 100 bytes"), "{big}");
+        let two = problem(vec![layer(WASM_LAYER_MEDIA_TYPE, 1); 2]).unwrap();
+        assert!(two.contains("has 2 layers"), "{two}");
+    }
+}
