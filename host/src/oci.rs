@@ -163,8 +163,18 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 
 fn explain(error: oci_client::errors::OciDistributionError) -> String {
     use oci_client::errors::OciDistributionError as E;
+    use oci_client::errors::OciErrorCode as Code;
+    let refused = match &error {
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => true,
+        E::ServerError { code, .. } => matches!(code, 401 | 403),
+        E::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, Code::Unauthorized | Code::Denied)),
+        _ => false,
+    };
     match &error {
-        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => format!(
+        _ if refused => format!(
             "the registry refused access ({}); name a kubernetes.io/dockerconfigjson Secret with \
              credentials for it in module.pullSecretRef",
             describe(&error)
@@ -174,10 +184,7 @@ fn explain(error: oci_client::errors::OciDistributionError) -> String {
             if envelope.errors.iter().any(|e| {
                 matches!(
                     e.code,
-                    oci_client::errors::OciErrorCode::ManifestUnknown
-                        | oci_client::errors::OciErrorCode::NameUnknown
-                        | oci_client::errors::OciErrorCode::BlobUnknown
-                        | oci_client::errors::OciErrorCode::NotFound
+                    Code::ManifestUnknown | Code::NameUnknown | Code::BlobUnknown | Code::NotFound
                 )
             }) =>
         {

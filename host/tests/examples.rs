@@ -27,6 +27,32 @@ fn fixtures_pass(component: &Path, fixtures: &Path, cases: usize, cache: &Path) 
     assert!(text.contains(&format!("{cases} passed, 0 failed")), "{text}");
 }
 
+/// The author's last steps: `probe push` to a real registry, then the same fixtures pass
+/// against the artifact pulled by the digest push printed.
+fn push_and_test_the_pulled_artifact(component: &Path, name: &str, fixtures: &Path, cases: usize, cache: &Path) {
+    let registry = workspace_culler_support::registry::Registry::start(Default::default()).unwrap();
+    let insecure = ["--insecure-registry", registry.host.as_str()];
+    let target = format!("oci://{}/examples/{name}:v1", registry.host);
+    let (code, pushed) = cli::run(
+        &["probe", "push", component.to_str().unwrap(), &target, insecure[0], insecure[1]],
+        cache,
+    );
+    assert_eq!(code, 0, "{pushed}");
+    let digest = pushed
+        .lines()
+        .find_map(|l| l.strip_prefix("digest"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no digest in:\n{pushed}"));
+    let pinned = format!("oci://{}/examples/{name}@{digest}", registry.host);
+    let (code, text) = cli::run(
+        &["probe", "test", &pinned, "--fixture", fixtures.to_str().unwrap(), insecure[0], insecure[1]],
+        cache,
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(&format!("{cases} passed, 0 failed")), "{text}");
+    assert!(registry.requests().iter().any(|(method, uri)| method == "GET" && uri.contains(digest)));
+}
+
 /// `probe inspect` shows the name, version, contract version and the imports.
 fn inspect_shows(component: &Path, name: &str, imports: &[&str], cache: &Path) -> String {
     let (code, text) = cli::run(&["probe", "inspect", component.to_str().unwrap()], cache);
@@ -54,6 +80,7 @@ fn rust_job_guard_passes_the_cases_its_native_tests_run() {
     let component = workspace_culler_support::test_probes::job_guard();
     let fixtures = repo_root().join("probes/examples/rust-job-guard/fixtures");
     fixtures_pass(component, &fixtures, 7, cache.path());
+    push_and_test_the_pulled_artifact(component, "job-guard", &fixtures, 7, cache.path());
     inspect_shows(
         component,
         "job-guard",
@@ -149,6 +176,7 @@ fn check_example(
     let out = tempfile::tempdir().unwrap();
     let component = build(&dir, out.path());
     fixtures_pass(&component, &dir.join("fixtures"), cases, cache.path());
+    push_and_test_the_pulled_artifact(&component, name, &dir.join("fixtures"), cases, cache.path());
     let inspected = inspect_shows(&component, name, imports, cache.path());
     assert!(
         inspected.contains("workspace-culler:probe/types@0.1.0\n"),
