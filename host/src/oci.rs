@@ -120,7 +120,7 @@ pub struct Pushed {
 }
 
 /// A component read from the cache or pulled.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Fetched {
     /// The component.
     pub bytes: Vec<u8>,
@@ -130,12 +130,23 @@ pub struct Fetched {
     pub pulled: bool,
 }
 
-/// The registry client, the on-disk cache of pulled components, and the last problem with each
+/// Pulls and pushes, keeps pulled components on disk, and remembers the last problem with each
 /// location (for a policy's condition).
 pub struct Registry {
-    client: Client,
     settings: Settings,
+    /// The CA file's certificates, read once.
+    ca: Option<Vec<u8>>,
     problems: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetched")
+            .field("bytes", &self.bytes.len())
+            .field("sha256", &self.sha256)
+            .field("pulled", &self.pulled)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Registry {
@@ -200,26 +211,36 @@ impl Registry {
     pub fn new(settings: Settings) -> Result<Registry, String> {
         // reqwest's TLS needs a process-wide crypto provider; the controller's is ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = match &settings.ca_file {
+            Some(path) => Some(
+                std::fs::read(path).map_err(|e| format!("cannot read the registry CA file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Registry {
+            settings,
+            ca,
+            problems: Mutex::default(),
+        })
+    }
+
+    /// A client of its own for each pull or push: a client keeps the credentials it was given
+    /// per registry, and one policy must never pull with another's.
+    fn client(&self) -> Client {
         let mut config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(settings.insecure.clone()),
+            protocol: ClientProtocol::HttpsExcept(self.settings.insecure.clone()),
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(30)),
             user_agent: concat!("workspace-culler/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
         };
-        if let Some(path) = &settings.ca_file {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("cannot read the registry CA file {}: {e}", path.display()))?;
+        if let Some(pem) = &self.ca {
             config.extra_root_certificates.push(Certificate {
                 encoding: CertificateEncoding::Pem,
-                data: pem,
+                data: pem.clone(),
             });
         }
-        Ok(Registry {
-            client: Client::new(config),
-            settings,
-            problems: Mutex::default(),
-        })
+        Client::new(config)
     }
 
     /// The last problem fetching `location` (`None` after a success, or before any fetch).
@@ -280,8 +301,8 @@ impl Registry {
 
     async fn pull(&self, location: &Location, auth: &RegistryAuth) -> Result<Fetched, String> {
         let reference = &location.reference;
-        let (raw, digest) = self
-            .client
+        let client = self.client();
+        let (raw, digest) = client
             .pull_manifest_raw(reference, auth, MANIFEST_MEDIA_TYPES)
             .await
             .map_err(explain)?;
@@ -306,7 +327,7 @@ impl Registry {
                 "digest mismatch: the artifact's component is sha256:{layer_sha256}, not the pinned sha256 {pin}"
             ));
         }
-        let mut stream = self.client.pull_blob_stream(reference, layer).await.map_err(explain)?;
+        let mut stream = client.pull_blob_stream(reference, layer).await.map_err(explain)?;
         let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| format!("reading the layer: {}", describe(&e)))?;
@@ -368,15 +389,12 @@ impl Registry {
         let layer = ImageLayer::new(component, WASM_LAYER_MEDIA_TYPE.to_string(), None);
         let config = Config::new(b"{}".to_vec(), WASM_CONFIG_MEDIA_TYPE.to_string(), None);
         let manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
-        self.client
+        let client = self.client();
+        client
             .push(reference, &[layer], config, auth, Some(manifest))
             .await
             .map_err(explain)?;
-        let manifest_digest = self
-            .client
-            .fetch_manifest_digest(reference, auth)
-            .await
-            .map_err(explain)?;
+        let manifest_digest = client.fetch_manifest_digest(reference, auth).await.map_err(explain)?;
         Ok(Pushed {
             manifest_digest,
             component_sha256,

@@ -9,7 +9,7 @@
 
 mod e2e;
 
-use e2e::{Env, exec_policy, sample_kind};
+use e2e::{Env, condition, exec_policy, sample_kind};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use workspace_culler_policy::{DISABLE_CULLING_ANNOTATION, ProbeResult};
@@ -51,13 +51,6 @@ fn sum(metrics: &str, prefix: &str, labels: &[&str]) -> f64 {
         .filter(|l| l.starts_with(prefix) && labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn condition<'a>(
-    policy: &'a workspace_culler_policy::CullingPolicy,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    policy.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

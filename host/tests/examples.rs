@@ -34,7 +34,14 @@ fn push_and_test_the_pulled_artifact(component: &Path, name: &str, fixtures: &Pa
     let insecure = ["--insecure-registry", registry.host.as_str()];
     let target = format!("oci://{}/examples/{name}:v1", registry.host);
     let (code, pushed) = cli::run(
-        &["probe", "push", component.to_str().unwrap(), &target, insecure[0], insecure[1]],
+        &[
+            "probe",
+            "push",
+            component.to_str().unwrap(),
+            &target,
+            insecure[0],
+            insecure[1],
+        ],
         cache,
     );
     assert_eq!(code, 0, "{pushed}");
@@ -45,12 +52,25 @@ fn push_and_test_the_pulled_artifact(component: &Path, name: &str, fixtures: &Pa
         .unwrap_or_else(|| panic!("no digest in:\n{pushed}"));
     let pinned = format!("oci://{}/examples/{name}@{digest}", registry.host);
     let (code, text) = cli::run(
-        &["probe", "test", &pinned, "--fixture", fixtures.to_str().unwrap(), insecure[0], insecure[1]],
+        &[
+            "probe",
+            "test",
+            &pinned,
+            "--fixture",
+            fixtures.to_str().unwrap(),
+            insecure[0],
+            insecure[1],
+        ],
         cache,
     );
     assert_eq!(code, 0, "{text}");
     assert!(text.contains(&format!("{cases} passed, 0 failed")), "{text}");
-    assert!(registry.requests().iter().any(|(method, uri)| method == "GET" && uri.contains(digest)));
+    assert!(
+        registry
+            .requests()
+            .iter()
+            .any(|(method, uri)| method == "GET" && uri.contains(digest))
+    );
 }
 
 /// `probe inspect` shows the name, version, contract version and the imports.

@@ -70,9 +70,16 @@ fn an_author_pushes_over_tls_with_credentials_and_pins_what_push_printed() {
     let tls = ["--registry-ca-file", ca];
     let user = ["--registry-username", USER];
 
-    let (code, text) = run_with_password(&["probe", "push", component, &target, &user[0], &user[1]], cache.path(), PASSWORD);
+    let (code, text) = run_with_password(
+        &["probe", "push", component, &target, &user[0], &user[1]],
+        cache.path(),
+        PASSWORD,
+    );
     assert_ne!(code, 0, "a registry whose CA is not trusted is refused\n{text}");
-    assert!(text.contains("cannot reach the registry") && text.to_lowercase().contains("certificate"), "{text}");
+    assert!(
+        text.contains("cannot reach the registry") && text.to_lowercase().contains("certificate"),
+        "{text}"
+    );
 
     let (code, text) = run_with_password(&["probe", "push", component, &target, tls[0], tls[1]], cache.path(), "");
     assert_ne!(code, 0, "{text}");
@@ -86,14 +93,21 @@ fn an_author_pushes_over_tls_with_credentials_and_pins_what_push_printed() {
     assert_eq!(code, 0, "{pushed}");
     let digest = line(&pushed, "digest");
     let sha256 = line(&pushed, "sha256");
-    assert_eq!(sha256, workspace_culler_engine::sha256_hex(&std::fs::read(job_guard()).unwrap()));
+    assert_eq!(
+        sha256,
+        workspace_culler_engine::sha256_hex(&std::fs::read(job_guard()).unwrap())
+    );
     let pinned = format!("oci://{}/team/job-guard@{digest}", registry.host);
     assert!(line(&pushed, "pin").contains(&pinned), "{pushed}");
 
     let (code, text) = run_with_password(&["probe", "inspect", &pinned, tls[0], tls[1]], cache.path(), "");
     assert_ne!(code, 0, "{text}");
     assert!(text.contains("the registry refused access"), "{text}");
-    let (code, text) = run_with_password(&["probe", "inspect", &pinned, tls[0], tls[1], user[0], user[1]], cache.path(), PASSWORD);
+    let (code, text) = run_with_password(
+        &["probe", "inspect", &pinned, tls[0], tls[1], user[0], user[1]],
+        cache.path(),
+        PASSWORD,
+    );
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("name          job-guard\n"), "{text}");
     assert!(text.contains(sha256), "{text}");
@@ -147,7 +161,10 @@ async fn a_pulled_component_is_verified_and_kept_so_it_is_pulled_once() {
         }
     };
     let wrong_pin = problem(oci::parse(&at("probes/job-guard:v1"), Some(&"0".repeat(64))).unwrap()).await;
-    assert!(wrong_pin.contains(&format!("digest mismatch: the artifact's component is sha256:{sha256}")), "{wrong_pin}");
+    assert!(
+        wrong_pin.contains(&format!("digest mismatch: the artifact's component is sha256:{sha256}")),
+        "{wrong_pin}"
+    );
     let unknown_digest = format!("sha256:{}", "1".repeat(64));
     let wrong_digest = problem(oci::parse(&at(&format!("probes/job-guard@{unknown_digest}")), None).unwrap()).await;
     assert!(wrong_digest.contains("not found in the registry"), "{wrong_digest}");
@@ -160,7 +177,11 @@ async fn a_pulled_component_is_verified_and_kept_so_it_is_pulled_once() {
     assert!(oversize.contains("over the cap of 1000 bytes"), "{oversize}");
 
     // An image whose single layer is a gzip tarball, not a component.
-    let layer = ImageLayer::new(bytes.clone(), "application/vnd.oci.image.layer.v1.tar+gzip".into(), None);
+    let layer = ImageLayer::new(
+        bytes.clone(),
+        "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        None,
+    );
     let config = Config::new(b"{}".to_vec(), "application/vnd.oci.image.config.v1+json".into(), None);
     let manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
     let tarball: Reference = format!("{}/probes/tarball:v1", registry.host).parse().unwrap();
@@ -171,13 +192,46 @@ async fn a_pulled_component_is_verified_and_kept_so_it_is_pulled_once() {
     raw.push(&tarball, &[layer], config, &RegistryAuth::Anonymous, Some(manifest))
         .await
         .unwrap();
-    let digest = raw.fetch_manifest_digest(&tarball, &RegistryAuth::Anonymous).await.unwrap();
+    let digest = raw
+        .fetch_manifest_digest(&tarball, &RegistryAuth::Anonymous)
+        .await
+        .unwrap();
     let wrong_type = problem(oci::parse(&at(&format!("probes/tarball@{digest}")), None).unwrap()).await;
-    assert!(wrong_type.contains("media type is application/vnd.oci.image.layer.v1.tar+gzip"), "{wrong_type}");
+    assert!(
+        wrong_type.contains("media type is application/vnd.oci.image.layer.v1.tar+gzip"),
+        "{wrong_type}"
+    );
 
     registry.stop();
-    let down = client(&registry, None, 64 << 20).fetch(&by_digest, &RegistryAuth::Anonymous).await.unwrap_err();
+    let down = client(&registry, None, 64 << 20)
+        .fetch(&by_digest, &RegistryAuth::Anonymous)
+        .await
+        .unwrap_err();
     assert!(down.contains("cannot reach the registry"), "{down}");
     // The cache still serves what was pulled while it was up.
     assert!(!first.fetch(&by_digest, &RegistryAuth::Anonymous).await.unwrap().pulled);
+}
+
+#[tokio::test]
+async fn credentials_given_for_one_pull_are_never_used_for_another() {
+    let registry = registry::Registry::start(Options {
+        credentials: Some((USER.into(), PASSWORD.into())),
+        tls: false,
+    })
+    .unwrap();
+    let user = RegistryAuth::Basic(USER.into(), PASSWORD.into());
+    let client = client(&registry, None, 64 << 20);
+    let bytes = std::fs::read(job_guard()).unwrap();
+    let mut pinned = Vec::new();
+    for repository in ["team-a/probe", "team-b/probe"] {
+        let reference: Reference = format!("{}/{repository}:v1", registry.host).parse().unwrap();
+        let pushed = client.push(&reference, bytes.clone(), &user).await.unwrap();
+        let location = format!("oci://{}/{repository}@{}", registry.host, pushed.manifest_digest);
+        pinned.push(oci::parse(&location, None).unwrap());
+    }
+    assert!(client.fetch(&pinned[0], &user).await.unwrap().pulled);
+    // The same client, the same registry, no credentials: refused, although the registry
+    // accepted this client's credentials a moment ago.
+    let error = client.fetch(&pinned[1], &RegistryAuth::Anonymous).await.unwrap_err();
+    assert!(error.contains("the registry refused access"), "{error}");
 }

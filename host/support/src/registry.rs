@@ -145,13 +145,30 @@ impl Registry {
 
     /// `(method, path)` of every request it answered, in order.
     pub fn requests(&self) -> Vec<(String, String)> {
+        self.answered()
+            .into_iter()
+            .map(|(method, uri, _)| (method, uri))
+            .collect()
+    }
+
+    /// `(method, path)` of every request it served (a 2xx answer), in order.
+    pub fn served(&self) -> Vec<(String, String)> {
+        self.answered()
+            .into_iter()
+            .filter(|(_, _, status)| (200..300).contains(status))
+            .map(|(method, uri, _)| (method, uri))
+            .collect()
+    }
+
+    fn answered(&self) -> Vec<(String, String, u64)> {
         self.log()
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
             .filter(|entry| entry["msg"] == "response completed")
             .map(|entry| {
                 let text = |key: &str| entry[key].as_str().unwrap_or_default().to_string();
-                (text("http.request.method"), text("http.request.uri"))
+                let status = entry["http.response.status"].as_u64().unwrap_or_default();
+                (text("http.request.method"), text("http.request.uri"), status)
             })
             .collect()
     }

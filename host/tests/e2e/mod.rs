@@ -65,6 +65,14 @@ pub fn exec_policy(name: &str, kinds: &[&str], script: &str, idle: i32) -> serde
     })
 }
 
+/// The condition `type_` of a policy's status.
+pub fn condition<'a>(
+    policy: &'a CullingPolicy,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    policy.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
 /// A WorkspaceKind named `name`: Kubeflow's sample jupyterlab kind without its probe.
 pub fn sample_kind(name: &str) -> serde_json::Value {
     let mut kind = kubeflow::kind_without_probe(kubeflow::JUPYTERLAB_KIND);
