@@ -71,7 +71,7 @@ fn an_author_pushes_over_tls_with_credentials_and_pins_what_push_printed() {
     let user = ["--registry-username", USER];
 
     let (code, text) = run_with_password(
-        &["probe", "push", component, &target, &user[0], &user[1]],
+        &["probe", "push", component, &target, user[0], user[1]],
         cache.path(),
         PASSWORD,
     );
