@@ -187,6 +187,23 @@ fn chart_lints_renders_and_validates_values() {
         "{modules}"
     );
 
+    let (ok, registry, err) = template(
+        &helm,
+        &["registry.insecure[0]=registry.local:5000", "registry.caSecret=registry-ca"],
+    );
+    assert!(ok, "{err}");
+    for line in [
+        "- --insecure-registry=registry.local:5000",
+        "- --registry-ca-file=/etc/workspace-culler/registry-ca/ca.crt",
+        "mountPath: /etc/workspace-culler/registry-ca",
+        "secret: {secretName: registry-ca}",
+    ] {
+        assert!(registry.contains(line), "{line:?} missing in:\n{registry}");
+    }
+    assert!(!default.contains("registry-ca") && !default.contains("--insecure-registry"));
+    let (ok, _, err) = template(&helm, &["registry.insecure[0]=http://registry.local"]);
+    assert!(!ok && err.contains("insecure"), "a registry is host[:port], not a URL: {err}");
+
     let (ok, _, err) = template(&helm, &["controller.concurrency=many"]);
     assert!(!ok, "a wrong type must be rejected");
     assert!(err.contains("concurrency") && err.contains("integer"), "{err}");
