@@ -189,7 +189,10 @@ fn chart_lints_renders_and_validates_values() {
 
     let (ok, registry, err) = template(
         &helm,
-        &["registry.insecure[0]=registry.local:5000", "registry.caSecret=registry-ca"],
+        &[
+            "registry.insecure[0]=registry.local:5000",
+            "registry.caSecret=registry-ca",
+        ],
     );
     assert!(ok, "{err}");
     for line in [
@@ -202,7 +205,10 @@ fn chart_lints_renders_and_validates_values() {
     }
     assert!(!default.contains("registry-ca") && !default.contains("--insecure-registry"));
     let (ok, _, err) = template(&helm, &["registry.insecure[0]=http://registry.local"]);
-    assert!(!ok && err.contains("insecure"), "a registry is host[:port], not a URL: {err}");
+    assert!(
+        !ok && err.contains("insecure"),
+        "a registry is host[:port], not a URL: {err}"
+    );
 
     let (ok, _, err) = template(&helm, &["controller.concurrency=many"]);
     assert!(!ok, "a wrong type must be rejected");

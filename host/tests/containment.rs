@@ -252,6 +252,45 @@ async fn logs_and_stderr_are_captured() {
     );
 }
 
+#[tokio::test]
+async fn no_filesystem_socket_name_lookup_or_environment_reaches_a_probe() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let engine = engine(Allocation::OnDemand);
+    let probe = engine.load(hostile(), None).unwrap();
+    let request = ProbeRequest {
+        workspace: workspace(),
+        config: serde_json::json!({"mode": "escape", "port": port}).to_string(),
+        deadline: Duration::from_secs(5),
+        capabilities: Arc::new(Stubborn::default()),
+        probe_name: "hostile".into(),
+        frozen_clock: false,
+    };
+    let evaluation = engine.evaluate(&probe, request, NOW_MS).await;
+    assert_eq!(evaluation.outcome, ProbeOutcome::Success(ProbeActivity::Idle));
+    let line = evaluation
+        .logs
+        .iter()
+        .map(|(_, m)| m.as_str())
+        .find(|m| m.contains("read_dir"))
+        .unwrap();
+    assert!(!line.contains("ESCAPED"), "{line}");
+    for attempt in [
+        "read_dir /: refused",
+        "read /etc/passwd: refused",
+        "tcp 127.0.0.1: refused",
+        "lookup kubernetes.default.svc: refused",
+        "environment: 0 variables, 0 arguments",
+    ] {
+        assert!(line.contains(attempt), "{attempt:?} not in {line}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "the probe connected to a socket of this machine"
+    );
+}
+
 #[test]
 fn loading_checks_digest_and_world() {
     let engine = engine(Allocation::OnDemand);

@@ -35,18 +35,31 @@ fn every_policy_in_the_docs_is_accepted() {
         }
     }
     let mut checked = 0;
+    let mut oci = 0;
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         for block in policies(&text) {
-            let filled = block.replace("<the sha256 from probe inspect>", &"a".repeat(64));
+            let filled = block
+                .replace("<the sha256 from probe inspect>", &"a".repeat(64))
+                .replace("<the digest probe push printed>", &"b".repeat(64));
             let policy: CullingPolicy = serde_yaml::from_str(&filled)
                 .unwrap_or_else(|e| panic!("{}: a CullingPolicy does not parse: {e}\n{block}", file.display()));
             if let Err(errors) = validate(&policy.spec) {
                 panic!("{}: a CullingPolicy is refused: {errors:?}\n{block}", file.display());
+            }
+            // An oci:// location is one the controller can pull (registry first, pinned).
+            for module in policy.spec.activity_probe.modules() {
+                if workspace_culler::oci::is_oci(&module.location) {
+                    let parsed = workspace_culler::oci::parse(&module.location, module.sha256.as_deref());
+                    assert!(parsed.is_ok(), "{}: {parsed:?}\n{block}", file.display());
+                    oci += 1;
+                }
             }
             checked += 1;
         }
     }
     // README (1), migration (1), one per tutorial (4).
     assert!(checked >= 6, "only {checked} policies found in the docs");
+    // Every tutorial ends by pinning what `probe push` printed.
+    assert!(oci >= 4, "only {oci} policies pin an oci:// module");
 }

@@ -91,6 +91,17 @@ fn inspect_shows(component: &Path, name: &str, imports: &[&str], cache: &Path) -
         );
     }
     assert!(!text.contains("warning"), "{text}");
+    // The contract's exports, whatever else a language's toolchain adds.
+    assert!(text.contains("exports       info, probe\n"), "{text}");
+    // Interfaces a runtime imports but a probe does not get say what the host gives instead.
+    for (import, note) in [
+        ("wasi:filesystem/preopens", "no directory open"),
+        ("wasi:sockets/tcp@", "refused: no socket"),
+    ] {
+        if let Some(line) = text.lines().find(|l| l.contains(import)) {
+            assert!(line.contains(note), "{line}");
+        }
+    }
     text
 }
 
@@ -100,6 +111,19 @@ fn rust_job_guard_passes_the_cases_its_native_tests_run() {
     let component = workspace_culler_support::test_probes::job_guard();
     let fixtures = repo_root().join("probes/examples/rust-job-guard/fixtures");
     fixtures_pass(component, &fixtures, 7, cache.path());
+    // The report names the probe as it names itself, not after its file (job_guard_probe.wasm).
+    let first = fixtures.join("01-job-running.yaml");
+    let (_, report) = cli::run(
+        &[
+            "probe",
+            "test",
+            component.to_str().unwrap(),
+            "--fixture",
+            first.to_str().unwrap(),
+        ],
+        cache.path(),
+    );
+    assert!(report.contains("probe      job-guard (sha256 "), "{report}");
     push_and_test_the_pulled_artifact(component, "job-guard", &fixtures, 7, cache.path());
     inspect_shows(
         component,

@@ -67,7 +67,7 @@ fn the_rust_tutorial_builds_tests_natively_and_passes_its_fixture() {
     let dir = tempfile::tempdir().unwrap();
     let crate_dir = dir.path().join("job-guard");
     let sdk = repo_root().join("probe-sdk");
-    let manifest = blocks("rust", "toml")[0].replace("../workspace-culler/probe-sdk", sdk.to_str().unwrap());
+    let manifest = blocks("rust", "toml")[0].replace("/path/to/workspace-culler/probe-sdk", sdk.to_str().unwrap());
     write(&crate_dir.join("Cargo.toml"), &format!("{manifest}\n[workspace]\n"));
     let rust = blocks("rust", "rust");
     write(&crate_dir.join("src/lib.rs"), &rust[0]);

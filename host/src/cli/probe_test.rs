@@ -52,7 +52,12 @@ fn parse_port(s: &str) -> Result<(String, u16), String> {
 
 /// Runs every case; exit 1 when one differs from what it expects.
 pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let (engine, probe, name) = load(&args.probe).await?;
+    let (engine, probe, label) = load(&args.probe).await?;
+    // The name the probe gives itself (`info().name`), not its file's; the label if it has none.
+    let name = match engine.info(&probe).await {
+        Ok(info) if !info.name.is_empty() => info.name,
+        _ => label,
+    };
     let live = LiveMode {
         exec: args.live_exec,
         http: args.live_http,

@@ -115,6 +115,41 @@ impl Probe for Hostile {
                     std::hint::black_box(&held);
                 }
             }
+            // Try every way out the contract does not give: the filesystem, a socket, a name
+            // lookup, the environment. Reports what happened in one log line.
+            "escape" => {
+                let port = config["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(1);
+                let outcome = |what: &str, result: Result<String, std::io::Error>| match result {
+                    Ok(got) => format!("{what}: ESCAPED {got}"),
+                    Err(e) => format!("{what}: refused ({e})"),
+                };
+                let lines = [
+                    outcome(
+                        "read_dir /",
+                        std::fs::read_dir("/").map(|d| format!("{} entries", d.count())),
+                    ),
+                    outcome(
+                        "read /etc/passwd",
+                        std::fs::read("/etc/passwd").map(|b| format!("{} bytes", b.len())),
+                    ),
+                    outcome(
+                        "tcp 127.0.0.1",
+                        std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| "connected".into()),
+                    ),
+                    outcome(
+                        "lookup kubernetes.default.svc",
+                        std::net::ToSocketAddrs::to_socket_addrs(&("kubernetes.default.svc", 443))
+                            .map(|a| format!("{} addresses", a.count())),
+                    ),
+                    format!(
+                        "environment: {} variables, {} arguments",
+                        std::env::vars().count(),
+                        std::env::args().count()
+                    ),
+                ];
+                host.log(probe_sdk::LogLevel::Info, &lines.join("; "));
+                Ok(Reply::Json(r#"{"has_activity":false}"#.into()))
+            }
             other => Err(ProbeError::Failure(format!("unknown mode {other:?}"))),
         }
     }
