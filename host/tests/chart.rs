@@ -187,6 +187,16 @@ fn chart_lints_renders_and_validates_values() {
         "{modules}"
     );
 
+    // The memory limit follows the concurrency (64 MiB per running probe), unless it is set.
+    assert!(default.contains("memory: 832Mi"), "{default}");
+    let (ok, two, err) = template(&helm, &["controller.concurrency=2"]);
+    assert!(ok && two.contains("memory: 448Mi"), "{err}");
+    let (ok, set, err) = template(&helm, &["resources.limits.memory=2Gi"]);
+    assert!(
+        ok && set.contains("memory: 2Gi") && !set.contains("memory: 832Mi"),
+        "{err}"
+    );
+
     let (ok, registry, err) = template(
         &helm,
         &[

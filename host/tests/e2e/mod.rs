@@ -182,6 +182,20 @@ impl Env {
         .await;
     }
 
+    /// The apiserver's URL.
+    pub fn server_url(&self) -> String {
+        self.cp.server.clone()
+    }
+
+    /// The IP kwok gave pod `namespace/pod`.
+    pub async fn pod_ip(&self, namespace: &str, pod: &str) -> String {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        eventually(Duration::from_secs(30), "the pod's IP", || async {
+            pods.get(pod).await.ok()?.status?.pod_ip
+        })
+        .await
+    }
+
     /// The directory `namespace/pod`'s exec runs in.
     pub fn pod_dir(&self, namespace: &str, pod: &str) -> PathBuf {
         kubeflow::pod_dir(&self.cp.dir().join("pods"), namespace, pod)
@@ -327,6 +341,11 @@ impl Controller {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The controller's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill(&mut self) {

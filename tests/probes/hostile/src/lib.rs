@@ -58,6 +58,13 @@ impl Probe for Hostile {
                 Ok(Reply::Json(" ".repeat(bytes)))
             }
             "trap" => panic!("the hostile probe panics on purpose"),
+            // Recurse without end: the guest's stack overflows.
+            "stack" => {
+                fn deeper(n: u64) -> u64 {
+                    std::hint::black_box(deeper(std::hint::black_box(n + 1))) + 1
+                }
+                Ok(Activity::last_at(deeper(0) as i64).into())
+            }
             "http" => {
                 let url = config["url"].as_str().unwrap_or("http://example.com/");
                 match host.http(&HttpRequest::get(url)) {
