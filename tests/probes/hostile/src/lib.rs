@@ -58,12 +58,16 @@ impl Probe for Hostile {
                 Ok(Reply::Json(" ".repeat(bytes)))
             }
             "trap" => panic!("the hostile probe panics on purpose"),
-            // Recurse without end: the guest's stack overflows.
+            // Recurse (to `depth`, by default without end): the guest's stack overflows.
             "stack" => {
-                fn deeper(n: u64) -> u64 {
-                    std::hint::black_box(deeper(std::hint::black_box(n + 1))) + 1
+                fn deeper(n: u64, depth: u64) -> u64 {
+                    if n >= depth {
+                        return n;
+                    }
+                    std::hint::black_box(deeper(std::hint::black_box(n + 1), depth)) + 1
                 }
-                Ok(Activity::last_at(deeper(0) as i64).into())
+                let depth = config["depth"].as_u64().unwrap_or(u64::MAX);
+                Ok(Activity::last_at(deeper(0, depth) as i64).into())
             }
             "http" => {
                 let url = config["url"].as_str().unwrap_or("http://example.com/");
