@@ -70,11 +70,13 @@ async fn jupyter_workspaces_are_paused_only_when_idle() {
     let busy = Jupyter::start(&base_path("busy")).await;
     busy.run_silent_cell("import time; time.sleep(600)").await;
     let closed_port = e2e::free_port();
+    let dying_port = dies_mid_response().await;
     for (name, port) in [
         ("idle", idle.port),
         ("api", api.port),
         ("busy", busy.port),
         ("down", closed_port),
+        ("dies", dying_port),
     ] {
         env.forward(NS, &kubeflow::pod_name(name), 8888, port).await;
         env.running_workspace(NS, name, "jupyterlab", serde_json::json!({}))
@@ -118,7 +120,7 @@ async fn jupyter_workspaces_are_paused_only_when_idle() {
     assert_eq!(culled.len(), 1, "{culled:?}");
     assert_eq!(culled[0].involved_object.name.as_deref(), Some("idle"));
 
-    for name in ["api", "busy", "down"] {
+    for name in ["api", "busy", "down", "dies"] {
         let ws = env.workspace(NS, name).await;
         assert!(!ws.spec.paused, "{name} was paused\n{log}");
     }
@@ -141,6 +143,37 @@ async fn jupyter_workspaces_are_paused_only_when_idle() {
         down_probe.message
     );
     assert_eq!(down.last_activity, 0, "a failing probe never sets activity");
+    let dies = probe_of("dies").await;
+    let dies_probe = dies.last_probe.unwrap();
+    // Through the apiserver's port-forward the close is seen as a stalled body (a Timeout at
+    // the probe's deadline); directly, as a broken connection (a Failure). Never a success.
+    assert!(
+        matches!(dies_probe.result, ProbeResult::Failure | ProbeResult::Timeout),
+        "{:?}: {}",
+        dies_probe.result,
+        dies_probe.message
+    );
+    assert_eq!(dies.last_activity, 0, "a failing probe never sets activity");
+}
+
+/// A Jupyter server killed mid-request: it reads each request, starts its answer, and dies
+/// (closes the connection) before the body is complete. Its port.
+async fn dies_mid_response() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let partial = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"started\": \"2026-";
+                let _ = socket.write_all(partial.as_bytes()).await;
+                // Dropped here: the connection closes mid-body.
+            });
+        }
+    });
+    port
 }
 
 /// Puts a `nvidia-smi` into the container of `name`'s pod that prints `stdout` and exits `code`.

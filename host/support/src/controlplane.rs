@@ -16,6 +16,8 @@ pub const NODE_NAME: &str = "kwok-node-0";
 /// A running control plane; everything is stopped and removed on drop.
 pub struct ControlPlane {
     processes: Vec<(&'static str, Child)>,
+    /// How each process was started (program and arguments), to restart it.
+    commands: Vec<(&'static str, Vec<std::ffi::OsString>)>,
     dir: tempfile::TempDir,
     /// `https://127.0.0.1:<port>`.
     pub server: String,
@@ -102,6 +104,7 @@ impl ControlPlane {
 
         let mut cp = ControlPlane {
             processes: Vec::new(),
+            commands: Vec::new(),
             server: String::new(),
             admin_token,
             dir,
@@ -206,7 +209,15 @@ impl ControlPlane {
 
     fn spawn(&mut self, name: &'static str, command: &mut Command) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))?;
+        let argv: Vec<std::ffi::OsString> = std::iter::once(command.get_program().to_owned())
+            .chain(command.get_args().map(ToOwned::to_owned))
+            .collect();
+        self.commands.retain(|(n, _)| *n != name);
+        self.commands.push((name, argv));
         let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -215,6 +226,47 @@ impl ControlPlane {
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
         self.processes.push((name, child));
+        Ok(())
+    }
+
+    fn signal(&self, name: &str, signal: i32) {
+        for (_, child) in self.processes.iter().filter(|(n, _)| *n == name) {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on a process group this struct started.
+                unsafe { libc::kill(-pid, signal) };
+            }
+        }
+    }
+
+    /// Freeze a component (`etcd`, `kube-apiserver`, `kwok`): it holds its connections and
+    /// answers nothing until [`ControlPlane::resume`].
+    pub fn pause(&self, name: &str) {
+        self.signal(name, libc::SIGSTOP);
+    }
+
+    /// Let a paused component go on.
+    pub fn resume(&self, name: &str) {
+        self.signal(name, libc::SIGCONT);
+    }
+
+    /// Kill a component and start it again with the same command line (the apiserver: waits
+    /// until it is ready again).
+    pub async fn restart(&mut self, name: &'static str) -> anyhow::Result<()> {
+        self.signal(name, libc::SIGKILL);
+        for (_, child) in self.processes.iter_mut().filter(|(n, _)| *n == name) {
+            let _ = child.wait();
+        }
+        self.processes.retain(|(n, _)| *n != name);
+        let argv = self
+            .commands
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, argv)| argv.clone())
+            .with_context(|| format!("no component named {name}"))?;
+        self.spawn(name, Command::new(&argv[0]).args(&argv[1..]))?;
+        if name == "kube-apiserver" {
+            self.wait_ready().await?;
+        }
         Ok(())
     }
 

@@ -1,0 +1,204 @@
+//! Faults on the real control plane, each landing while a probe is in flight (the probe's
+//! script sleeps, so the test can see it running): the apiserver restarted, etcd frozen, kwok
+//! (the node: exec and the pods) frozen, the workspace's pod deleted, the leader frozen past
+//! its lease while a standby takes over, and the controller killed again and again at every
+//! point of its work until the workspace is due. After each: nothing is paused before its
+//! time, nothing twice, no recorded probe is replaced by an older one, `lastActivity` never
+//! moves back, and the controller converges — the next probe succeeds and is recorded.
+//! (Conflicts on the status and spec writes are forced by a concurrent editor in
+//! `e2e_lifecycle.rs`, and by a scripted apiserver in the reconcile tests.)
+
+mod e2e;
+
+use e2e::{Controller, Env, exec_policy, sample_kind};
+use std::time::Duration;
+use workspace_culler_policy::{Activity, ProbeResult};
+use workspace_culler_support::kubeflow;
+
+const NS: &str = "faults";
+/// The marker of the probe script's sleep: while it runs, a probe is in flight.
+const SLEEP: &str = "2.0625";
+
+/// A policy for `kind` whose script sleeps, then says idle; paused after `idle` seconds.
+fn policy(kind: &str, idle: i32) -> serde_json::Value {
+    let script = format!("#!/bin/sh\nsleep {SLEEP}\necho '{{\"has_activity\": false}}' > \"$OUTPUT_JSON_PATH\"\n");
+    let mut policy = exec_policy(kind, &[kind], &script, idle);
+    policy["spec"]["activityProbe"]["podExec"]["timeoutSeconds"] = 10.into();
+    policy
+}
+
+/// Whether a probe's script is running (kwok runs exec on this machine).
+fn probe_in_flight() -> bool {
+    std::process::Command::new("pgrep")
+        .args(["-f", &format!("^sleep {SLEEP}$")])
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty())
+}
+
+async fn wait_for_a_probe_in_flight() {
+    e2e::eventually(Duration::from_secs(30), "a probe in flight", || async {
+        probe_in_flight().then_some(())
+    })
+    .await;
+}
+
+/// What must hold after every fault, given what was recorded before it.
+async fn check_invariants(env: &Env, name: &str, before: &Activity, what: &str, log: &str) -> Activity {
+    let ws = env.workspace(NS, name).await;
+    assert!(!ws.spec.paused, "{what}: {name} was paused before its time\n{log}");
+    let now = ws.activity().cloned().unwrap_or_default();
+    assert!(
+        now.last_activity >= before.last_activity,
+        "{what}: lastActivity moved back\n{log}"
+    );
+    let start = |a: &Activity| a.last_probe.as_ref().map_or(0, |p| p.start_time);
+    assert!(
+        start(&now) >= start(before),
+        "{what}: an older probe replaced a newer one\n{log}"
+    );
+    now
+}
+
+/// The controller converges: a probe that started after `since` succeeds and is recorded.
+async fn converges(env: &Env, name: &str, since: i64, what: &str, controller: &Controller) {
+    e2e::eventually(
+        Duration::from_secs(90),
+        &format!("a successful probe after {what}"),
+        || async {
+            let probe = env.activity(NS, name).await.last_probe?;
+            (probe.start_time >= since && probe.result == ProbeResult::Success).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !controller.log().contains("panicked"),
+        "{what}: the controller panicked\n{}",
+        controller.log()
+    );
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_mid_probe_never_pause_wrongly_and_the_controller_converges() {
+    let mut env = Env::start().await;
+    env.namespace(NS, &[]).await;
+    env.apply_kind(sample_kind("steady")).await;
+    env.apply_policy(policy("steady", 3600)).await;
+    env.running_workspace(NS, "steady", "steady", serde_json::json!({}))
+        .await;
+    let controller = env.controller("controller", &["--namespace", NS]);
+    converges(&env, "steady", 0, "the start", &controller).await;
+    let mut before = env.activity(NS, "steady").await;
+
+    // The apiserver restarted mid-probe: the exec stream and every watch break.
+    wait_for_a_probe_in_flight().await;
+    env.cp.restart("kube-apiserver").await.unwrap();
+    let since = now_ms();
+    before = check_invariants(&env, "steady", &before, "apiserver restart", &controller.log()).await;
+    converges(&env, "steady", since, "the apiserver restart", &controller).await;
+
+    // etcd frozen mid-probe: every request hangs, then times out.
+    wait_for_a_probe_in_flight().await;
+    env.cp.pause("etcd");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    env.cp.resume("etcd");
+    let since = now_ms();
+    before = check_invariants(&env, "steady", &before, "etcd frozen", &controller.log()).await;
+    converges(&env, "steady", since, "etcd frozen", &controller).await;
+
+    // The node (kwok) frozen mid-probe: exec hangs until the probe's deadline.
+    wait_for_a_probe_in_flight().await;
+    env.cp.pause("kwok");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    env.cp.resume("kwok");
+    let since = now_ms();
+    before = check_invariants(&env, "steady", &before, "kwok frozen", &controller.log()).await;
+    converges(&env, "steady", since, "kwok frozen", &controller).await;
+
+    // The pod deleted mid-probe (Kubeflow, here its double, starts a new one).
+    wait_for_a_probe_in_flight().await;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(env.client.clone(), NS);
+    pods.delete(
+        &kubeflow::pod_name("steady"),
+        &kube::api::DeleteParams::default().grace_period(0),
+    )
+    .await
+    .unwrap();
+    let since = now_ms();
+    before = check_invariants(&env, "steady", &before, "pod deleted", &controller.log()).await;
+    converges(&env, "steady", since, "the pod's deletion", &controller).await;
+    drop(controller);
+
+    // The leader frozen mid-probe past its lease: the standby takes over; the old leader,
+    // thawed, writes nothing more and exits.
+    let elect = ["--namespace", NS, "--leader-elect"];
+    let first = env.controller("replica-1", &elect);
+    e2e::eventually(Duration::from_secs(30), "a leader", || async {
+        first.log().contains("became the leader").then_some(())
+    })
+    .await;
+    let second = env.controller("replica-2", &elect);
+    wait_for_a_probe_in_flight().await;
+    let written_before = first.log().matches(" probed").count();
+    let pid = first.pid() as i32;
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    e2e::eventually(Duration::from_secs(60), "the standby to take over", || async {
+        second.log().contains("became the leader").then_some(())
+    })
+    .await;
+    let since = now_ms();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    converges(&env, "steady", since, "the lease changing hands", &second).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let old = first.log();
+    assert_eq!(
+        old.matches(" probed").count(),
+        written_before,
+        "the old leader wrote after losing its lease\n{old}"
+    );
+    assert!(old.contains("lost the leader lease"), "{old}");
+    before = check_invariants(&env, "steady", &before, "lease lost", &second.log()).await;
+    drop((first, second));
+
+    // The controller killed again and again, at every point of its work (probing, recording,
+    // pausing), while a workspace becomes due: it is paused once, and only when due.
+    env.apply_kind(sample_kind("due")).await;
+    env.apply_policy(policy("due", 30)).await;
+    env.running_workspace(NS, "due", "due", serde_json::json!({})).await;
+    let started = std::time::Instant::now();
+    let lifetimes = [700u64, 1900, 2600, 3300, 1200, 4100, 2200, 2900];
+    let mut runs = 0;
+    while !env.workspace(NS, "due").await.spec.paused {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "never paused under repeated kills"
+        );
+        let mut controller = env.controller(&format!("killed-{runs}"), &["--namespace", NS]);
+        tokio::time::sleep(Duration::from_millis(lifetimes[runs % lifetimes.len()])).await;
+        // SAFETY: kill(2) on the child this test started; SIGKILL, so nothing runs after.
+        unsafe { libc::kill(controller.pid() as i32, libc::SIGKILL) };
+        controller.kill();
+        runs += 1;
+    }
+    let ws = env.workspace(NS, "due").await;
+    let activity = ws.activity().cloned().unwrap();
+    assert!(
+        now_ms() >= activity.eligible_after(),
+        "paused before eligibleAfter after {runs} kills"
+    );
+    let last = env.controller("after-the-kills", &["--namespace", NS]);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        env.events(NS, "due", "Culled").await,
+        1,
+        "paused more than once\n{}",
+        last.log()
+    );
+    check_invariants(&env, "steady", &before, "the kills", &last.log()).await;
+    eprintln!("paused once after {runs} kills in {:?}", started.elapsed());
+}
