@@ -1,8 +1,9 @@
 //! Faults on the real control plane, each landing while a probe is in flight (the probe's
 //! script sleeps, so the test can see it running): the apiserver restarted, etcd frozen, kwok
 //! (the node: exec and the pods) frozen, the workspace's pod deleted, the leader frozen past
-//! its lease while a standby takes over, and the controller killed again and again at every
-//! point of its work until the workspace is due. After each: nothing is paused before its
+//! its lease while a standby takes over, the controller killed again and again at every
+//! point of its work until a workspace is due, and the apiserver restarted again and again
+//! around another's pause. After each: nothing is paused before its
 //! time, nothing twice, no recorded probe is replaced by an older one, `lastActivity` never
 //! moves back, and the controller converges — the next probe succeeds and is recorded.
 //! (Conflicts on the status and spec writes are forced by a concurrent editor in
@@ -199,6 +200,39 @@ async fn faults_mid_probe_never_pause_wrongly_and_the_controller_converges() {
         "paused more than once\n{}",
         last.log()
     );
-    check_invariants(&env, "steady", &before, "the kills", &last.log()).await;
+    before = check_invariants(&env, "steady", &before, "the kills", &last.log()).await;
     eprintln!("paused once after {runs} kills in {:?}", started.elapsed());
+
+    // The apiserver restarted again and again around a pause (mid-read, mid-patch): paused
+    // once, when due.
+    env.apply_kind(sample_kind("due-again")).await;
+    env.apply_policy(policy("due-again", 20)).await;
+    env.running_workspace(NS, "due-again", "due-again", serde_json::json!({}))
+        .await;
+    let started = std::time::Instant::now();
+    let mut restarts = 0;
+    while !env.workspace(NS, "due-again").await.spec.paused {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "never paused under apiserver restarts\n{}",
+            last.log()
+        );
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        env.cp.restart("kube-apiserver").await.unwrap();
+        restarts += 1;
+    }
+    let activity = env.activity(NS, "due-again").await;
+    assert!(now_ms() >= activity.eligible_after(), "paused before eligibleAfter");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        env.events(NS, "due-again", "Culled").await,
+        1,
+        "paused more than once\n{}",
+        last.log()
+    );
+    check_invariants(&env, "steady", &before, "apiserver restarts", &last.log()).await;
+    eprintln!(
+        "paused once after {restarts} apiserver restarts in {:?}",
+        started.elapsed()
+    );
 }

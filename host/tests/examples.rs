@@ -317,3 +317,66 @@ fn js_quickjs_terminals_is_built_with_componentize_qjs_and_passes_its_fixtures()
         "invalid probe result: last_activity must be an RFC 3339 timestamp string or null, got a number",
     );
 }
+
+/// A hostile probe in JavaScript (QuickJS, built with the terminals example's toolchain) is
+/// contained like the Rust one: a loop, a memory bomb, runaway recursion, a log flood and an
+/// exec flood each end as the `Timeout` or `Failure` that names it.
+#[test]
+fn a_hostile_javascript_probe_is_contained_like_a_rust_one() {
+    const HOSTILE: &str = r#"import { log } from 'workspace-culler:probe/log@0.1.0';
+import { run } from 'workspace-culler:probe/exec@0.1.0';
+export function info() {
+  return { name: 'hostile-js', version: '0.1.0', description: 'Misbehaves on request', capabilities: ['exec', 'log'] };
+}
+export function probe(workspace, config) {
+  const mode = JSON.parse(config).mode;
+  if (mode === 'loop') { for (;;) {} }
+  if (mode === 'grow') { const hoard = []; for (;;) hoard.push(new Array(1 << 16).fill(7)); }
+  if (mode === 'recurse') { const deeper = (n) => deeper(n + 1) + 1; return String(deeper(0)); }
+  if (mode === 'log-flood') { for (;;) log('info', 'x'.repeat(1000)); }
+  if (mode === 'exec-flood') {
+    for (let i = 0; i < 1000; i++) {
+      try { run({ argv: ['true'], stdin: new Uint8Array(0), timeoutMs: 1000 }); } catch (e) {}
+    }
+    return '{"has_activity": false}';
+  }
+  throw { tag: 'failure', val: `unknown mode ${mode}` };
+}
+"#;
+    let example = repo_root().join("probes/examples/js-quickjs-terminals");
+    let copy = tempfile::tempdir().unwrap();
+    copy_tree(&example, copy.path());
+    std::fs::write(copy.path().join("src/terminals.js"), HOSTILE).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let component = build(copy.path(), out.path());
+    let fixtures = tempfile::tempdir().unwrap();
+    for (mode, result, message) in [
+        ("loop", "Timeout", "ran past its deadline of 2000ms"),
+        ("grow", "Failure", "memory cap of 64 MiB"),
+        ("recurse", "Failure", "call stack exhausted"),
+        ("log-flood", "Failure", "logged more than its cap"),
+        (
+            "exec-flood",
+            "Failure",
+            "more than its cap of 32 commands per evaluation",
+        ),
+    ] {
+        let fixture = format!(
+            "description: {mode}\nconfig: {{mode: {mode}}}\ndeadlineMs: 2000\nexpect: {{result: {result}, messageContains: \"{message}\"}}\n"
+        );
+        std::fs::write(fixtures.path().join(format!("{mode}.yaml")), fixture).unwrap();
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let (code, text) = cli::run(
+        &[
+            "probe",
+            "test",
+            component.to_str().unwrap(),
+            "--fixture",
+            fixtures.path().to_str().unwrap(),
+        ],
+        cache.path(),
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("5 passed, 0 failed"), "{text}");
+}
