@@ -187,13 +187,16 @@ fn chart_lints_renders_and_validates_values() {
         "{modules}"
     );
 
-    // The memory limit follows the concurrency (64 MiB per running probe), unless it is set.
-    assert!(default.contains("memory: 832Mi"), "{default}");
-    let (ok, two, err) = template(&helm, &["controller.concurrency=2"]);
-    assert!(ok && two.contains("memory: 448Mi"), "{err}");
+    // The memory limit follows the probes' memory budget, unless it is set.
+    assert!(
+        default.contains("memory: 576Mi") && default.contains("--memory-budget-mib=256"),
+        "{default}"
+    );
+    let (ok, small, err) = template(&helm, &["controller.memoryBudgetMiB=128"]);
+    assert!(ok && small.contains("memory: 448Mi"), "{err}");
     let (ok, set, err) = template(&helm, &["resources.limits.memory=2Gi"]);
     assert!(
-        ok && set.contains("memory: 2Gi") && !set.contains("memory: 832Mi"),
+        ok && set.contains("memory: 2Gi") && !set.contains("memory: 576Mi"),
         "{err}"
     );
 

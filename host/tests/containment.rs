@@ -65,6 +65,7 @@ fn engine(allocation: Allocation) -> ProbeEngine {
         limits,
         cache_dir: None,
         allocation,
+        ..EngineConfig::default()
     })
     .expect("engine")
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use workspace_culler_policy::ProbeResult;
 use workspace_culler_support::kubeflow;
 
-/// The chart's memory limit (`resources.limits.memory`).
-const CHART_LIMIT_MIB: u64 = 512;
+/// The chart's memory limit at its defaults (`resources.limits.memory`).
+const CHART_LIMIT_MIB: u64 = 576;
 const ACTIVE: &str = "#!/bin/sh\necho '{\"has_activity\": true}' > \"$OUTPUT_JSON_PATH\"\n";
 
 struct Case {

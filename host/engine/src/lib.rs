@@ -117,7 +117,13 @@ pub struct EngineConfig {
     pub cache_dir: Option<PathBuf>,
     /// Instance allocation.
     pub allocation: Allocation,
+    /// Linear memory all running evaluations may hold together (each also within
+    /// `limits.memory_bytes`): bounds the process's memory whatever `concurrency` is.
+    pub memory_budget_bytes: usize,
 }
+
+/// The default [`EngineConfig::memory_budget_bytes`]: four probes at their full cap.
+pub const DEFAULT_MEMORY_BUDGET_BYTES: usize = 256 << 20;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -126,6 +132,7 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             cache_dir: None,
             allocation: Allocation::Auto,
+            memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
         }
     }
 }
@@ -264,6 +271,8 @@ pub struct ProbeEngine {
     compiling: Mutex<()>,
     /// Evaluations beyond the pool's size wait here rather than fail.
     slots: tokio::sync::Semaphore,
+    /// What all running evaluations' memories hold together.
+    memory: Arc<state::MemoryBudget>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -353,6 +362,7 @@ impl ProbeEngine {
         let slots = tokio::sync::Semaphore::new(config.concurrency.max(1) as usize);
         Ok(ProbeEngine {
             slots,
+            memory: Arc::new(state::MemoryBudget::new(config.memory_budget_bytes)),
             engine,
             linker,
             config,
@@ -361,6 +371,11 @@ impl ProbeEngine {
             compiling: Mutex::default(),
             ticker_stop,
         })
+    }
+
+    /// Linear memory the running evaluations hold now, in bytes.
+    pub fn memory_in_use(&self) -> usize {
+        self.memory.in_use()
     }
 
     /// Whether the pooling allocator is in use.
@@ -471,6 +486,7 @@ impl ProbeEngine {
         let _slot = self.slots.acquire().await.ok();
         let state = ProbeState::new(
             &self.config.limits,
+            self.memory.clone(),
             Workspace::empty(),
             Arc::new(NoCapabilities),
             Instant::now() + Duration::from_secs(5),
@@ -520,6 +536,7 @@ impl ProbeEngine {
         let deadline_ms = request.deadline.as_millis();
         let state = ProbeState::new(
             &self.config.limits,
+            self.memory.clone(),
             request.workspace.clone(),
             request.capabilities.clone(),
             deadline_at,

@@ -87,18 +87,73 @@ fn push_log(logs: &Logs, level: LogLevel, message: String) {
     logs.push((level, message));
 }
 
-/// Memory cap that remembers it was hit, so the trap can say so.
+/// The linear memory all running probes hold together, against one budget: with many probes
+/// in flight, the process's memory is bounded by this, not by their number times the cap.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> MemoryBudget {
+        MemoryBudget {
+            limit,
+            used: Default::default(),
+        }
+    }
+
+    /// Bytes held now.
+    pub fn in_use(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.used
+            .fetch_update(SeqCst, SeqCst, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Memory cap (per probe, and its share of the budget of all) that remembers which was hit,
+/// so the trap can say so.
 pub(crate) struct MemoryCap {
     cap: usize,
     hit: bool,
+    budget: Arc<MemoryBudget>,
+    held: usize,
+    budget_hit: bool,
+}
+
+impl Drop for MemoryCap {
+    fn drop(&mut self) {
+        self.budget.give_back(self.held);
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.cap {
             self.hit = true;
             return Err(wasmtime::format_err!("memory cap of {} bytes reached", self.cap));
         }
+        let more = desired.saturating_sub(current);
+        if !self.budget.take(more) {
+            self.budget_hit = true;
+            return Err(wasmtime::format_err!(
+                "the memory budget of {} bytes of all running probes is in use",
+                self.budget.limit
+            ));
+        }
+        self.held += more;
         Ok(true)
     }
 
@@ -162,8 +217,10 @@ impl wasmtime_wasi::HostWallClock for EvaluationClock {
 }
 
 impl ProbeState {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         limits: &Limits,
+        budget: Arc<MemoryBudget>,
         workspace: Workspace,
         capabilities: Arc<dyn Capabilities>,
         deadline_at: Instant,
@@ -210,6 +267,9 @@ impl ProbeState {
             memory: MemoryCap {
                 cap: limits.memory_bytes,
                 hit: false,
+                budget,
+                held: 0,
+                budget_hit: false,
             },
             stdout,
             stderr,
@@ -239,6 +299,13 @@ impl ProbeState {
         let text = format!("{e:#}");
         if self.memory.hit {
             return format!("probe exceeded its memory cap of {} MiB", self.memory.cap >> 20);
+        }
+        if self.memory.budget_hit {
+            return format!(
+                "probe could not grow its memory: the probes running at once hold the whole budget of {} MiB \
+                 of all of them (--memory-budget-mib); it is tried again at its next probe",
+                self.memory.budget.limit >> 20
+            );
         }
         if let Some(message) = self.stdio_overflow() {
             return message;
@@ -513,4 +580,39 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProbeState>) -> anyhow::Result<(
     log::add_to_linker::<_, HasSelf<ProbeState>>(linker, |s| s).map_err(wrap)?;
     types::add_to_linker::<_, HasSelf<ProbeState>>(linker, |s| s).map_err(wrap)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    fn cap(budget: &Arc<MemoryBudget>) -> MemoryCap {
+        MemoryCap {
+            cap: 64,
+            hit: false,
+            budget: budget.clone(),
+            held: 0,
+            budget_hit: false,
+        }
+    }
+
+    #[test]
+    fn running_probes_share_one_memory_budget_and_give_it_back_when_done() {
+        let budget = Arc::new(MemoryBudget::new(100));
+        let (mut first, mut second) = (cap(&budget), cap(&budget));
+        assert!(first.memory_growing(0, 60, None).unwrap());
+        assert!(second.memory_growing(0, 30, None).unwrap());
+        assert_eq!(budget.in_use(), 90);
+        // Within its own cap of 64, but over what is left of the budget.
+        assert!(second.memory_growing(30, 50, None).is_err());
+        assert!(second.budget_hit && !second.hit);
+        assert!(first.memory_growing(60, 70, None).is_err(), "over its own cap");
+        assert!(first.hit);
+        drop(first);
+        assert_eq!(budget.in_use(), 30);
+        assert!(second.memory_growing(30, 50, None).unwrap());
+        drop(second);
+        assert_eq!(budget.in_use(), 0);
+    }
 }

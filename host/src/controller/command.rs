@@ -23,6 +23,10 @@ pub struct ControllerArgs {
     /// Probes running at once.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
+    /// Linear memory all running probes may hold together, in MiB (each also within its own
+    /// cap of 64 MiB): the controller's memory is bounded by this, whatever the concurrency.
+    #[arg(long, default_value_t = (workspace_culler_engine::DEFAULT_MEMORY_BUDGET_BYTES >> 20) as u32)]
+    memory_budget_mib: u32,
     /// How probes reach pods over HTTP.
     #[arg(long, value_enum, default_value = "direct")]
     http_mode: HttpMode,
@@ -107,6 +111,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(ProbeEngine::new(EngineConfig {
         concurrency: u32::from(args.concurrency),
         cache_dir: cache_dir.clone(),
+        memory_budget_bytes: (args.memory_budget_mib as usize) << 20,
         ..EngineConfig::default()
     })?);
     let registry = Arc::new(
