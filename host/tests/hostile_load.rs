@@ -1,5 +1,5 @@
 //! 500 hostile evaluations at once against an engine configured as the controller's is by
-//! default (8 at a time, pooled, 64 MiB per guest, 256 MiB for all together): every one is
+//! default (64 at a time, pooled, 64 MiB per guest, 256 MiB for all together): every one is
 //! contained, a benign probe submitted among them still runs, and the process's peak memory
 //! stays within the budget and under the chart's limit. The figures are printed (`--nocapture`). Its own test binary, so the peak is this
 //! test's alone.
@@ -58,7 +58,14 @@ fn request(config: serde_json::Value) -> ProbeRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_memory_bombs_at_once_are_contained_and_memory_stays_bounded() {
-    let engine = Arc::new(ProbeEngine::new(EngineConfig::default()).unwrap());
+    // As the controller's by default: 64 in flight, 256 MiB for all together.
+    let engine = Arc::new(
+        ProbeEngine::new(EngineConfig {
+            concurrency: 64,
+            ..EngineConfig::default()
+        })
+        .unwrap(),
+    );
     let hostile = std::fs::read(workspace_culler_support::test_probes::hostile()).unwrap();
     let probe = engine.load(&hostile, None).unwrap();
     let benign = serde_json::json!({"mode": "echo", "json": "{\"has_activity\": false}"});

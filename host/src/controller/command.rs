@@ -20,8 +20,9 @@ pub struct ControllerArgs {
     /// Watch only this namespace (repeatable; default: all).
     #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
-    /// Probes running at once.
-    #[arg(long, default_value_t = 8)]
+    /// Probes in flight at once (most of a probe's time is waiting on its pod; the memory
+    /// they hold together is bounded by `--memory-budget-mib`).
+    #[arg(long, default_value_t = 64)]
     concurrency: u16,
     /// Linear memory all running probes may hold together, in MiB (each also within its own
     /// cap of 64 MiB): the controller's memory is bounded by this, whatever the concurrency.

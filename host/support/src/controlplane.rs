@@ -90,6 +90,12 @@ impl ControlPlane {
     /// Start etcd, kube-apiserver and kwok from `bin`, and wait until the
     /// apiserver is ready and the fake node is registered.
     pub async fn start(bin: &Path) -> anyhow::Result<ControlPlane> {
+        ControlPlane::start_with_pod_cidr(bin, "10.244.0.1/24").await
+    }
+
+    /// Start one whose pods get IPs from `cidr` (e.g. `127.64.0.1/16`: loopback addresses, so
+    /// a server on this machine answers every pod's IP).
+    pub async fn start_with_pod_cidr(bin: &Path, cidr: &str) -> anyhow::Result<ControlPlane> {
         let dir = tempfile::Builder::new().prefix("workspace-culler-cp").tempdir()?;
         let d = dir.path().to_path_buf();
         let d = d.as_path();
@@ -188,7 +194,7 @@ impl ControlPlane {
                 "--server-address",
                 &format!("127.0.0.1:{kwok_port}"),
                 "--cidr",
-                "10.244.0.1/24",
+                cidr,
                 "--enable-crds",
                 "ClusterExec,Exec,ClusterPortForward,PortForward",
             ]),
@@ -236,6 +242,11 @@ impl ControlPlane {
                 unsafe { libc::kill(-pid, signal) };
             }
         }
+    }
+
+    /// The process id of a component.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.processes.iter().find(|(n, _)| *n == name).map(|(_, c)| c.id())
     }
 
     /// Freeze a component (`etcd`, `kube-apiserver`, `kwok`): it holds its connections and
