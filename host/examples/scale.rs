@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use workspace_culler_support::controlplane::{self, ControlPlane};
 use workspace_culler_support::kubeflow::{self, KubeflowDouble};
+use workspace_culler_support::process::{cpu_seconds, peak_rss_mib};
 
 const NS: &str = "scale";
 const CONTROLLER_NS: &str = "culler-system";
@@ -89,25 +90,6 @@ async fn jupyter(delay: Duration) -> anyhow::Result<()> {
         }
     });
     Ok(())
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of /proc/<pid>/stat (11 and 12 after the name).
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
 }
 
 /// `workspace_culler_api_requests_total` of a controller's /metrics, by (verb, resource).

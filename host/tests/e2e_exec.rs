@@ -32,16 +32,8 @@ fn slow_processes() -> usize {
 }
 
 fn module_policy(kind: &str, location: &str, sha256: &str, config: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "workspace-culler.io/v1alpha1", "kind": "CullingPolicy",
-        "metadata": {"name": kind},
-        "spec": {
-            "workspaceKinds": [kind],
-            "activityProbe": {"minProbeIntervalSeconds": 2, "probeIntervalSeconds": 4,
-                              "module": {"location": location, "sha256": sha256, "config": config, "timeoutSeconds": 10}},
-            "activityRules": [{"config": {"secondsSinceActive": IDLE_SECONDS}, "effect": {"pauseWorkspace": true}}],
-        },
-    })
+    let module = serde_json::json!({"location": location, "sha256": sha256, "config": config, "timeoutSeconds": 10});
+    e2e::module_policy(kind, module, IDLE_SECONDS as i32)
 }
 
 /// The sum of a metric's samples whose line starts with `prefix` and has every label in `labels`.
@@ -173,7 +165,7 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
         paused_at - idle.last_activity,
         logs()
     );
-    assert_eq!(env.events(NS, "exec-idle", "Culled").await, 1, "{}", logs());
+    assert_eq!(env.events_at_least(NS, "exec-idle", "Culled", 1).await, 1, "{}", logs());
 
     // The custom module decides like the built-in: idle, so paused too (started together).
     env.wait_paused(NS, "module-idle", Duration::from_secs(30), logs).await;

@@ -14,6 +14,7 @@ use e2e::{Env, exec_policy, sample_kind};
 use std::time::Duration;
 use workspace_culler_policy::ProbeResult;
 use workspace_culler_support::kubeflow;
+use workspace_culler_support::process::peak_rss_mib;
 
 /// The chart's memory limit at its defaults (`resources.limits.memory`).
 const CHART_LIMIT_MIB: u64 = 576;
@@ -41,28 +42,9 @@ fn case(mode: &'static str, extra: serde_json::Value, results: &'static [ProbeRe
 }
 
 fn policy(kind: &str, sha256: &str, config: &serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "workspace-culler.io/v1alpha1", "kind": "CullingPolicy",
-        "metadata": {"name": kind},
-        "spec": {
-            "workspaceKinds": [kind],
-            "activityProbe": {"minProbeIntervalSeconds": 2, "probeIntervalSeconds": 4,
-                              "module": {"location": "hostile.wasm", "sha256": sha256, "config": config,
-                                         "timeoutSeconds": 3}},
-            "activityRules": [{"config": {"secondsSinceActive": 60}, "effect": {"pauseWorkspace": true}}],
-        },
-    })
-}
-
-/// The peak resident memory of process `pid`, in MiB.
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
+    let module =
+        serde_json::json!({"location": "hostile.wasm", "sha256": sha256, "config": config, "timeoutSeconds": 3});
+    e2e::module_policy(kind, module, 60)
 }
 
 /// How long a probe of `name` took, once one started after `since` (Unix ms) has a result.

@@ -111,6 +111,8 @@ async fn jupyter_workspaces_are_paused_only_when_idle() {
         "paused after {paused_after:?}, {idle_for} ms after the last activity\n{log}"
     );
     assert_eq!(idle_activity.eligible_after(), since + IDLE_SECONDS * 1000);
+    // The Event is recorded just after the pause the loop above saw.
+    env.events_at_least(NS, "idle", "Culled", 1).await;
     let events: Api<Event> = Api::namespaced(env.client.clone(), NS);
     let culled = events.list(&ListParams::default()).await.unwrap().items;
     let culled: Vec<_> = culled

@@ -30,15 +30,7 @@ fn policy(kind: &str, location: &str, sha256: Option<&str>, pull_secret: Option<
     if let Some(name) = pull_secret {
         module["pullSecretRef"] = serde_json::json!({"name": name});
     }
-    serde_json::json!({
-        "apiVersion": "workspace-culler.io/v1alpha1", "kind": "CullingPolicy",
-        "metadata": {"name": kind},
-        "spec": {
-            "workspaceKinds": [kind],
-            "activityProbe": {"minProbeIntervalSeconds": 2, "probeIntervalSeconds": 4, "module": module},
-            "activityRules": [{"config": {"secondsSinceActive": IDLE_SECONDS}, "effect": {"pauseWorkspace": true}}],
-        },
-    })
+    e2e::module_policy(kind, module, IDLE_SECONDS as i32)
 }
 
 /// Push `component` to `repository:v1`; (manifest digest, component sha256).

@@ -28,16 +28,6 @@ impl Capabilities for Nothing {
     }
 }
 
-fn peak_rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        / 1024
-}
-
 fn request(config: serde_json::Value) -> ProbeRequest {
     ProbeRequest {
         workspace: Workspace {
@@ -73,7 +63,7 @@ async fn five_hundred_memory_bombs_at_once_are_contained_and_memory_stays_bounde
     let outcome = engine.evaluate(&probe, request(benign.clone()), 0).await.outcome;
     assert_eq!(outcome, ProbeOutcome::Success(ProbeActivity::Idle));
     let alone = alone.elapsed();
-    let before = peak_rss_mib();
+    let before = workspace_culler_support::process::peak_rss_mib(std::process::id());
 
     let started = Instant::now();
     let bombs: Vec<_> = (0..500)
@@ -105,7 +95,7 @@ async fn five_hundred_memory_bombs_at_once_are_contained_and_memory_stays_bounde
         );
     }
     let all = started.elapsed();
-    let peak = peak_rss_mib();
+    let peak = workspace_culler_support::process::peak_rss_mib(std::process::id());
     eprintln!(
         "500 memory bombs: {all:?} in all; peak RSS {peak} MiB (before: {before} MiB); a benign probe took {alone:?} alone, {during:?} among them"
     );

@@ -71,7 +71,8 @@ pub fn jupyter_binaries() -> anyhow::Result<PathBuf> {
     ensured("WORKSPACE_CULLER_JUPYTER_BIN", "ensure-jupyter")
 }
 
-fn ensured(var: &str, script: &str) -> anyhow::Result<PathBuf> {
+/// The path in `$var`, or the one `scripts/<script>` builds (once) and prints.
+pub(crate) fn ensured(var: &str, script: &str) -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os(var) {
         return Ok(PathBuf::from(dir));
     }

@@ -5,5 +5,6 @@
 
 pub mod controlplane;
 pub mod kubeflow;
+pub mod process;
 pub mod registry;
 pub mod test_probes;

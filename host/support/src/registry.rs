@@ -4,8 +4,8 @@
 //! answered is in its JSON log, so a test can count what was pulled.
 
 use anyhow::{Context, bail};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::controlplane::free_port;
@@ -31,18 +31,7 @@ pub struct Registry {
 /// Where the registry binary is: `$WORKSPACE_CULLER_REGISTRY`, or built by
 /// `scripts/ensure-registry`.
 pub fn binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("WORKSPACE_CULLER_REGISTRY") {
-        return Ok(PathBuf::from(path));
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ensure-registry");
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{} failed", script.display());
-    }
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+    crate::controlplane::ensured("WORKSPACE_CULLER_REGISTRY", "ensure-registry")
 }
 
 impl Registry {

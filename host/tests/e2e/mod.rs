@@ -51,18 +51,38 @@ fn kwok_resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kwok.x-k8s.io", "v1alpha1", kind), plural)
 }
 
-/// An exec probe policy for `kinds`: `script`, probed every 2–4 s, paused after `idle` seconds.
-pub fn exec_policy(name: &str, kinds: &[&str], script: &str, idle: i32) -> serde_json::Value {
+/// A policy for `kinds` whose probe is `method` (e.g. `{"podExec": {…}}`), probed every
+/// 2–4 s, pausing after `idle` seconds.
+fn policy_with(name: &str, kinds: &[&str], method: serde_json::Value, idle: i32) -> serde_json::Value {
+    let mut probe = serde_json::json!({"minProbeIntervalSeconds": 2, "probeIntervalSeconds": 4});
+    if let (Some(probe), Some(method)) = (probe.as_object_mut(), method.as_object()) {
+        probe.extend(method.clone());
+    }
     serde_json::json!({
         "apiVersion": "workspace-culler.io/v1alpha1", "kind": "CullingPolicy",
         "metadata": {"name": name},
         "spec": {
             "workspaceKinds": kinds,
-            "activityProbe": {"minProbeIntervalSeconds": 2, "probeIntervalSeconds": 4,
-                              "podExec": {"script": script, "timeoutSeconds": 2}},
+            "activityProbe": probe,
             "activityRules": [{"config": {"secondsSinceActive": idle}, "effect": {"pauseWorkspace": true}}],
         },
     })
+}
+
+/// An exec probe policy for `kinds`: `script`, probed every 2–4 s, paused after `idle` seconds.
+pub fn exec_policy(name: &str, kinds: &[&str], script: &str, idle: i32) -> serde_json::Value {
+    policy_with(
+        name,
+        kinds,
+        serde_json::json!({"podExec": {"script": script, "timeoutSeconds": 2}}),
+        idle,
+    )
+}
+
+/// A policy named after `kind` whose probe is the module `module` (an `activityProbe.module`
+/// object), probed every 2–4 s, pausing after `idle` seconds.
+pub fn module_policy(kind: &str, module: serde_json::Value, idle: i32) -> serde_json::Value {
+    policy_with(kind, &[kind], serde_json::json!({"module": module}), idle)
 }
 
 /// The condition `type_` of a policy's status.
@@ -245,7 +265,21 @@ impl Env {
             .sum()
     }
 
-    /// Wait until workspace `namespace/name` is paused; how long that took.
+    /// How many `reason` Events workspace `namespace/name` has, once it has at least
+    /// `at_least` (waiting up to 15 s: an Event is recorded just after what it reports).
+    pub async fn events_at_least(&self, namespace: &str, name: &str, reason: &str, at_least: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let count = self.events(namespace, name, reason).await;
+            if count >= at_least || Instant::now() >= deadline {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Wait until workspace `namespace/name` is paused, and its first `Culled` Event recorded
+    /// (the controller records it right after the pause); how long the pause took.
     pub async fn wait_paused(
         &self,
         namespace: &str,
@@ -262,7 +296,9 @@ impl Env {
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        started.elapsed()
+        let paused_after = started.elapsed();
+        self.events_at_least(namespace, name, "Culled", 1).await;
+        paused_after
     }
 
     pub async fn workspace(&self, namespace: &str, name: &str) -> Workspace {
