@@ -70,6 +70,18 @@ fn engine(allocation: Allocation) -> ProbeEngine {
     .expect("engine")
 }
 
+/// An evaluation of the hostile probe with `config`, against `workspace()`.
+fn request(config: serde_json::Value, deadline: Duration, caps: Arc<dyn Capabilities>) -> ProbeRequest {
+    ProbeRequest {
+        workspace: workspace(),
+        config: config.to_string(),
+        deadline,
+        capabilities: caps,
+        probe_name: "hostile".into(),
+        frozen_clock: false,
+    }
+}
+
 async fn run(
     engine: &ProbeEngine,
     probe: &LoadedProbe,
@@ -77,14 +89,7 @@ async fn run(
     deadline: Duration,
     caps: Arc<dyn Capabilities>,
 ) -> (ProbeOutcome, Duration) {
-    let request = ProbeRequest {
-        workspace: workspace(),
-        config: config.to_string(),
-        deadline,
-        capabilities: caps,
-        probe_name: "hostile".into(),
-        frozen_clock: false,
-    };
+    let request = request(config, deadline, caps);
     let started = Instant::now();
     let evaluation = engine.evaluate(probe, request, NOW_MS).await;
     (evaluation.outcome, started.elapsed())
@@ -235,14 +240,11 @@ async fn http_reaches_only_the_workspace_pod() {
 async fn logs_and_stderr_are_captured() {
     let engine = engine(Allocation::OnDemand);
     let probe = engine.load(hostile(), None).unwrap();
-    let request = ProbeRequest {
-        workspace: workspace(),
-        config: r#"{"mode":"log"}"#.into(),
-        deadline: Duration::from_secs(5),
-        capabilities: Arc::new(Stubborn::default()),
-        probe_name: "hostile".into(),
-        frozen_clock: false,
-    };
+    let request = request(
+        serde_json::json!({"mode": "log"}),
+        Duration::from_secs(5),
+        Arc::new(Stubborn::default()),
+    );
     let evaluation = engine.evaluate(&probe, request, NOW_MS).await;
     assert_eq!(evaluation.outcome, ProbeOutcome::Success(ProbeActivity::Idle));
     let lines: Vec<String> = evaluation.logs.iter().map(|(_, m)| m.clone()).collect();
@@ -260,14 +262,11 @@ async fn no_filesystem_socket_name_lookup_or_environment_reaches_a_probe() {
     let port = listener.local_addr().unwrap().port();
     let engine = engine(Allocation::OnDemand);
     let probe = engine.load(hostile(), None).unwrap();
-    let request = ProbeRequest {
-        workspace: workspace(),
-        config: serde_json::json!({"mode": "escape", "port": port}).to_string(),
-        deadline: Duration::from_secs(5),
-        capabilities: Arc::new(Stubborn::default()),
-        probe_name: "hostile".into(),
-        frozen_clock: false,
-    };
+    let request = request(
+        serde_json::json!({"mode": "escape", "port": port}),
+        Duration::from_secs(5),
+        Arc::new(Stubborn::default()),
+    );
     let evaluation = engine.evaluate(&probe, request, NOW_MS).await;
     assert_eq!(evaluation.outcome, ProbeOutcome::Success(ProbeActivity::Idle));
     let line = evaluation

@@ -159,21 +159,28 @@ pub fn module_path(module_dir: &Path, location: &str) -> Result<PathBuf, String>
     Ok(real)
 }
 
+/// A probe's name in messages, and its plan (or why it has none).
+pub type NamedPlan = (String, Result<Plan, String>);
+
 /// What to run for `probe` against `workspace` of `kind`: one plan per probe (several for
-/// `anyOf`), each planned on its own, so one that cannot be planned does not hide the others.
+/// `anyOf`), each with the name its messages go by, and each planned on its own, so one that
+/// cannot be planned does not hide the others.
 pub fn plans(
     probe: &ActivityProbe,
     workspace: &Workspace,
     kind: &WorkspaceKind,
     module_dir: &Path,
     connect_path: &str,
-) -> Result<Vec<Result<Plan, String>>, String> {
+) -> Result<Vec<NamedPlan>, String> {
     let methods = probe
         .methods()
         .ok_or("activityProbe must set exactly one of podExec, jupyter, module, anyOf")?;
     Ok(methods
         .into_iter()
-        .map(|method| plan(method, workspace, kind, module_dir, connect_path))
+        .map(|method| {
+            let name = method_name(&method);
+            (name, plan(method, workspace, kind, module_dir, connect_path))
+        })
         .collect())
 }
 
@@ -343,21 +350,28 @@ fn workspace_pod(ctx: &Context, workspace: &Workspace, namespace: &str) -> Resul
 }
 
 fn read_secret(ctx: &Context, secret: &SecretKeyRef) -> Result<String, String> {
+    let (namespace, name, key) = (&ctx.settings.own_namespace, &secret.name, &secret.key);
+    let value = secret_data(ctx, name, key)?;
+    String::from_utf8(value)
+        .map(|s| s.trim().to_string())
+        .map_err(|_| format!("Secret {namespace}/{name} key {key:?} is not text"))
+}
+
+/// The bytes under `key` of Secret `name` in the controller's own namespace (from the watch
+/// cache: no request to the apiserver).
+fn secret_data(ctx: &Context, name: &str, key: &str) -> Result<Vec<u8>, String> {
     use kube::runtime::reflector::ObjectRef;
     let namespace = &ctx.settings.own_namespace;
-    let (name, key) = (&secret.name, &secret.key);
     let found = ctx
         .secrets
         .get(&ObjectRef::new(name).within(namespace))
         .ok_or_else(|| format!("cannot read Secret {namespace}/{name}: not found"))?;
-    let value = found
+    found
         .data
         .as_ref()
         .and_then(|d| d.get(key))
-        .ok_or_else(|| format!("Secret {namespace}/{name} has no key {key:?}"))?;
-    String::from_utf8(value.0.clone())
-        .map(|s| s.trim().to_string())
-        .map_err(|_| format!("Secret {namespace}/{name} key {key:?} is not text"))
+        .map(|value| value.0.clone())
+        .ok_or_else(|| format!("Secret {namespace}/{name} has no key {key:?}"))
 }
 
 /// A probe module file's bytes: a regular file no larger than [`MAX_MODULE_BYTES`], so a
@@ -491,20 +505,10 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The credentials for `registry` in the `kubernetes.io/dockerconfigjson` Secret `name` of the
 /// controller's namespace (from the watch cache).
 fn registry_auth(ctx: &Context, name: &str, registry: &str) -> Result<oci_client::secrets::RegistryAuth, String> {
-    use kube::runtime::reflector::ObjectRef;
+    let config = secret_data(ctx, name, ".dockerconfigjson")
+        .map_err(|e| format!("the pull Secret (type kubernetes.io/dockerconfigjson): {e}"))?;
     let namespace = &ctx.settings.own_namespace;
-    let secret = ctx
-        .secrets
-        .get(&ObjectRef::new(name).within(namespace))
-        .ok_or_else(|| format!("cannot read the pull Secret {namespace}/{name}: not found"))?;
-    let config = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(".dockerconfigjson"))
-        .ok_or_else(|| {
-            format!("the pull Secret {namespace}/{name} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)")
-        })?;
-    crate::oci::auth_from_docker_config(&config.0, registry)
+    crate::oci::auth_from_docker_config(&config, registry)
         .map_err(|e| format!("the pull Secret {namespace}/{name}: {e}"))
 }
 
@@ -570,35 +574,27 @@ impl Prober for EngineProber {
             (Ok(planned), Ok(pod)) => (planned, pod),
             (Err(message), _) | (_, Err(message)) => return failed(message),
         };
-        let runs = futures::future::join_all(planned.into_iter().map(|plan| {
+        let runs = futures::future::join_all(planned.into_iter().map(|(name, plan)| {
             let pod = &pod;
             async move {
-                match plan {
+                let run = match plan {
                     Ok(plan) => evaluate(ctx, self, plan, workspace, pod, start_ms).await,
                     Err(message) => Err(message),
-                }
+                };
+                (name, run.unwrap_or_else(failed))
             }
         }))
         .await;
-        let runs: Vec<ProbeRun> = runs.into_iter().map(|run| run.unwrap_or_else(failed)).collect();
         if probe.any_of.is_none() {
             return runs
                 .into_iter()
                 .next()
-                .unwrap_or_else(|| failed("no probe to run".into()));
+                .map_or_else(|| failed("no probe to run".into()), |(_, run)| run);
         }
-        let names = probe
-            .methods()
-            .unwrap_or_default()
-            .iter()
-            .map(method_name)
-            .collect::<Vec<_>>();
         ProbeRun {
-            start_ms: runs.iter().map(|r| r.start_ms).min().unwrap_or(start_ms),
-            end_ms: runs.iter().map(|r| r.end_ms).max().unwrap_or(start_ms),
-            outcome: workspace_culler_engine::contract::any_of(
-                names.into_iter().zip(runs.into_iter().map(|r| r.outcome)),
-            ),
+            start_ms: runs.iter().map(|(_, r)| r.start_ms).min().unwrap_or(start_ms),
+            end_ms: runs.iter().map(|(_, r)| r.end_ms).max().unwrap_or(start_ms),
+            outcome: workspace_culler_engine::contract::any_of(runs.into_iter().map(|(name, r)| (name, r.outcome))),
         }
     }
 }
@@ -683,7 +679,7 @@ mod tests {
     fn only_plan(probe: &ActivityProbe, workspace: &Workspace, kind: &WorkspaceKind) -> Result<Plan, String> {
         let mut plans = plans(probe, workspace, kind, Path::new("/probes"), DEFAULT_CONNECT_PATH).unwrap();
         assert_eq!(plans.len(), 1);
-        plans.remove(0)
+        plans.remove(0).1
     }
 
     #[test]
@@ -697,11 +693,13 @@ mod tests {
         assert_eq!(plans.len(), 2);
         assert!(
             plans[0]
+                .1
                 .as_ref()
                 .unwrap_err()
                 .contains("portId \"nope\" does not resolve")
         );
-        let gpu = plans[1].as_ref().unwrap();
+        let (name, gpu) = (&plans[1].0, plans[1].1.as_ref().unwrap());
+        assert_eq!(name, "nvidia-gpu");
         assert_eq!(gpu.module, Module::Builtin("nvidia-gpu".into()));
         assert_eq!(gpu.config["samples"], 2);
         assert_eq!(gpu.deadline, Duration::from_secs(20));
