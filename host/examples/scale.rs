@@ -7,17 +7,22 @@
 //! the reconcile, 10 workers: `--concurrency 10`). Reported: round time, probes/s, the
 //! controller's API requests per probe by verb (its own request counter), peak RSS and CPU
 //! seconds per 1 000 probes, the apiserver's and etcd's CPU, and the ratio of the round times.
+//! Then the cull latency: the first `--latency-workspaces` become eligible one after another
+//! over a minute (their Jupyter reports staggered last activity), the policy's
+//! `minProbeIntervalSeconds` is 10, and each pause is timed against its `eligibleAfter`.
 //!
 //!     scripts/bench-scale                       # 1 000 workspaces, 200 ms probes
-//!     scripts/bench-scale --workspaces 10000    # the issue's scale
+//!     scripts/bench-scale --workspaces 10000    # platform scale
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use workspace_culler_support::controlplane::{self, ControlPlane};
 use workspace_culler_support::kubeflow::{self, KubeflowDouble};
@@ -26,11 +31,28 @@ use workspace_culler_support::process::{cpu_seconds, peak_rss_mib};
 const NS: &str = "scale";
 const CONTROLLER_NS: &str = "culler-system";
 const PORT: u16 = 8888;
+/// The latency phase's policy: probes at most this often, pauses this long after activity.
+const LATENCY_MIN_PROBE_INTERVAL: i64 = 10;
+const LATENCY_IDLE_SECONDS: i64 = 60;
+/// Eligibility is spread over this long, starting this long after the phase's controller starts.
+const LATENCY_SPREAD_MS: i64 = 60_000;
+const LATENCY_LEAD_MS: i64 = 15_000;
+/// What an idle server says when nothing else is set for its pod.
+const LONG_AGO: &str = "2026-01-01T00:00:00Z";
+/// Set for a pod whose server is in use: it says its last activity is now.
+const IN_USE: &str = "now";
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
 
 struct Args {
     workspaces: usize,
     delay_ms: u64,
     concurrency: u32,
+    latency_workspaces: usize,
     binary: PathBuf,
 }
 
@@ -39,7 +61,13 @@ fn args() -> anyhow::Result<Args> {
         workspaces: 1000,
         delay_ms: 200,
         concurrency: 64,
-        binary: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/workspace-culler"),
+        latency_workspaces: 1000,
+        // The controller of the same build as this benchmark: target/<profile>/workspace-culler.
+        binary: std::env::current_exe()?
+            .parent()
+            .and_then(|examples| examples.parent())
+            .context("where this benchmark runs from")?
+            .join("workspace-culler"),
     };
     let mut given = std::env::args().skip(1);
     while let Some(flag) = given.next() {
@@ -48,22 +76,32 @@ fn args() -> anyhow::Result<Args> {
             "--workspaces" => args.workspaces = value.parse()?,
             "--delay-ms" => args.delay_ms = value.parse()?,
             "--concurrency" => args.concurrency = value.parse()?,
+            "--latency-workspaces" => args.latency_workspaces = value.parse()?,
             "--binary" => args.binary = value.into(),
-            other => anyhow::bail!("unknown flag {other} (--workspaces, --delay-ms, --concurrency, --binary)"),
+            other => anyhow::bail!(
+                "unknown flag {other} (--workspaces, --delay-ms, --concurrency, --latency-workspaces, --binary)"
+            ),
         }
     }
+    args.latency_workspaces = args.latency_workspaces.min(args.workspaces);
     Ok(args)
 }
 
-/// Answers Jupyter's API for every pod after `delay`: an idle server, last active long ago.
-async fn jupyter(delay: Duration) -> anyhow::Result<()> {
+/// The `last_activity` each pod's server reports, by pod IP (others: [`LONG_AGO`]).
+type LastActivity = Arc<RwLock<HashMap<IpAddr, String>>>;
+
+/// Answers Jupyter's API for every pod after `delay`: an idle server, whose last activity is
+/// the pod's entry in `last_activity`. A connection's local address is the pod IP it was for.
+async fn jupyter(delay: Duration, last_activity: LastActivity) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", PORT))
         .await
         .with_context(|| format!("port {PORT} is taken"))?;
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
+            let last_activity = last_activity.clone();
             tokio::spawn(async move {
+                let pod_ip = socket.local_addr().map(|a| a.ip()).ok();
                 let mut buffer = vec![0u8; 8192];
                 loop {
                     let Ok(n) = socket.read(&mut buffer).await else { return };
@@ -73,9 +111,17 @@ async fn jupyter(delay: Duration) -> anyhow::Result<()> {
                     let request = String::from_utf8_lossy(&buffer[..n]);
                     let path = request.split_whitespace().nth(1).unwrap_or("");
                     let body = if path.contains("api/status") {
-                        r#"{"started":"2026-01-01T00:00:00Z","last_activity":"2026-01-01T00:00:00Z","connections":0,"kernels":0}"#
+                        let at = pod_ip
+                            .and_then(|ip| last_activity.read().ok()?.get(&ip).cloned())
+                            .unwrap_or_else(|| LONG_AGO.to_string());
+                        let at = if at == IN_USE {
+                            rfc3339(chrono::Utc::now().timestamp_millis())
+                        } else {
+                            at
+                        };
+                        format!(r#"{{"started":"{LONG_AGO}","last_activity":"{at}","connections":0,"kernels":0}}"#)
                     } else {
-                        "[]"
+                        "[]".to_string()
                     };
                     tokio::time::sleep(delay).await;
                     let response = format!(
@@ -92,19 +138,23 @@ async fn jupyter(delay: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `workspace_culler_api_requests_total` of a controller's /metrics, by (verb, resource).
-async fn api_requests(metrics_port: u16) -> BTreeMap<(String, String), f64> {
+/// A controller's /metrics text (empty while it is not serving yet).
+async fn metrics(port: u16) -> String {
     let request = workspace_culler_engine::HttpRequest {
         method: http::Method::GET,
-        uri: format!("http://127.0.0.1:{metrics_port}/metrics").parse().unwrap(),
+        uri: format!("http://127.0.0.1:{port}/metrics").parse().unwrap(),
         headers: Default::default(),
         body: Default::default(),
         response_body_cap: 16 << 20,
     };
-    let Ok(response) = workspace_culler::transport::http(request).await else {
-        return BTreeMap::new();
-    };
-    let text = String::from_utf8_lossy(&response.body).into_owned();
+    match workspace_culler::transport::http(request).await {
+        Ok(response) => String::from_utf8_lossy(&response.body).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// `workspace_culler_api_requests_total` by (verb, resource).
+fn api_requests(metrics: &str) -> BTreeMap<(String, String), f64> {
     let label = |line: &str, name: &str| {
         line.split(&format!("{name}=\""))
             .nth(1)
@@ -112,7 +162,8 @@ async fn api_requests(metrics_port: u16) -> BTreeMap<(String, String), f64> {
             .unwrap_or_default()
             .to_string()
     };
-    text.lines()
+    metrics
+        .lines()
         .filter(|l| l.starts_with("workspace_culler_api_requests_total{"))
         .filter_map(|l| {
             let value: f64 = l.rsplit(' ').next()?.parse().ok()?;
@@ -120,6 +171,36 @@ async fn api_requests(metrics_port: u16) -> BTreeMap<(String, String), f64> {
         })
         .filter(|(_, v)| *v > 0.0)
         .collect()
+}
+
+/// Status writes so far: one per probe (nothing else writes Workspaces during a round).
+fn status_writes(metrics: &str) -> f64 {
+    api_requests(metrics)
+        .get(&("patch".to_string(), "workspaces/status".to_string()))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+fn start_controller(
+    cp: &ControlPlane,
+    args: &Args,
+    label: &str,
+    concurrency: u32,
+    metrics_port: u16,
+) -> anyhow::Result<std::process::Child> {
+    Command::new(&args.binary)
+        .args(["controller", "--http-mode", "direct", "--namespace", NS])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--controller-namespace", CONTROLLER_NS])
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .env("RUST_LOG", "warn")
+        .env("WORKSPACE_CULLER_CACHE_DIR", cp.dir().join("probe-cache"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(cp.dir().join(format!("{label}.log")))?)
+        .spawn()
+        .with_context(|| format!("cannot start {}", args.binary.display()))
 }
 
 struct Round {
@@ -133,58 +214,33 @@ struct Round {
     requests: BTreeMap<(String, String), f64>,
 }
 
-/// One full round: start the controller, wait until every workspace has a probe that started
-/// after the controller did, stop it.
-async fn round(
-    cp: &ControlPlane,
-    client: &kube::Client,
-    args: &Args,
-    label: &str,
-    concurrency: u32,
-) -> anyhow::Result<Round> {
-    let workspaces: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &kubeflow::workspace_resource());
+/// One full round: start the controller, wait until it has written the status of as many
+/// probes as there are workspaces (read from its own metrics, so watching costs nothing), stop it.
+async fn round(cp: &ControlPlane, args: &Args, label: &str, concurrency: u32) -> anyhow::Result<Round> {
     let metrics_port = controlplane::free_port()?;
     let (apiserver, etcd) = (cp.pid("kube-apiserver").unwrap_or(0), cp.pid("etcd").unwrap_or(0));
     let (apiserver_before, etcd_before) = (cpu_seconds(apiserver), cpu_seconds(etcd));
-    let since = chrono::Utc::now().timestamp_millis();
     let started = Instant::now();
-    let mut controller = Command::new(&args.binary)
-        .args(["controller", "--http-mode", "direct", "--namespace", NS])
-        .args(["--concurrency", &concurrency.to_string()])
-        .args(["--controller-namespace", CONTROLLER_NS])
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .env("RUST_LOG", "warn")
-        .env("WORKSPACE_CULLER_CACHE_DIR", cp.dir().join("probe-cache"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(cp.dir().join(format!("{label}.log")))?)
-        .spawn()
-        .with_context(|| format!("cannot start {}", args.binary.display()))?;
+    let mut controller = start_controller(cp, args, label, concurrency, metrics_port)?;
     let pid = controller.id();
-    let mut probed = HashSet::new();
     let mut first_probe: Option<Instant> = None;
-    let mut events = watcher(workspaces, watcher::Config::default())
-        .applied_objects()
-        .boxed();
-    while probed.len() < args.workspaces {
-        let next = tokio::time::timeout(Duration::from_secs(600), events.try_next()).await;
-        let Ok(Ok(Some(workspace))) = next else {
-            anyhow::bail!("{label}: only {} of {} probed", probed.len(), args.workspaces);
-        };
-        let start = workspace
-            .data
-            .pointer("/status/activity/lastProbe/startTime")
-            .and_then(|t| t.as_i64())
-            .unwrap_or(0);
-        if start >= since {
+    let text = loop {
+        let text = metrics(metrics_port).await;
+        let written = status_writes(&text);
+        if written > 0.0 {
             first_probe.get_or_insert_with(Instant::now);
-            probed.insert(workspace.metadata.name.clone().unwrap_or_default());
         }
-    }
+        if written >= args.workspaces as f64 {
+            break text;
+        }
+        if started.elapsed() > Duration::from_secs(1800) || controller.try_wait()?.is_some() {
+            anyhow::bail!("{label}: only {written} of {} probed", args.workspaces);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let seconds = started.elapsed().as_secs_f64();
     let probing = first_probe.map_or(seconds, |t| t.elapsed().as_secs_f64()).max(0.001);
-    let requests = api_requests(metrics_port).await;
+    let requests = api_requests(&text);
     let (rss_mib, cpu) = (peak_rss_mib(pid), cpu_seconds(pid));
     let _ = controller.kill();
     let _ = controller.wait();
@@ -239,8 +295,9 @@ async fn main() -> anyhow::Result<()> {
     let client = cp.client().await?;
     cp.install_crds(&kubeflow::crds_yaml()).await?;
     cp.install_crds(&workspace_culler::crds_yaml()).await?;
-    let _double = KubeflowDouble::start(client.clone(), cp.dir().join("pods"));
-    jupyter(Duration::from_millis(args.delay_ms / 2)).await?;
+    let double = KubeflowDouble::start(client.clone(), cp.dir().join("pods"));
+    let last_activity = LastActivity::default();
+    jupyter(Duration::from_millis(args.delay_ms / 2), last_activity.clone()).await?;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     for name in [NS, CONTROLLER_NS] {
         let ns =
@@ -305,11 +362,202 @@ async fn main() -> anyhow::Result<()> {
         created.elapsed()
     );
 
-    let ours = round(&cp, &client, &args, "this controller", args.concurrency).await?;
+    // The double lists every workspace, StatefulSet and pod five times a second to bring them
+    // up; nothing it does changes during a round, and its polling would be the apiserver's
+    // largest load (Kubeflow's real controller reconciles from its informers' caches).
+    drop(double);
+
+    let ours = round(&cp, &args, "this controller", args.concurrency).await?;
     clear_status(&client).await?;
-    let kubeflow_model = round(&cp, &client, &args, "Kubeflow's model", 10).await?;
+    let kubeflow_model = round(&cp, &args, "Kubeflow's model", 10).await?;
     print(&args, &[&ours, &kubeflow_model]);
+    if args.latency_workspaces > 0 {
+        let latencies = cull_latency(&cp, &client, &args, &last_activity).await?;
+        print_latency(&latencies);
+    }
     Ok(())
+}
+
+/// The cull latency: the first `--latency-workspaces` (by name) become eligible one after another
+/// over [`LATENCY_SPREAD_MS`]; every other workspace's server says it is in use. Returns each
+/// pause's delay after the `eligibleAfter` the controller wrote, in seconds, and how many were
+/// not paused in time.
+async fn cull_latency(
+    cp: &ControlPlane,
+    client: &kube::Client,
+    args: &Args,
+    last_activity: &LastActivity,
+) -> anyhow::Result<Latency> {
+    let policies: Api<workspace_culler_policy::CullingPolicy> = Api::all(client.clone());
+    let mut policy = serde_json::to_value(policies.get("scale").await?)?;
+    policy["spec"]["activityProbe"]["minProbeIntervalSeconds"] = LATENCY_MIN_PROBE_INTERVAL.into();
+    for rule in policy["spec"]["activityRules"]
+        .as_array_mut()
+        .context("the policy's rules")?
+    {
+        rule["config"]["secondsSinceActive"] = LATENCY_IDLE_SECONDS.into();
+        rule["config"]["minRunningSeconds"] = 0.into();
+    }
+    policies
+        .replace("scale", &PostParams::default(), &serde_json::from_value(policy)?)
+        .await?;
+
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
+    let mut ips: BTreeMap<String, IpAddr> = BTreeMap::new();
+    for pod in pods.list(&Default::default()).await?.items {
+        let workspace = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(kubeflow::WORKSPACE_LABEL))
+            .cloned();
+        let ip = pod.status.and_then(|s| s.pod_ip).and_then(|ip| ip.parse().ok());
+        if let (Some(workspace), Some(ip)) = (workspace, ip) {
+            ips.insert(workspace, ip);
+        }
+    }
+    // One server answers every IP: pods sharing one (if the IP pool ever repeats) cannot be
+    // told apart, so they stay in use.
+    let mut shared: HashMap<IpAddr, usize> = HashMap::new();
+    for ip in ips.values() {
+        *shared.entry(*ip).or_default() += 1;
+    }
+    let unique = ips.values().filter(|ip| shared[*ip] == 1).count();
+    if unique < ips.len() {
+        eprintln!(
+            "{} pods share an IP with another: they are not timed",
+            ips.len() - unique
+        );
+    }
+    let wanted = args.latency_workspaces.min(unique);
+    let start = chrono::Utc::now().timestamp_millis() + LATENCY_LEAD_MS;
+    let participants: HashMap<String, i64> = {
+        let mut by_ip = last_activity.write().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let mut participants = HashMap::new();
+        for (workspace, ip) in &ips {
+            let i = participants.len();
+            let at = if i < wanted && shared[ip] == 1 {
+                let eligible = start + i as i64 * LATENCY_SPREAD_MS / wanted as i64;
+                participants.insert(workspace.clone(), eligible);
+                rfc3339(eligible - LATENCY_IDLE_SECONDS * 1000)
+            } else {
+                IN_USE.to_string()
+            };
+            by_ip.insert(*ip, at);
+        }
+        participants
+    };
+    anyhow::ensure!(
+        participants.len() == wanted,
+        "only {} pods have IPs",
+        participants.len()
+    );
+
+    let workspaces: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &kubeflow::workspace_resource());
+    let mut events = watcher(workspaces, watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let metrics_port = controlplane::free_port()?;
+    let mut controller = start_controller(cp, args, "cull latency", args.concurrency, metrics_port)?;
+    let mut latencies = HashMap::new();
+    let until = Instant::now() + Duration::from_millis((LATENCY_LEAD_MS + LATENCY_SPREAD_MS) as u64 + 120_000);
+    while latencies.len() < participants.len() {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok(Ok(Some(workspace))) = tokio::time::timeout(left, events.try_next()).await else {
+            break;
+        };
+        let name = workspace.metadata.name.clone().unwrap_or_default();
+        let paused = workspace.data.pointer("/spec/paused").and_then(|p| p.as_bool()) == Some(true);
+        if !paused || latencies.contains_key(&name) {
+            continue;
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let eligible = workspace
+            .data
+            .pointer("/status/activity/rules/pauseWorkspace/eligibleAfter")
+            .and_then(|e| e.as_i64())
+            .unwrap_or(0);
+        let Some(expected) = participants.get(&name) else {
+            anyhow::bail!("{name} was paused, but its server said it was in use");
+        };
+        anyhow::ensure!(
+            (eligible - expected).abs() < 1000,
+            "{name}: eligibleAfter {eligible}, expected {expected}"
+        );
+        anyhow::ensure!(
+            now >= eligible,
+            "{name} paused {} ms before it was eligible",
+            eligible - now
+        );
+        latencies.insert(name, (now - eligible) as f64 / 1000.0);
+    }
+    let results = probe_results(&metrics(metrics_port).await);
+    let _ = controller.kill();
+    let _ = controller.wait();
+    let missed = participants.len() - latencies.len();
+    let mut latencies: Vec<f64> = latencies.into_values().collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok(Latency {
+        latencies,
+        missed,
+        results,
+    })
+}
+
+/// The cull-latency phase's figures.
+struct Latency {
+    /// Each pause's delay after its eligibleAfter, in seconds, sorted.
+    latencies: Vec<f64>,
+    /// Workspaces not paused in time.
+    missed: usize,
+    /// Probes of the phase by result.
+    results: BTreeMap<String, f64>,
+}
+
+/// `workspace_culler_probes_total` by result.
+fn probe_results(metrics: &str) -> BTreeMap<String, f64> {
+    let mut results = BTreeMap::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("workspace_culler_probes_total{"))
+    {
+        let result = line
+            .split("result=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default();
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *results.entry(result.to_string()).or_default() += value;
+    }
+    results
+}
+
+fn print_latency(
+    Latency {
+        latencies,
+        missed,
+        results,
+    }: &Latency,
+) {
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "cull latency (pause − eligibleAfter), {} workspaces eligible over {} s, minProbeIntervalSeconds {}: \
+         p50 {:.1} s, p90 {:.1} s, p99 {:.1} s, max {:.1} s (goal: p99 ≤ {} s); not paused in time: {missed}",
+        latencies.len() + missed,
+        LATENCY_SPREAD_MS / 1000,
+        LATENCY_MIN_PROBE_INTERVAL,
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        latencies.last().copied().unwrap_or(f64::NAN),
+        LATENCY_MIN_PROBE_INTERVAL + 5,
+    );
+    println!("probes of that phase by result: {results:?}");
 }
 
 fn print(args: &Args, rounds: &[&Round]) {

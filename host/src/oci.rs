@@ -108,6 +108,9 @@ pub struct Settings {
     pub cache_dir: Option<PathBuf>,
     /// Largest component pulled.
     pub max_bytes: u64,
+    /// The most `cache_dir` may hold (compiled code included): keeping a pulled component
+    /// evicts the least recently used files beyond it. `None`: no bound.
+    pub cache_max_bytes: Option<u64>,
 }
 
 /// What [`Registry::push`] stored.
@@ -263,8 +266,13 @@ impl Registry {
 
     /// The cached component with this digest, checked (a damaged file is ignored).
     fn cached(&self, sha256: &str) -> Option<Vec<u8>> {
-        let bytes = std::fs::read(self.blob_path(sha256)?).ok()?;
-        (sha256_hex(&bytes) == sha256).then_some(bytes)
+        let path = self.blob_path(sha256)?;
+        let bytes = std::fs::read(&path).ok()?;
+        if sha256_hex(&bytes) != sha256 {
+            return None;
+        }
+        workspace_culler_engine::cache::touch(&path);
+        Some(bytes)
     }
 
     /// The component `location` names: from the cache when its digest is known and cached,
@@ -367,16 +375,18 @@ impl Registry {
             file.persist(&path).map_err(|e| e.error)?;
             Ok(())
         };
+        let blob = self.blob_path(&fetched.sha256);
+        let manifest = location.reference.digest().and_then(|d| self.manifest_path(d));
         let results = [
-            self.blob_path(&fetched.sha256).map(|path| write(path, &fetched.bytes)),
-            location
-                .reference
-                .digest()
-                .and_then(|d| self.manifest_path(d))
-                .map(|path| write(path, fetched.sha256.as_bytes())),
+            blob.clone().map(|path| write(path, &fetched.bytes)),
+            manifest.clone().map(|path| write(path, fetched.sha256.as_bytes())),
         ];
         for error in results.into_iter().flatten().filter_map(Result::err) {
             tracing::warn!(location = %location.text, error = %error, "cannot cache a pulled probe module");
+        }
+        if let (Some(dir), Some(max)) = (&self.settings.cache_dir, self.settings.cache_max_bytes) {
+            let keep: Vec<&Path> = [&blob, &manifest].into_iter().flatten().map(PathBuf::as_path).collect();
+            workspace_culler_engine::cache::bound(dir, max, &keep);
         }
     }
 

@@ -392,6 +392,99 @@ async fn compiled_code_is_cached_verified_and_recompiled_when_corrupt() {
     assert_ne!(std::fs::read(code).unwrap(), bytes, "the corrupt entry was rewritten");
 }
 
+#[test]
+fn the_code_cache_keeps_within_its_bound_by_evicting_what_was_used_least_recently() {
+    let dir = tempfile::tempdir().unwrap();
+    let builtin = |name| workspace_culler_engine::builtin::builtin(name).unwrap().component;
+    let cached_bytes = || -> u64 {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let code_of = |bytes: &[u8]| {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with(&workspace_culler_engine::sha256_hex(bytes)) && name.ends_with(".cwasm")
+            })
+    };
+    // Measure one compiled component, then allow a little more than the largest.
+    let unbounded = ProbeEngine::new(EngineConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        allocation: Allocation::OnDemand,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let mut sizes = Vec::new();
+    for component in [
+        hostile(),
+        builtin("exec-script"),
+        builtin("jupyter"),
+        builtin("nvidia-gpu"),
+    ] {
+        let before = cached_bytes();
+        unbounded.load(component, None).unwrap();
+        sizes.push(cached_bytes() - before);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let max = *sizes.iter().max().unwrap() * 3 / 2;
+    // The hostile probe's entry is written again below, by an engine with the bound.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&workspace_culler_engine::sha256_hex(hostile()))
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    assert!(cached_bytes() > max, "three entries outgrow the bound");
+
+    let bounded = ProbeEngine::new(EngineConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        cache_max_bytes: max,
+        allocation: Allocation::OnDemand,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    // exec-script is used (read from the cache: now the most recent), then the hostile probe is
+    // compiled and written: the others go, oldest first, until the cache fits.
+    bounded.load(builtin("exec-script"), None).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    bounded.load(hostile(), None).unwrap();
+    assert!(cached_bytes() <= max, "{} > {max}", cached_bytes());
+    assert!(code_of(hostile()).is_some(), "what was just written stays");
+    assert!(
+        code_of(builtin("jupyter")).is_none(),
+        "the least recently used went first"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_no_one_holds_are_unloaded_and_held_ones_stay() {
+    let engine = engine(Allocation::OnDemand);
+    let held = engine.load(hostile(), None).unwrap();
+    let dropped = engine
+        .load(
+            workspace_culler_engine::builtin::builtin("exec-script")
+                .unwrap()
+                .component,
+            None,
+        )
+        .unwrap();
+    drop(dropped);
+    assert_eq!(engine.unload_unused(), 1);
+    assert_eq!(engine.unload_unused(), 0);
+    // The one still held is the one a new load finds (no second compile).
+    assert!(Arc::ptr_eq(&held, &engine.load(hostile(), None).unwrap()));
+    assert_still_works(&engine, &held).await;
+}
+
 /// Answers exec after a pause, so evaluations overlap.
 struct Slow;
 

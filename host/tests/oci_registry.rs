@@ -51,6 +51,7 @@ fn client(registry: &registry::Registry, cache: Option<&Path>, max_bytes: u64) -
         ca_file: None,
         cache_dir: cache.map(Path::to_path_buf),
         max_bytes,
+        cache_max_bytes: None,
     })
     .unwrap()
 }

@@ -4,6 +4,7 @@
 //! what a probe can reach comes in through [`Capabilities`].
 
 pub mod builtin;
+pub mod cache;
 pub mod capabilities;
 pub use workspace_culler_contract as contract;
 pub use workspace_culler_contract::ProbeOutcome;
@@ -115,6 +116,9 @@ pub struct EngineConfig {
     pub limits: Limits,
     /// Where compiled components are cached (none: compile every load).
     pub cache_dir: Option<PathBuf>,
+    /// The most the cache folder may hold: each write evicts the least recently used files
+    /// beyond it ([`cache::bound`]).
+    pub cache_max_bytes: u64,
     /// Instance allocation.
     pub allocation: Allocation,
     /// Linear memory all running evaluations may hold together (each also within
@@ -131,6 +135,7 @@ impl Default for EngineConfig {
             concurrency: 8,
             limits: Limits::default(),
             cache_dir: None,
+            cache_max_bytes: cache::DEFAULT_CACHE_MAX_BYTES,
             allocation: Allocation::Auto,
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
         }
@@ -383,6 +388,12 @@ impl ProbeEngine {
         self.pooling
     }
 
+    /// The Wasmtime engine evaluations run on (its configuration, pool included): what a
+    /// benchmark instantiates its floor on, so the floor and an evaluation share every setting.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+
     /// Load a component, checking its digest when one is pinned. Loads of the
     /// same bytes are shared.
     pub fn load(&self, bytes: &[u8], pinned_sha256: Option<&str>) -> Result<Arc<LoadedProbe>, LoadError> {
@@ -439,6 +450,15 @@ impl ProbeEngine {
         self.lock_loaded().clear();
     }
 
+    /// Forget the loaded components no one holds any more (a replaced module file, a pin no
+    /// policy names): their compiled code is freed. Returns how many went.
+    pub fn unload_unused(&self) -> usize {
+        let mut loaded = self.lock_loaded();
+        let before = loaded.len();
+        loaded.retain(|_, probe| Arc::strong_count(probe) > 1);
+        before - loaded.len()
+    }
+
     fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedProbe>>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -461,6 +481,8 @@ impl ProbeEngine {
         let sum_path = dir.join(format!("{key}.cwasm.sha256"));
         if let (Ok(code), Ok(sum)) = (std::fs::read(&code_path), std::fs::read_to_string(&sum_path)) {
             if sha256_hex(&code) == sum.trim() {
+                cache::touch(&code_path);
+                cache::touch(&sum_path);
                 // SAFETY: the bytes were produced by `Component::serialize` of an
                 // engine with the same compatibility hash (in the file name), and
                 // their sha256 matches the one written beside them.
@@ -475,8 +497,11 @@ impl ProbeEngine {
             }
         }
         let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        if let Err(e) = write_cache(dir, &code_path, &sum_path, &component) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot cache compiled probe code");
+        match write_cache(dir, &code_path, &sum_path, &component) {
+            Ok(()) => {
+                cache::bound(dir, self.config.cache_max_bytes, &[&code_path, &sum_path]);
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot cache compiled probe code"),
         }
         Ok(component)
     }

@@ -70,6 +70,7 @@ impl RegistryArgs {
             ca_file: self.ca_file.clone(),
             cache_dir,
             max_bytes: workspace_culler::controller::probe::MAX_MODULE_BYTES,
+            cache_max_bytes: Some(workspace_culler_engine::cache::DEFAULT_CACHE_MAX_BYTES),
         })
         .map_err(anyhow::Error::msg)
     }

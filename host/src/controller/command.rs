@@ -52,6 +52,10 @@ pub struct ControllerArgs {
     /// Where compiled probe components (and those pulled from registries) are cached.
     #[arg(long, env = "WORKSPACE_CULLER_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// The most the cache folder may hold, in MiB: writing into it evicts the least recently
+    /// used entries beyond this (keep it under the volume's size limit).
+    #[arg(long, env = "WORKSPACE_CULLER_CACHE_MAX_MIB", default_value_t = 192)]
+    cache_max_mib: u64,
     /// A registry (`host:port`) of `oci://` modules reached over plain HTTP (repeatable);
     /// every other one over TLS.
     #[arg(long = "insecure-registry", value_delimiter = ',')]
@@ -112,6 +116,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(ProbeEngine::new(EngineConfig {
         concurrency: u32::from(args.concurrency),
         cache_dir: cache_dir.clone(),
+        cache_max_bytes: args.cache_max_mib << 20,
         memory_budget_bytes: (args.memory_budget_mib as usize) << 20,
         ..EngineConfig::default()
     })?);
@@ -121,6 +126,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             ca_file: args.registry_ca_file,
             cache_dir,
             max_bytes: super::probe::MAX_MODULE_BYTES,
+            cache_max_bytes: Some(args.cache_max_mib << 20),
         })
         .map_err(anyhow::Error::msg)?,
     );

@@ -110,6 +110,46 @@ pub struct Context {
     pauses: Arc<Mutex<BTreeMap<String, i64>>>,
     /// Every write checks it first: only a replica that (still) leads writes.
     fence: leader::Fence,
+    /// Who manages what and the decoded kinds, computed again only when a kind or a policy
+    /// changed (not on every reconcile: a kind is a large object to decode).
+    management: Mutex<Option<(Vec<Revision>, Arc<Managed>)>>,
+}
+
+/// Which version of an object a cached computation saw: its name and resourceVersion (or, for
+/// an object without one, a hash of its content).
+type Revision = (String, String);
+
+fn revision<K: kube::Resource + serde::Serialize>(object: &K) -> Revision {
+    let version = object.meta().resource_version.clone().unwrap_or_else(|| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(object).unwrap_or_default().hash(&mut hasher);
+        format!("#{:016x}", hasher.finish())
+    });
+    (object.meta().name.clone().unwrap_or_default(), version)
+}
+
+/// What `slot` holds if it was computed from the same revisions as `seen`, else `compute()`,
+/// kept for next time.
+fn computed_for<T>(
+    slot: &Mutex<Option<(Vec<Revision>, Arc<T>)>>,
+    seen: Vec<Revision>,
+    compute: impl FnOnce() -> T,
+) -> Arc<T> {
+    if let Some((cached, value)) = lock(slot).as_ref()
+        && *cached == seen
+    {
+        return value.clone();
+    }
+    let value = Arc::new(compute());
+    *lock(slot) = Some((seen, value.clone()));
+    value
+}
+
+/// [`Management`] across every policy and kind, and every kind that can be read.
+struct Managed {
+    management: Management,
+    kinds: Vec<WorkspaceKind>,
 }
 
 /// Why a reconcile failed (it is retried; nothing is paused on an error).
@@ -211,23 +251,38 @@ impl Context {
             .collect()
     }
 
-    fn management(&self) -> (Management, Vec<WorkspaceKind>) {
-        let policies: Vec<CullingPolicy> = self.policies.state().iter().map(|p| (**p).clone()).collect();
-        let kinds = self.all_kinds();
-        (Management::compute(&policies, &kinds), kinds)
+    /// Who manages what: from the cache while no kind and no policy changed.
+    fn management(&self) -> Arc<Managed> {
+        let (kinds, policies) = (self.kinds.state(), self.policies.state());
+        let seen: Vec<Revision> = kinds
+            .iter()
+            .map(|k| revision(&**k))
+            .chain(std::iter::once(Default::default()))
+            .chain(policies.iter().map(|p| revision(&**p)))
+            .collect();
+        computed_for(&self.management, seen, || {
+            let policies: Vec<CullingPolicy> = policies.iter().map(|p| (**p).clone()).collect();
+            let kinds = self.all_kinds();
+            Managed {
+                management: Management::compute(&policies, &kinds),
+                kinds,
+            }
+        })
     }
 
     /// The policy, kind and rule of `workspace`, or why the culler leaves it alone.
     fn governed(&self, workspace: &Workspace) -> Result<Governed, Unmanaged> {
-        let (management, kinds) = self.management();
-        let policy_name = management.policy_for_kind(&workspace.spec.kind)?.to_owned();
+        let managed = self.management();
+        let policy_name = managed.management.policy_for_kind(&workspace.spec.kind)?.to_owned();
         let policy = self
             .policies
             .get(&ObjectRef::new(&policy_name))
             .ok_or(Unmanaged::NoPolicy)?;
-        let kind = kinds
-            .into_iter()
+        let kind = managed
+            .kinds
+            .iter()
             .find(|k| k.metadata.name.as_deref() == Some(workspace.spec.kind.as_str()))
+            .cloned()
             .ok_or(Unmanaged::NoPolicy)?;
         Ok(self.with_policy(workspace, policy, kind))
     }
@@ -825,6 +880,7 @@ pub async fn run(
                 keep_alive_reported: Default::default(),
                 pauses: pauses.clone(),
                 fence: fence.clone(),
+                management: Mutex::default(),
             });
             let workspaces_of_kinds = {
                 let store = store.clone();
@@ -906,6 +962,41 @@ mod tests {
 
     fn object(value: serde_json::Value) -> DynamicObject {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn kinds_and_policies_are_decoded_again_only_when_one_changed() {
+        let slot = Mutex::default();
+        let computed = std::cell::Cell::new(0);
+        let compute = || {
+            computed.set(computed.get() + 1);
+            computed.get()
+        };
+        let kind = |version: Option<&str>, image: &str| {
+            let mut kind = object(serde_json::json!({
+                "apiVersion": "kubeflow.org/v1beta1", "kind": "WorkspaceKind",
+                "metadata": {"name": "jupyterlab"}, "spec": {"image": image},
+            }));
+            kind.metadata.resource_version = version.map(str::to_owned);
+            kind
+        };
+        let seen = |kind: &DynamicObject| vec![revision(kind)];
+        assert_eq!(*computed_for(&slot, seen(&kind(Some("1"), "a")), compute), 1);
+        assert_eq!(
+            *computed_for(&slot, seen(&kind(Some("1"), "a")), compute),
+            1,
+            "unchanged: cached"
+        );
+        assert_eq!(
+            *computed_for(&slot, seen(&kind(Some("2"), "b")), compute),
+            2,
+            "a new resourceVersion"
+        );
+        // Without a resourceVersion, the content tells versions apart.
+        assert_eq!(*computed_for(&slot, seen(&kind(None, "b")), compute), 3);
+        assert_eq!(*computed_for(&slot, seen(&kind(None, "b")), compute), 3);
+        assert_eq!(*computed_for(&slot, seen(&kind(None, "c")), compute), 4);
+        assert_eq!(*computed_for(&slot, Vec::new(), compute), 5, "a kind gone");
     }
 
     #[test]

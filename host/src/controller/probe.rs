@@ -410,14 +410,55 @@ struct FileKey {
 /// time and is read, hashed and checked against its pin again. Only the latest version of each
 /// path is kept.
 pub struct ModuleFiles<T> {
-    loaded: std::sync::Mutex<std::collections::HashMap<PathBuf, (FileKey, Arc<T>)>>,
+    loaded: Memo<PathBuf, (FileKey, Arc<T>)>,
 }
 
 impl<T> Default for ModuleFiles<T> {
     fn default() -> Self {
         ModuleFiles {
-            loaded: Default::default(),
+            loaded: Memo::default(),
         }
+    }
+}
+
+/// Values by key, each with when it was last used, so what has not been used for a while can
+/// be dropped ([`Memo::prune`]): a module no policy names any more does not stay loaded.
+pub struct Memo<K, V> {
+    entries: std::sync::Mutex<std::collections::HashMap<K, (std::time::Instant, V)>>,
+}
+
+impl<K, V> Default for Memo<K, V> {
+    fn default() -> Self {
+        Memo {
+            entries: Default::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
+    /// The value for `key`, if kept; marks it used now.
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let mut entries = lock(&self.entries);
+        let (used, value) = entries.get_mut(key)?;
+        *used = std::time::Instant::now();
+        Some(value.clone())
+    }
+
+    /// Keep `value` for `key` (replacing what was there).
+    pub fn insert(&self, key: K, value: V) {
+        lock(&self.entries).insert(key, (std::time::Instant::now(), value));
+    }
+
+    /// Drop what has not been used for `unused_for`; returns how many.
+    pub fn prune(&self, unused_for: Duration) -> usize {
+        let mut entries = lock(&self.entries);
+        let before = entries.len();
+        entries.retain(|_, (used, _)| used.elapsed() < unused_for);
+        before - entries.len()
     }
 }
 
@@ -438,17 +479,18 @@ impl<T> ModuleFiles<T> {
             modified: metadata.modified().ok(),
             pinned: pinned.map(str::to_owned),
         };
-        let cached = self.lock().get(path).filter(|(k, _)| *k == key).map(|(_, v)| v.clone());
+        let cached = self.loaded.get(path).filter(|(k, _)| *k == key).map(|(_, v)| v);
         if let Some(loaded) = cached {
             return Ok(loaded);
         }
         let loaded = load(read_module(path).await?).await?;
-        self.lock().insert(path.to_owned(), (key, loaded.clone()));
+        self.loaded.insert(path.to_owned(), (key, loaded.clone()));
         Ok(loaded)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, (FileKey, Arc<T>)>> {
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    /// Drop the files not used for `unused_for`; returns how many.
+    pub fn prune(&self, unused_for: Duration) -> usize {
+        self.loaded.prune(unused_for)
     }
 }
 
@@ -468,19 +510,23 @@ async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Result<Arc<L
     };
     match &plan.module {
         Module::Builtin(name) => {
+            if let Some(loaded) = prober.builtins.get(name.as_str()) {
+                return Ok(loaded);
+            }
             let component = workspace_culler_engine::builtin::builtin(name)
                 .ok_or_else(|| format!("no built-in probe named {name:?}"))?
                 .component
                 .to_vec();
-            compile(component).await
+            let loaded = compile(component).await?;
+            prober.builtins.insert(name.clone(), loaded.clone());
+            Ok(loaded)
         }
         Module::File(path) => prober.files.get_or_load(path, plan.sha256.as_deref(), compile).await,
         Module::Oci(location) => {
             // A pinned artifact never changes: pulled (or read from the disk cache) and
             // compiled once per process.
             let key = format!("{}#{}", location.text, plan.sha256.as_deref().unwrap_or_default());
-            let known = lock(&prober.pulled).get(&key).cloned();
-            if let Some(loaded) = known {
+            if let Some(loaded) = prober.pulled.get(&key) {
                 return Ok(loaded);
             }
             let auth = match &plan.pull_secret {
@@ -492,7 +538,7 @@ async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Result<Arc<L
                 tracing::info!(location = %location.text, sha256 = %fetched.sha256, "pulled a probe module");
             }
             let loaded = compile(fetched.bytes).await?;
-            lock(&prober.pulled).insert(key, loaded.clone());
+            prober.pulled.insert(key, loaded.clone());
             Ok(loaded)
         }
     }
@@ -533,8 +579,17 @@ pub struct EngineProber {
     engine: Arc<ProbeEngine>,
     files: ModuleFiles<LoadedProbe>,
     /// `oci://` modules loaded, by location and pin.
-    pulled: std::sync::Mutex<std::collections::HashMap<String, Arc<LoadedProbe>>>,
+    pulled: Memo<String, Arc<LoadedProbe>>,
+    /// Built-in probes loaded, by name (their bytes are neither copied nor hashed per probe).
+    builtins: Memo<String, Arc<LoadedProbe>>,
+    /// When loaded modules were last pruned.
+    pruned_at: std::sync::Mutex<std::time::Instant>,
 }
+
+/// How often loaded modules are pruned, and how long one stays loaded unused: a module used
+/// again later is read from the disk cache (milliseconds), not compiled.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+const UNUSED_FOR: Duration = Duration::from_secs(3600);
 
 impl EngineProber {
     /// Probes evaluated by `engine`.
@@ -542,7 +597,26 @@ impl EngineProber {
         EngineProber {
             engine,
             files: ModuleFiles::default(),
-            pulled: Default::default(),
+            pulled: Memo::default(),
+            builtins: Memo::default(),
+            pruned_at: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// Every [`PRUNE_EVERY`]: forget the modules no probe used for [`UNUSED_FOR`] (a replaced
+    /// file, a pin no policy names any more), and free the compiled code no one holds.
+    fn prune_if_due(&self) {
+        {
+            let mut pruned_at = lock(&self.pruned_at);
+            if pruned_at.elapsed() < PRUNE_EVERY {
+                return;
+            }
+            *pruned_at = std::time::Instant::now();
+        }
+        let forgotten = self.files.prune(UNUSED_FOR) + self.pulled.prune(UNUSED_FOR) + self.builtins.prune(UNUSED_FOR);
+        let unloaded = self.engine.unload_unused();
+        if forgotten + unloaded > 0 {
+            tracing::info!(forgotten, unloaded, "pruned probe modules no probe used lately");
         }
     }
 }
@@ -557,6 +631,7 @@ impl Prober for EngineProber {
         probe: &ActivityProbe,
         start_ms: i64,
     ) -> ProbeRun {
+        self.prune_if_due();
         let failed = |message| ProbeRun {
             start_ms,
             end_ms: (ctx.clock)().max(start_ms),
@@ -815,6 +890,18 @@ mod tests {
                 .unwrap_err()
                 .contains("terminating")
         );
+    }
+
+    #[test]
+    fn a_memo_drops_what_was_not_used_lately_and_keeps_what_was() {
+        let memo = Memo::<String, u32>::default();
+        memo.insert("used".into(), 1);
+        memo.insert("unused".into(), 2);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(memo.get("used"), Some(1));
+        assert_eq!(memo.prune(Duration::from_millis(20)), 1);
+        assert_eq!(memo.get("unused"), None);
+        assert_eq!(memo.get("used"), Some(1));
     }
 
     #[tokio::test]

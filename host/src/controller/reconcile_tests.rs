@@ -297,6 +297,7 @@ impl Case {
             keep_alive_reported: Default::default(),
             pauses: Default::default(),
             fence: leader::Fence::always(),
+            management: Default::default(),
         });
         Case {
             api,
