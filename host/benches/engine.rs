@@ -365,6 +365,11 @@ fn summary() {
         rt.block_on(floor.run());
     }
     let floor_p50 = time_n(2000, || rt.block_on(floor.run()));
+    // The same component, instantiated with the probe's sandbox state and asked only for its
+    // `info` (no host call, no validation): where an evaluation's time goes.
+    let info_p50 = time_n(2000, || {
+        rt.block_on(pooling.info(&pp)).expect("info");
+    });
     let pool_p50 = time_n(2000, || evaluate_once(&rt, &pooling, &pp, &caps));
     let demand_p50 = time_n(2000, || evaluate_once(&rt, &on_demand, &op, &caps));
 
@@ -409,6 +414,11 @@ fn summary() {
     println!(
         "  floor: fresh Store + instantiate + call a no-op   {:>9.1} µs",
         micros(floor_p50)
+    );
+    println!(
+        "  exec-script instantiated in its sandbox + info  {:>9.1} µs   ({:.2}× the floor)",
+        micros(info_p50),
+        info_p50.as_secs_f64() / floor_p50.as_secs_f64()
     );
     println!(
         "  evaluation of exec-script, pooling              {:>9.1} µs   ({:.2}× the floor; goal ≤ 2×)",

@@ -181,14 +181,24 @@ fn status_writes(metrics: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A controller process, killed when dropped (also when the benchmark fails half-way).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn start_controller(
     cp: &ControlPlane,
     args: &Args,
     label: &str,
     concurrency: u32,
     metrics_port: u16,
-) -> anyhow::Result<std::process::Child> {
-    Command::new(&args.binary)
+) -> anyhow::Result<Running> {
+    let child = Command::new(&args.binary)
         .args(["controller", "--http-mode", "direct", "--namespace", NS])
         .args(["--concurrency", &concurrency.to_string()])
         .args(["--controller-namespace", CONTROLLER_NS])
@@ -200,7 +210,8 @@ fn start_controller(
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(cp.dir().join(format!("{label}.log")))?)
         .spawn()
-        .with_context(|| format!("cannot start {}", args.binary.display()))
+        .with_context(|| format!("cannot start {}", args.binary.display()))?;
+    Ok(Running(child))
 }
 
 struct Round {
@@ -222,7 +233,7 @@ async fn round(cp: &ControlPlane, args: &Args, label: &str, concurrency: u32) ->
     let (apiserver_before, etcd_before) = (cpu_seconds(apiserver), cpu_seconds(etcd));
     let started = Instant::now();
     let mut controller = start_controller(cp, args, label, concurrency, metrics_port)?;
-    let pid = controller.id();
+    let pid = controller.0.id();
     let mut first_probe: Option<Instant> = None;
     let text = loop {
         let text = metrics(metrics_port).await;
@@ -233,7 +244,7 @@ async fn round(cp: &ControlPlane, args: &Args, label: &str, concurrency: u32) ->
         if written >= args.workspaces as f64 {
             break text;
         }
-        if started.elapsed() > Duration::from_secs(1800) || controller.try_wait()?.is_some() {
+        if started.elapsed() > Duration::from_secs(1800) || controller.0.try_wait()?.is_some() {
             anyhow::bail!("{label}: only {written} of {} probed", args.workspaces);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -242,8 +253,7 @@ async fn round(cp: &ControlPlane, args: &Args, label: &str, concurrency: u32) ->
     let probing = first_probe.map_or(seconds, |t| t.elapsed().as_secs_f64()).max(0.001);
     let requests = api_requests(&text);
     let (rss_mib, cpu) = (peak_rss_mib(pid), cpu_seconds(pid));
-    let _ = controller.kill();
-    let _ = controller.wait();
+    drop(controller);
     Ok(Round {
         label: label.into(),
         seconds,
@@ -458,7 +468,7 @@ async fn cull_latency(
         .applied_objects()
         .boxed();
     let metrics_port = controlplane::free_port()?;
-    let mut controller = start_controller(cp, args, "cull latency", args.concurrency, metrics_port)?;
+    let controller = start_controller(cp, args, "cull latency", args.concurrency, metrics_port)?;
     let mut latencies = HashMap::new();
     let until = Instant::now() + Duration::from_millis((LATENCY_LEAD_MS + LATENCY_SPREAD_MS) as u64 + 120_000);
     while latencies.len() < participants.len() {
@@ -492,8 +502,7 @@ async fn cull_latency(
         latencies.insert(name, (now - eligible) as f64 / 1000.0);
     }
     let results = probe_results(&metrics(metrics_port).await);
-    let _ = controller.kill();
-    let _ = controller.wait();
+    drop(controller);
     let missed = participants.len() - latencies.len();
     let mut latencies: Vec<f64> = latencies.into_values().collect();
     latencies.sort_by(f64::total_cmp);

@@ -101,6 +101,28 @@ async fn faults_mid_probe_never_pause_wrongly_and_the_controller_converges() {
     before = check_invariants(&env, "steady", &before, "apiserver restart", &controller.log()).await;
     converges(&env, "steady", since, "the apiserver restart", &controller).await;
 
+    // The apiserver gone for 10 s (connections refused): the controller waits between
+    // attempts instead of retrying in a busy loop, and carries on once it is back.
+    let requests = || async {
+        let (_, text) = controller.get("/metrics").await;
+        text.lines()
+            .filter(|l| l.starts_with("workspace_culler_api_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    env.cp.stop("kube-apiserver");
+    let attempts_before = requests().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let attempts = requests().await - attempts_before;
+    env.cp.start_again("kube-apiserver").await.unwrap();
+    assert!(
+        attempts < 300.0,
+        "{attempts} requests to an apiserver that was down for 10 s: retried without backing off"
+    );
+    let since = now_ms();
+    before = check_invariants(&env, "steady", &before, "apiserver down", &controller.log()).await;
+    converges(&env, "steady", since, "the apiserver down for 10 s", &controller).await;
+
     // etcd frozen mid-probe: every request hangs, then times out.
     wait_for_a_probe_in_flight().await;
     env.cp.pause("etcd");

@@ -756,12 +756,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A cache of `api` as `config` selects, filled in the background until the guard drops;
-/// `on_change` sees each applied object.
+/// A cache of `api` as `config` selects, each object trimmed by `trim` to what the culler
+/// reads, filled in the background until the guard drops; `on_change` sees each applied object.
 fn cache<K>(
     api: Api<K>,
     dyntype: K::DynamicType,
     config: watcher::Config,
+    trim: fn(&mut K),
     on_change: impl Fn(&K) + Send + 'static,
 ) -> (Store<K>, AbortOnDrop)
 where
@@ -770,7 +771,9 @@ where
 {
     let writer = reflector::store::Writer::new(dyntype);
     let store = writer.as_reader();
-    let task = reflector(writer, watcher(api, config))
+    // Backing off between failed watches: without it, a watch of an apiserver that refuses
+    // connections is retried at once, again and again (a busy loop and a log flood).
+    let task = reflector(writer, watcher(api, config).default_backoff().modify(trim))
         .applied_objects()
         .for_each(move |object| {
             if let Ok(object) = object {
@@ -779,6 +782,47 @@ where
             futures::future::ready(())
         });
     (store, AbortOnDrop(tokio::spawn(task)))
+}
+
+/// Keep everything (small objects, or ones read whole).
+fn whole<K>(_: &mut K) {}
+
+/// Drop `metadata.managedFields`: the field managers' bookkeeping, often the largest part of
+/// an object, which the culler never reads.
+fn without_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// Only what the culler reads of a pod: metadata (labels, owners, deletion), its containers'
+/// names, its phase and IP. The cache holds one per workspace.
+fn trim_pod(pod: &mut k8s_openapi::api::core::v1::Pod) {
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    without_managed_fields(pod);
+    pod.metadata.annotations = None;
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        containers: spec
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        pod_ip: status.pod_ip,
+        ..Default::default()
+    });
+}
+
+/// Only a StatefulSet's metadata (its owner is what the culler checks).
+fn trim_statefulset(statefulset: &mut k8s_openapi::api::apps::v1::StatefulSet) {
+    without_managed_fields(statefulset);
+    statefulset.metadata.annotations = None;
+    statefulset.spec = None;
+    statefulset.status = None;
 }
 
 /// Triggers only on a change of `metadata.generation` (spec edits), not of status: Kubeflow
@@ -805,18 +849,26 @@ pub async fn run(
         kinds_api.clone(),
         kind_resource(),
         Default::default(),
+        without_managed_fields,
         move |kind: &DynamicObject| {
             // Logged and counted once per change of the kind.
             let _ = decoded::<WorkspaceKind>(kind, &kind_metrics);
         },
     );
     let policies_api: Api<CullingPolicy> = Api::all(client.clone());
-    let (policies, _policies_task) = cache(policies_api.clone(), (), Default::default(), |_| {});
-    let (namespaces, _namespaces_task) = cache(Api::<Namespace>::all(client.clone()), (), Default::default(), |_| {});
+    let (policies, _policies_task) = cache(policies_api.clone(), (), Default::default(), whole, |_| {});
+    let (namespaces, _namespaces_task) = cache(
+        Api::<Namespace>::all(client.clone()),
+        (),
+        Default::default(),
+        without_managed_fields,
+        |_| {},
+    );
     let (secrets, _secrets_task) = cache(
         Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &settings.own_namespace),
         (),
         Default::default(),
+        without_managed_fields,
         |_| {},
     );
     kinds.wait_until_ready().await?;
@@ -842,8 +894,8 @@ pub async fn run(
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
         let labelled = watcher::Config::default().labels(WORKSPACE_LABEL);
-        let (pods, pods_task) = cache(pods, (), labelled, |_| {});
-        let (statefulsets, statefulsets_task) = cache(statefulsets, (), Default::default(), |_| {});
+        let (pods, pods_task) = cache(pods, (), labelled, trim_pod, |_| {});
+        let (statefulsets, statefulsets_task) = cache(statefulsets, (), Default::default(), trim_statefulset, |_| {});
         pods.wait_until_ready().await?;
         statefulsets.wait_until_ready().await?;
         pod_caches.push((pods, statefulsets, [pods_task, statefulsets_task]));
@@ -856,9 +908,18 @@ pub async fn run(
                 Some(ns) => Api::namespaced_with(client.clone(), ns, &workspace_resource()),
                 None => Api::all_with(client.clone(), &workspace_resource()),
             };
-            let controller = Controller::new_with(workspaces, watcher::Config::default(), workspace_resource())
-                .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
-            let store = controller.store();
+            // The workspaces' own cache, without their managed fields (one per workspace).
+            let writer = reflector::store::Writer::new(workspace_resource());
+            let store = writer.as_reader();
+            let watched = watcher(workspaces, watcher::Config::default())
+                .default_backoff()
+                .modify(without_managed_fields::<DynamicObject>);
+            let controller = Controller::for_stream_with(
+                reflector(writer, watched).applied_objects(),
+                store.clone(),
+                workspace_resource(),
+            )
+            .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
             stores.push(store.clone());
             let ctx = Arc::new(Context {
                 client: client.clone(),
@@ -962,6 +1023,33 @@ mod tests {
 
     fn object(value: serde_json::Value) -> DynamicObject {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_trimmed_pod_keeps_what_finding_and_reaching_it_needs() {
+        let mut pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ws-0", "namespace": "ns", "labels": {WORKSPACE_LABEL: "ws"},
+                         "annotations": {"big": "x".repeat(4096)},
+                         "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "ws",
+                                              "uid": "u", "controller": true}]},
+            "spec": {"containers": [{"name": "main", "image": "jupyter", "env": [{"name": "A", "value": "b"}]}],
+                     "volumes": [{"name": "home", "emptyDir": {}}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.7",
+                       "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap();
+        let whole = serde_json::to_string(&pod).unwrap().len();
+        trim_pod(&mut pod);
+        assert_eq!(probe::pod_candidate(&pod), Ok("ws".to_string()));
+        assert_eq!(pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()), Some("10.0.0.7"));
+        assert_eq!(pod.labels().get(WORKSPACE_LABEL).map(String::as_str), Some("ws"));
+        let trimmed = serde_json::to_string(&pod).unwrap();
+        assert!(trimmed.len() * 5 < whole, "{trimmed}");
+        assert!(
+            !trimmed.contains("managedFields") && !trimmed.contains("volumes"),
+            "{trimmed}"
+        );
     }
 
     #[test]

@@ -264,11 +264,21 @@ impl ControlPlane {
     /// Kill a component and start it again with the same command line (the apiserver: waits
     /// until it is ready again).
     pub async fn restart(&mut self, name: &'static str) -> anyhow::Result<()> {
+        self.stop(name);
+        self.start_again(name).await
+    }
+
+    /// Kill a component (its port refuses connections until [`ControlPlane::start_again`]).
+    pub fn stop(&mut self, name: &str) {
         self.signal(name, libc::SIGKILL);
         for (_, child) in self.processes.iter_mut().filter(|(n, _)| *n == name) {
             let _ = child.wait();
         }
         self.processes.retain(|(n, _)| *n != name);
+    }
+
+    /// Start a stopped component with its command line (the apiserver: waits until ready).
+    pub async fn start_again(&mut self, name: &'static str) -> anyhow::Result<()> {
         let argv = self
             .commands
             .iter()
