@@ -19,7 +19,6 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, RwLock};
@@ -87,11 +86,18 @@ fn args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// The `last_activity` each pod's server reports, by pod IP (others: [`LONG_AGO`]).
-type LastActivity = Arc<RwLock<HashMap<IpAddr, String>>>;
+/// The `last_activity` each workspace's server reports, by workspace name (others:
+/// [`LONG_AGO`]).
+type LastActivity = Arc<RwLock<HashMap<String, String>>>;
+
+/// The workspace a request is for: Jupyter serves under
+/// `/workspace/connect/<namespace>/<name>/<portId>/` (the sample kind keeps the prefix).
+fn workspace_of(path: &str) -> Option<&str> {
+    path.strip_prefix("/workspace/connect/")?.split('/').nth(1)
+}
 
 /// Answers Jupyter's API for every pod after `delay`: an idle server, whose last activity is
-/// the pod's entry in `last_activity`. A connection's local address is the pod IP it was for.
+/// the workspace's entry in `last_activity`.
 async fn jupyter(delay: Duration, last_activity: LastActivity) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", PORT))
@@ -101,7 +107,6 @@ async fn jupyter(delay: Duration, last_activity: LastActivity) -> anyhow::Result
         while let Ok((mut socket, _)) = listener.accept().await {
             let last_activity = last_activity.clone();
             tokio::spawn(async move {
-                let pod_ip = socket.local_addr().map(|a| a.ip()).ok();
                 let mut buffer = vec![0u8; 8192];
                 loop {
                     let Ok(n) = socket.read(&mut buffer).await else { return };
@@ -111,8 +116,8 @@ async fn jupyter(delay: Duration, last_activity: LastActivity) -> anyhow::Result
                     let request = String::from_utf8_lossy(&buffer[..n]);
                     let path = request.split_whitespace().nth(1).unwrap_or("");
                     let body = if path.contains("api/status") {
-                        let at = pod_ip
-                            .and_then(|ip| last_activity.read().ok()?.get(&ip).cloned())
+                        let at = workspace_of(path)
+                            .and_then(|name| last_activity.read().ok()?.get(name).cloned())
                             .unwrap_or_else(|| LONG_AGO.to_string());
                         let at = if at == IN_USE {
                             rfc3339(chrono::Utc::now().timestamp_millis())
@@ -181,6 +186,14 @@ fn status_writes(metrics: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Where the controllers' logs are kept after the run: `target/bench-scale/` (their level:
+/// `BENCH_SCALE_LOG`, `warn` unless set).
+fn log_dir() -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-scale");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// A controller process, killed when dropped (also when the benchmark fails half-way).
 struct Running(std::process::Child);
 
@@ -205,10 +218,13 @@ fn start_controller(
         .arg("--kubeconfig")
         .arg(cp.kubeconfig())
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_SCALE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("WORKSPACE_CULLER_CACHE_DIR", cp.dir().join("probe-cache"))
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(cp.dir().join(format!("{label}.log")))?)
+        .stderr(std::fs::File::create(log_dir()?.join(format!("{label}.log")))?)
         .spawn()
         .with_context(|| format!("cannot start {}", args.binary.display()))?;
     Ok(Running(child))
@@ -412,65 +428,46 @@ async fn cull_latency(
         .replace("scale", &PostParams::default(), &serde_json::from_value(policy)?)
         .await?;
 
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
-    let mut ips: BTreeMap<String, IpAddr> = BTreeMap::new();
-    for pod in pods.list(&Default::default()).await?.items {
-        let workspace = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(kubeflow::WORKSPACE_LABEL))
-            .cloned();
-        let ip = pod.status.and_then(|s| s.pod_ip).and_then(|ip| ip.parse().ok());
-        if let (Some(workspace), Some(ip)) = (workspace, ip) {
-            ips.insert(workspace, ip);
-        }
-    }
-    // One server answers every IP: pods sharing one (if the IP pool ever repeats) cannot be
-    // told apart, so they stay in use.
-    let mut shared: HashMap<IpAddr, usize> = HashMap::new();
-    for ip in ips.values() {
-        *shared.entry(*ip).or_default() += 1;
-    }
-    let unique = ips.values().filter(|ip| shared[*ip] == 1).count();
-    if unique < ips.len() {
-        eprintln!(
-            "{} pods share an IP with another: they are not timed",
-            ips.len() - unique
-        );
-    }
-    let wanted = args.latency_workspaces.min(unique);
-    let start = chrono::Utc::now().timestamp_millis() + LATENCY_LEAD_MS;
+    // No probe on record: the controller probes every workspace as it starts, and learns when
+    // each becomes eligible from its server.
+    clear_status(client).await?;
+    let workspaces: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &kubeflow::workspace_resource());
+    let listed = workspaces.list(&Default::default()).await?.items;
+    let last_started = listed
+        .iter()
+        .filter_map(|w| w.data.pointer("/status/lastRunningTime")?.as_i64())
+        .max()
+        .unwrap_or(0);
+    let mut names: Vec<String> = listed.into_iter().filter_map(|w| w.metadata.name).collect();
+    names.sort();
+    // Eligible only after the controller's first round (~5 ms a workspace here), and from
+    // activity after each workspace last started (SPEC §4 counts none from before).
+    let start = (chrono::Utc::now().timestamp_millis() + LATENCY_LEAD_MS + 5 * names.len() as i64)
+        .max(last_started + LATENCY_IDLE_SECONDS * 1000 + 1000);
     let participants: HashMap<String, i64> = {
-        let mut by_ip = last_activity.write().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let mut by_name = last_activity.write().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let mut participants = HashMap::new();
-        for (workspace, ip) in &ips {
-            let i = participants.len();
-            let at = if i < wanted && shared[ip] == 1 {
-                let eligible = start + i as i64 * LATENCY_SPREAD_MS / wanted as i64;
-                participants.insert(workspace.clone(), eligible);
+        for (i, name) in names.iter().enumerate() {
+            let at = if i < args.latency_workspaces {
+                let eligible = start + i as i64 * LATENCY_SPREAD_MS / args.latency_workspaces as i64;
+                participants.insert(name.clone(), eligible);
                 rfc3339(eligible - LATENCY_IDLE_SECONDS * 1000)
             } else {
                 IN_USE.to_string()
             };
-            by_ip.insert(*ip, at);
+            by_name.insert(name.clone(), at);
         }
         participants
     };
-    anyhow::ensure!(
-        participants.len() == wanted,
-        "only {} pods have IPs",
-        participants.len()
-    );
 
-    let workspaces: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &kubeflow::workspace_resource());
     let mut events = watcher(workspaces, watcher::Config::default())
         .applied_objects()
         .boxed();
     let metrics_port = controlplane::free_port()?;
     let controller = start_controller(cp, args, "cull latency", args.concurrency, metrics_port)?;
     let mut latencies = HashMap::new();
-    let until = Instant::now() + Duration::from_millis((LATENCY_LEAD_MS + LATENCY_SPREAD_MS) as u64 + 120_000);
+    let last_eligible = start + LATENCY_SPREAD_MS - chrono::Utc::now().timestamp_millis();
+    let until = Instant::now() + Duration::from_millis(u64::try_from(last_eligible).unwrap_or(0) + 120_000);
     while latencies.len() < participants.len() {
         let left = until.saturating_duration_since(Instant::now());
         let Ok(Ok(Some(workspace))) = tokio::time::timeout(left, events.try_next()).await else {

@@ -187,16 +187,30 @@ fn chart_lints_renders_and_validates_values() {
         "{modules}"
     );
 
-    // The memory limit follows the probes' memory budget, unless it is set.
+    // The memory limit follows the probes' memory budget and how many run at once, unless
+    // it is set; the cache folder's bound follows its volume.
     assert!(
-        default.contains("memory: 576Mi") && default.contains("--memory-budget-mib=256"),
+        default.contains("memory: 640Mi")
+            && default.contains("--memory-budget-mib=256")
+            && default.contains("--concurrency=64"),
+        "{default}"
+    );
+    assert!(
+        default.contains("--cache-max-mib=192") && default.contains("sizeLimit: 256Mi"),
         "{default}"
     );
     let (ok, small, err) = template(&helm, &["controller.memoryBudgetMiB=128"]);
-    assert!(ok && small.contains("memory: 448Mi"), "{err}");
+    assert!(ok && small.contains("memory: 512Mi"), "{err}");
+    let (ok, wide, err) = template(&helm, &["controller.concurrency=256"]);
+    assert!(ok && wide.contains("memory: 832Mi"), "{err}");
+    let (ok, cache, err) = template(&helm, &["controller.cacheSizeMiB=1024"]);
+    assert!(
+        ok && cache.contains("--cache-max-mib=768") && cache.contains("sizeLimit: 1024Mi"),
+        "{err}"
+    );
     let (ok, set, err) = template(&helm, &["resources.limits.memory=2Gi"]);
     assert!(
-        ok && set.contains("memory: 2Gi") && !set.contains("memory: 576Mi"),
+        ok && set.contains("memory: 2Gi") && !set.contains("memory: 640Mi"),
         "{err}"
     );
 

@@ -17,7 +17,7 @@ use workspace_culler_support::kubeflow;
 use workspace_culler_support::process::peak_rss_mib;
 
 /// The chart's memory limit at its defaults (`resources.limits.memory`).
-const CHART_LIMIT_MIB: u64 = 576;
+const CHART_LIMIT_MIB: u64 = 640;
 const ACTIVE: &str = "#!/bin/sh\necho '{\"has_activity\": true}' > \"$OUTPUT_JSON_PATH\"\n";
 
 struct Case {

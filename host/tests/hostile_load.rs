@@ -13,8 +13,8 @@ use workspace_culler_engine::{
 };
 
 /// The chart's memory limit at its defaults (`resources.limits.memory`: 320 MiB + the probes'
-/// memory budget of 256 MiB).
-const CHART_LIMIT_MIB: u64 = 576;
+/// memory budget of 256 MiB + 1 MiB for each of the 64 probes in flight).
+const CHART_LIMIT_MIB: u64 = 640;
 
 struct Nothing;
 
