@@ -11,8 +11,8 @@
 //! over a minute (their Jupyter reports staggered last activity), the policy's
 //! `minProbeIntervalSeconds` is 10, and each pause is timed against its `eligibleAfter`.
 //!
-//!     scripts/bench-scale                       # 1 000 workspaces, 200 ms probes
-//!     scripts/bench-scale --workspaces 10000    # platform scale
+//!     scripts/bench-scale                                        # 1 000 workspaces, 200 ms probes
+//!     scripts/bench-scale --workspaces 10000 --concurrency 256   # platform scale
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
