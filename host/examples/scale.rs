@@ -158,23 +158,32 @@ async fn metrics(port: u16) -> String {
     }
 }
 
-/// `workspace_culler_api_requests_total` by (verb, resource).
-fn api_requests(metrics: &str) -> BTreeMap<(String, String), f64> {
-    let label = |line: &str, name: &str| {
-        line.split(&format!("{name}=\""))
+/// The samples of metric `name` summed by the values of `labels` (zero sums left out).
+fn series(metrics: &str, name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, f64> {
+    let label = |line: &str, label: &str| {
+        line.split(&format!("{label}=\""))
             .nth(1)
             .and_then(|rest| rest.split('"').next())
             .unwrap_or_default()
             .to_string()
     };
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("workspace_culler_api_requests_total{"))
-        .filter_map(|l| {
-            let value: f64 = l.rsplit(' ').next()?.parse().ok()?;
-            Some(((label(l, "verb"), label(l, "resource")), value))
-        })
-        .filter(|(_, v)| *v > 0.0)
+    let mut sums = BTreeMap::new();
+    for line in metrics.lines().filter(|l| l.starts_with(&format!("{name}{{"))) {
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let key = labels.iter().map(|l| label(line, l)).collect();
+        *sums.entry(key).or_default() += value;
+    }
+    sums.retain(|_, v| *v > 0.0);
+    sums
+}
+
+/// `workspace_culler_api_requests_total` by (verb, resource).
+fn api_requests(metrics: &str) -> BTreeMap<(String, String), f64> {
+    series(metrics, "workspace_culler_api_requests_total", &["verb", "resource"])
+        .into_iter()
+        .map(|(key, n)| ((key[0].clone(), key[1].clone()), n))
         .collect()
 }
 
@@ -522,20 +531,10 @@ struct Latency {
 
 /// `workspace_culler_probes_total` by result.
 fn probe_results(metrics: &str) -> BTreeMap<String, f64> {
-    let mut results = BTreeMap::new();
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("workspace_culler_probes_total{"))
-    {
-        let result = line
-            .split("result=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .unwrap_or_default();
-        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        *results.entry(result.to_string()).or_default() += value;
-    }
-    results
+    series(metrics, "workspace_culler_probes_total", &["result"])
+        .into_iter()
+        .map(|(key, n)| (key[0].clone(), n))
+        .collect()
 }
 
 fn print_latency(
