@@ -547,23 +547,30 @@ pub struct DecodeError {
     pub source: serde_json::Error,
 }
 
+impl DecodeError {
+    /// Why `value` could not be read as a `K`, naming it as far as its metadata allows.
+    pub fn new<K: kube::Resource<DynamicType = ()>>(value: &serde_json::Value, source: serde_json::Error) -> Self {
+        let text = |pointer: &str| value.pointer(pointer).and_then(|v| v.as_str()).map(str::to_owned);
+        let object = match (text("/metadata/namespace"), text("/metadata/name")) {
+            (Some(ns), Some(name)) => format!("{ns}/{name}"),
+            (None, Some(name)) => name,
+            (_, None) => "(unnamed)".to_owned(),
+        };
+        DecodeError {
+            kind: K::kind(&()).into_owned(),
+            object,
+            source,
+        }
+    }
+}
+
 /// Decode one object (e.g. from a dynamic list or watch event), so a bad one can be logged
 /// and skipped instead of failing the whole list.
 pub fn decode<K>(value: serde_json::Value) -> Result<K, DecodeError>
 where
     K: kube::Resource<DynamicType = ()> + DeserializeOwned,
 {
-    let text = |pointer: &str| value.pointer(pointer).and_then(|v| v.as_str()).map(str::to_owned);
-    let object = match (text("/metadata/namespace"), text("/metadata/name")) {
-        (Some(ns), Some(name)) => format!("{ns}/{name}"),
-        (None, Some(name)) => name,
-        (_, None) => "(unnamed)".to_owned(),
-    };
-    serde_json::from_value(value).map_err(|source| DecodeError {
-        kind: K::kind(&()).into_owned(),
-        object,
-        source,
-    })
+    K::deserialize(&value).map_err(|source| DecodeError::new::<K>(&value, source))
 }
 
 /// Reads `null` as the type's default, as Go clients may write it for empty fields.

@@ -9,6 +9,7 @@
 //! status (see [`policy_status`]).
 
 pub mod api_metrics;
+pub mod cached;
 pub mod capabilities;
 pub mod command;
 pub mod leader;
@@ -17,6 +18,7 @@ pub mod policy_status;
 pub mod probe;
 pub mod server;
 
+use cached::CachedWorkspace;
 use capabilities::HttpMode;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -646,12 +648,17 @@ async fn record(
     Ok(None)
 }
 
-async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(object: Arc<CachedWorkspace>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = key_of(&*object);
     let span = tracing::info_span!("reconcile", namespace = %key.0, name = %key.1);
-    let Some(workspace) = decoded::<Workspace>(&object, &ctx.metrics) else {
-        ctx.forget(&key);
-        return Ok(Action::await_change());
+    let workspace = match &*object {
+        CachedWorkspace::Read(workspace) => Workspace::clone(workspace),
+        CachedWorkspace::Unreadable { error, .. } => {
+            span.in_scope(|| tracing::warn!(%error, "skipping an object that cannot be read"));
+            ctx.metrics.skipped.with_label_values(&[&Workspace::kind(&())]).inc();
+            ctx.forget(&key);
+            return Ok(Action::await_change());
+        }
     };
     reconcile_workspace(workspace, ctx).instrument(span).await
 }
@@ -741,7 +748,7 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
     }
 }
 
-fn error_policy(_workspace: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(_workspace: Arc<CachedWorkspace>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
     ctx.metrics.errors.with_label_values(&[error.metric_label()]).inc();
     Action::requeue(Duration::from_secs(5))
@@ -904,22 +911,18 @@ pub async fn run(
         .into_iter()
         .zip(pod_caches.iter())
         .map(|(namespace, (pods, statefulsets, _))| {
-            let workspaces: Api<DynamicObject> = match &namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &workspace_resource()),
-                None => Api::all_with(client.clone(), &workspace_resource()),
+            let workspaces: Api<CachedWorkspace> = match &namespace {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
             };
-            // The workspaces' own cache, without their managed fields (one per workspace).
-            let writer = reflector::store::Writer::new(workspace_resource());
+            // The workspaces' own cache, decoded as they arrive and trimmed (one per workspace).
+            let writer = reflector::store::Writer::default();
             let store = writer.as_reader();
             let watched = watcher(workspaces, watcher::Config::default())
                 .default_backoff()
-                .modify(without_managed_fields::<DynamicObject>);
-            let controller = Controller::for_stream_with(
-                reflector(writer, watched).applied_objects(),
-                store.clone(),
-                workspace_resource(),
-            )
-            .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
+                .modify(cached::trim);
+            let controller = Controller::for_stream(reflector(writer, watched).applied_objects(), store.clone())
+                .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
             stores.push(store.clone());
             let ctx = Arc::new(Context {
                 client: client.clone(),
@@ -949,11 +952,8 @@ pub async fn run(
                     store
                         .state()
                         .into_iter()
-                        .filter(|w| {
-                            let kind = w.data.pointer("/spec/kind").and_then(|k| k.as_str());
-                            kind.is_some_and(|k| kinds.iter().any(|n| n == k))
-                        })
-                        .map(|w| ObjectRef::from_obj_with(&*w, workspace_resource()))
+                        .filter(|w| w.kind_name().is_some_and(|k| kinds.iter().any(|n| n == k)))
+                        .map(|w| ObjectRef::from_obj(&*w))
                         .collect::<Vec<_>>()
                 }
             };

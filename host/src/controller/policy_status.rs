@@ -66,7 +66,7 @@ pub struct Sources {
     /// Every WorkspaceKind.
     pub kinds: Store<DynamicObject>,
     /// The workspaces of every watched namespace.
-    pub workspaces: Vec<Store<DynamicObject>>,
+    pub workspaces: Vec<Store<super::CachedWorkspace>>,
     /// Pauses per policy not yet counted in its status.
     pub pauses: Arc<Mutex<BTreeMap<String, i64>>>,
     /// Writes only while this replica leads.
@@ -106,7 +106,7 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
         let mut by_kind: BTreeMap<String, i64> = BTreeMap::new();
         for store in &workspaces {
             for workspace in store.state() {
-                if let Some(kind) = workspace.data.pointer("/spec/kind").and_then(|k| k.as_str()) {
+                if let Some(kind) = workspace.kind_name() {
                     *by_kind.entry(kind.to_owned()).or_default() += 1;
                 }
             }
