@@ -14,6 +14,7 @@ pub mod capabilities;
 pub mod command;
 pub mod leader;
 pub mod metrics;
+pub mod pods;
 pub mod policy_status;
 pub mod probe;
 pub mod server;
@@ -87,7 +88,7 @@ pub struct Context {
     namespaces: Store<Namespace>,
     /// Pods labelled for a workspace, StatefulSets, and the Secrets of the controller's own
     /// namespace, from watches: a probe reads nothing from the apiserver to find its pod.
-    pods: Store<k8s_openapi::api::core::v1::Pod>,
+    pods: pods::WorkspacePods,
     statefulsets: Store<k8s_openapi::api::apps::v1::StatefulSet>,
     secrets: Store<k8s_openapi::api::core::v1::Secret>,
     recorder: Recorder,
@@ -764,13 +765,14 @@ impl Drop for AbortOnDrop {
 }
 
 /// A cache of `api` as `config` selects, each object trimmed by `trim` to what the culler
-/// reads, filled in the background until the guard drops; `on_change` sees each applied object.
+/// reads, filled in the background until the guard drops; `on_event` sees each event after the
+/// cache applied it.
 fn cache<K>(
     api: Api<K>,
     dyntype: K::DynamicType,
     config: watcher::Config,
     trim: fn(&mut K),
-    on_change: impl Fn(&K) + Send + 'static,
+    on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
 ) -> (Store<K>, AbortOnDrop)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
@@ -780,14 +782,12 @@ where
     let store = writer.as_reader();
     // Backing off between failed watches: without it, a watch of an apiserver that refuses
     // connections is retried at once, again and again (a busy loop and a log flood).
-    let task = reflector(writer, watcher(api, config).default_backoff().modify(trim))
-        .applied_objects()
-        .for_each(move |object| {
-            if let Ok(object) = object {
-                on_change(&object);
-            }
-            futures::future::ready(())
-        });
+    let task = reflector(writer, watcher(api, config).default_backoff().modify(trim)).for_each(move |event| {
+        if let Ok(event) = event {
+            on_event(&event);
+        }
+        futures::future::ready(())
+    });
     (store, AbortOnDrop(tokio::spawn(task)))
 }
 
@@ -798,30 +798,6 @@ fn whole<K>(_: &mut K) {}
 /// an object, which the culler never reads.
 fn without_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
-}
-
-/// Only what the culler reads of a pod: metadata (labels, owners, deletion), its containers'
-/// names, its phase and IP. The cache holds one per workspace.
-fn trim_pod(pod: &mut k8s_openapi::api::core::v1::Pod) {
-    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
-    without_managed_fields(pod);
-    pod.metadata.annotations = None;
-    pod.spec = pod.spec.take().map(|spec| PodSpec {
-        containers: spec
-            .containers
-            .into_iter()
-            .map(|c| Container {
-                name: c.name,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    });
-    pod.status = pod.status.take().map(|status| PodStatus {
-        phase: status.phase,
-        pod_ip: status.pod_ip,
-        ..Default::default()
-    });
 }
 
 /// Only a StatefulSet's metadata (its owner is what the culler checks).
@@ -857,9 +833,11 @@ pub async fn run(
         kind_resource(),
         Default::default(),
         without_managed_fields,
-        move |kind: &DynamicObject| {
+        move |event: &watcher::Event<DynamicObject>| {
             // Logged and counted once per change of the kind.
-            let _ = decoded::<WorkspaceKind>(kind, &kind_metrics);
+            if let watcher::Event::Apply(kind) | watcher::Event::InitApply(kind) = event {
+                let _ = decoded::<WorkspaceKind>(kind, &kind_metrics);
+            }
         },
     );
     let policies_api: Api<CullingPolicy> = Api::all(client.clone());
@@ -901,7 +879,10 @@ pub async fn run(
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
         let labelled = watcher::Config::default().labels(WORKSPACE_LABEL);
-        let (pods, pods_task) = cache(pods, (), labelled, trim_pod, |_| {});
+        let index = pods::PodIndex::default();
+        let observer = index.clone();
+        let (pods, pods_task) = cache(pods, (), labelled, pods::trim, move |event| observer.observe(event));
+        let pods = pods::WorkspacePods::new(pods, index);
         let (statefulsets, statefulsets_task) = cache(statefulsets, (), Default::default(), trim_statefulset, |_| {});
         pods.wait_until_ready().await?;
         statefulsets.wait_until_ready().await?;
@@ -1023,33 +1004,6 @@ mod tests {
 
     fn object(value: serde_json::Value) -> DynamicObject {
         serde_json::from_value(value).unwrap()
-    }
-
-    #[test]
-    fn a_trimmed_pod_keeps_what_finding_and_reaching_it_needs() {
-        let mut pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "ws-0", "namespace": "ns", "labels": {WORKSPACE_LABEL: "ws"},
-                         "annotations": {"big": "x".repeat(4096)},
-                         "managedFields": [{"manager": "kubelet", "operation": "Update"}],
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "ws",
-                                              "uid": "u", "controller": true}]},
-            "spec": {"containers": [{"name": "main", "image": "jupyter", "env": [{"name": "A", "value": "b"}]}],
-                     "volumes": [{"name": "home", "emptyDir": {}}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.7",
-                       "conditions": [{"type": "Ready", "status": "True"}]},
-        }))
-        .unwrap();
-        let whole = serde_json::to_string(&pod).unwrap().len();
-        trim_pod(&mut pod);
-        assert_eq!(probe::pod_candidate(&pod), Ok("ws".to_string()));
-        assert_eq!(pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()), Some("10.0.0.7"));
-        assert_eq!(pod.labels().get(WORKSPACE_LABEL).map(String::as_str), Some("ws"));
-        let trimmed = serde_json::to_string(&pod).unwrap();
-        assert!(trimmed.len() * 5 < whole, "{trimmed}");
-        assert!(
-            !trimmed.contains("managedFields") && !trimmed.contains("volumes"),
-            "{trimmed}"
-        );
     }
 
     #[test]

@@ -316,16 +316,7 @@ fn workspace_pod(ctx: &Context, workspace: &Workspace, namespace: &str) -> Resul
     use kube::runtime::reflector::ObjectRef;
     let name = workspace.name_any();
     let uid = workspace.metadata.uid.as_deref().unwrap_or_default();
-    let mut listed: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| {
-            p.metadata.namespace.as_deref() == Some(namespace)
-                && p.labels().get(WORKSPACE_LABEL).map(String::as_str) == Some(name.as_str())
-        })
-        .collect();
-    listed.sort_by_key(|p| p.name_any());
+    let listed = ctx.pods.labelled(namespace, &name);
     let mut rejected = Vec::new();
     for pod in listed {
         let owner = match pod_candidate(&pod) {

@@ -284,7 +284,7 @@ impl Case {
             kinds: store(kind_resource(), vec![kind(kubeflow_probes_it)]),
             policies: store((), vec![policy]),
             namespaces: store((), vec![namespace]),
-            pods: store((), Vec::new()),
+            pods: super::pods::WorkspacePods::new(store((), Vec::new()), Default::default()),
             statefulsets: store((), Vec::new()),
             secrets: store((), Vec::new()),
             recorder: Recorder::new(client, reporter()),
