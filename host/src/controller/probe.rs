@@ -402,13 +402,48 @@ struct FileKey {
 /// path is kept.
 pub struct ModuleFiles<T> {
     loaded: Memo<PathBuf, (FileKey, Arc<T>)>,
+    loading: Flights<FileKey, Arc<T>>,
 }
 
 impl<T> Default for ModuleFiles<T> {
     fn default() -> Self {
         ModuleFiles {
             loaded: Memo::default(),
+            loading: Flights::default(),
         }
+    }
+}
+
+/// Loads in progress, by key: the callers that want the same module while it loads share that
+/// one load and its result, failure included. Without it, the first round after a start loads
+/// (or compiles, or pulls) a module once per probe in flight, and holds as many copies.
+pub struct Flights<K, V> {
+    running: std::sync::Mutex<std::collections::HashMap<K, Arc<tokio::sync::OnceCell<Result<V, String>>>>>,
+}
+
+impl<K, V> Default for Flights<K, V> {
+    fn default() -> Self {
+        Flights {
+            running: Default::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> Flights<K, V> {
+    /// `load`'s result, or that of the load of `key` already running. A caller after the
+    /// flight has landed starts a new one (a failed load is tried again then).
+    pub async fn run<F, Fut>(&self, key: K, load: F) -> Result<V, String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, String>>,
+    {
+        let flight = lock(&self.running).entry(key.clone()).or_default().clone();
+        let result = flight.get_or_init(load).await.clone();
+        let mut running = lock(&self.running);
+        if running.get(&key).is_some_and(|current| Arc::ptr_eq(current, &flight)) {
+            running.remove(&key);
+        }
+        result
     }
 }
 
@@ -416,12 +451,14 @@ impl<T> Default for ModuleFiles<T> {
 /// be dropped ([`Memo::prune`]): a module no policy names any more does not stay loaded.
 pub struct Memo<K, V> {
     entries: std::sync::Mutex<std::collections::HashMap<K, (std::time::Instant, V)>>,
+    loading: Flights<K, V>,
 }
 
 impl<K, V> Default for Memo<K, V> {
     fn default() -> Self {
         Memo {
             entries: Default::default(),
+            loading: Flights::default(),
         }
     }
 }
@@ -442,6 +479,26 @@ impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
     /// Keep `value` for `key` (replacing what was there).
     pub fn insert(&self, key: K, value: V) {
         lock(&self.entries).insert(key, (std::time::Instant::now(), value));
+    }
+
+    /// The value for `key`, loaded by `load` and kept unless it is kept already or being
+    /// loaded (then that load's result). A failed load is not kept.
+    pub async fn get_or_load<F, Fut>(&self, key: K, load: F) -> Result<V, String>
+    where
+        K: Clone,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, String>>,
+    {
+        if let Some(value) = self.get(&key) {
+            return Ok(value);
+        }
+        self.loading
+            .run(key.clone(), || async {
+                let value = load().await?;
+                self.insert(key, value.clone());
+                Ok(value)
+            })
+            .await
     }
 
     /// Drop what has not been used for `unused_for`; returns how many.
@@ -474,9 +531,13 @@ impl<T> ModuleFiles<T> {
         if let Some(loaded) = cached {
             return Ok(loaded);
         }
-        let loaded = load(read_module(path).await?).await?;
-        self.loaded.insert(path.to_owned(), (key, loaded.clone()));
-        Ok(loaded)
+        self.loading
+            .run(key.clone(), || async {
+                let loaded = load(read_module(path).await?).await?;
+                self.loaded.insert(path.to_owned(), (key, loaded.clone()));
+                Ok(loaded)
+            })
+            .await
     }
 
     /// Drop the files not used for `unused_for`; returns how many.
@@ -501,36 +562,36 @@ async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Result<Arc<L
     };
     match &plan.module {
         Module::Builtin(name) => {
-            if let Some(loaded) = prober.builtins.get(name.as_str()) {
-                return Ok(loaded);
-            }
-            let component = workspace_culler_engine::builtin::builtin(name)
-                .ok_or_else(|| format!("no built-in probe named {name:?}"))?
-                .component
-                .to_vec();
-            let loaded = compile(component).await?;
-            prober.builtins.insert(name.clone(), loaded.clone());
-            Ok(loaded)
+            prober
+                .builtins
+                .get_or_load(name.clone(), || async {
+                    let component = workspace_culler_engine::builtin::builtin(name)
+                        .ok_or_else(|| format!("no built-in probe named {name:?}"))?
+                        .component
+                        .to_vec();
+                    compile(component).await
+                })
+                .await
         }
         Module::File(path) => prober.files.get_or_load(path, plan.sha256.as_deref(), compile).await,
         Module::Oci(location) => {
             // A pinned artifact never changes: pulled (or read from the disk cache) and
             // compiled once per process.
             let key = format!("{}#{}", location.text, plan.sha256.as_deref().unwrap_or_default());
-            if let Some(loaded) = prober.pulled.get(&key) {
-                return Ok(loaded);
-            }
-            let auth = match &plan.pull_secret {
-                Some(name) => registry_auth(ctx, name, location.reference.registry())?,
-                None => oci_client::secrets::RegistryAuth::Anonymous,
-            };
-            let fetched = ctx.settings.registry.fetch(location, &auth).await?;
-            if fetched.pulled {
-                tracing::info!(location = %location.text, sha256 = %fetched.sha256, "pulled a probe module");
-            }
-            let loaded = compile(fetched.bytes).await?;
-            prober.pulled.insert(key, loaded.clone());
-            Ok(loaded)
+            prober
+                .pulled
+                .get_or_load(key, || async {
+                    let auth = match &plan.pull_secret {
+                        Some(name) => registry_auth(ctx, name, location.reference.registry())?,
+                        None => oci_client::secrets::RegistryAuth::Anonymous,
+                    };
+                    let fetched = ctx.settings.registry.fetch(location, &auth).await?;
+                    if fetched.pulled {
+                        tracing::info!(location = %location.text, sha256 = %fetched.sha256, "pulled a probe module");
+                    }
+                    compile(fetched.bytes).await
+                })
+                .await
         }
     }
 }
@@ -926,6 +987,46 @@ mod tests {
             *files.get_or_load(&path, Some("b"), load).await.unwrap(),
             b"third, longer still"
         );
+    }
+
+    #[tokio::test]
+    async fn probes_that_want_a_module_while_it_loads_share_that_one_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("probe.wasm");
+        std::fs::write(&path, b"module").unwrap();
+        let files = ModuleFiles::<Vec<u8>>::default();
+        let memo = Memo::<String, Arc<Vec<u8>>>::default();
+        let loads = std::sync::atomic::AtomicUsize::new(0);
+        let slow = |result: Result<Arc<Vec<u8>>, String>| {
+            let loads = &loads;
+            async move {
+                loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                result
+            }
+        };
+        let loads_now = || loads.load(std::sync::atomic::Ordering::SeqCst);
+
+        let from_file = (0..8).map(|_| files.get_or_load(&path, None, |bytes| slow(Ok(Arc::new(bytes)))));
+        for loaded in futures::future::join_all(from_file).await {
+            assert_eq!(*loaded.unwrap(), b"module");
+        }
+        assert_eq!(loads_now(), 1, "eight probes, one load of the file");
+
+        let by_name = (0..8).map(|_| memo.get_or_load("jupyter".into(), || slow(Ok(Arc::new(b"code".to_vec())))));
+        assert!(futures::future::join_all(by_name).await.iter().all(Result::is_ok));
+        assert_eq!(loads_now(), 2, "eight probes, one load by name");
+
+        // A failure is shared by that flight, not kept: the next probe loads again.
+        let failing = (0..8).map(|_| memo.get_or_load("broken".into(), || slow(Err("no such probe".into()))));
+        for failed in futures::future::join_all(failing).await {
+            assert_eq!(failed.unwrap_err(), "no such probe");
+        }
+        assert_eq!(loads_now(), 3);
+        memo.get_or_load("broken".into(), || slow(Ok(Arc::new(vec![]))))
+            .await
+            .unwrap();
+        assert_eq!(loads_now(), 4);
     }
 
     #[test]
