@@ -9,7 +9,11 @@
 //! seconds per 1 000 probes, the apiserver's and etcd's CPU, and the ratio of the round times.
 //! Then the cull latency: the first `--latency-workspaces` become eligible one after another
 //! over a minute (their Jupyter reports staggered last activity), the policy's
-//! `minProbeIntervalSeconds` is 10, and each pause is timed against its `eligibleAfter`.
+//! `minProbeIntervalSeconds` is 10, and each pause is timed against its `eligibleAfter` — twice:
+//! with every other workspace in use and due again a minute after each probe (a busy
+//! background), and with the others under the sample's rule of hours (probed hourly: what a
+//! platform's background is). The timed workspaces have their own podConfig (`small_cpu`), which
+//! the second phase's first rule matches.
 //!
 //!     scripts/bench-scale                                        # 1 000 workspaces, 200 ms probes
 //!     scripts/bench-scale --workspaces 10000 --concurrency 256   # platform scale
@@ -40,6 +44,27 @@ const LATENCY_LEAD_MS: i64 = 15_000;
 const LONG_AGO: &str = "2026-01-01T00:00:00Z";
 /// Set for a pod whose server is in use: it says its last activity is now.
 const IN_USE: &str = "now";
+/// The podConfig of the timed workspaces, and the spawner label it has in Kubeflow's sample kind.
+const TIMED_POD_CONFIG: &str = "small_cpu";
+const TIMED_POD_CONFIG_LABEL: (&str, &str) = ("cpu", "1000m");
+
+/// What the other workspaces do while the timed ones become eligible.
+#[derive(Clone, Copy)]
+enum Background {
+    /// In use, under the same one-minute rule: each is due again a minute after its probe.
+    Busy,
+    /// In use, under a rule of hours: probed hourly (`probeIntervalSeconds`).
+    Hourly,
+}
+
+impl Background {
+    fn label(self) -> &'static str {
+        match self {
+            Background::Busy => "the others probed every minute",
+            Background::Hourly => "the others probed hourly",
+        }
+    }
+}
 
 fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -368,6 +393,9 @@ async fn main() -> anyhow::Result<()> {
             async move {
                 let mut workspace = kubeflow::sample(kubeflow::JUPYTERLAB_WORKSPACE);
                 workspace["metadata"] = serde_json::json!({"name": format!("ws-{i:05}"), "namespace": NS});
+                if i < args.latency_workspaces {
+                    workspace["spec"]["podTemplate"]["options"]["podConfig"] = TIMED_POD_CONFIG.into();
+                }
                 workspaces
                     .create(&PostParams::default(), &serde_json::from_value(workspace)?)
                     .await?;
@@ -407,40 +435,77 @@ async fn main() -> anyhow::Result<()> {
     let kubeflow_model = round(&cp, &args, "Kubeflow's model", 10).await?;
     print(&args, &[&ours, &kubeflow_model]);
     if args.latency_workspaces > 0 {
-        let latencies = cull_latency(&cp, &client, &args, &last_activity).await?;
-        print_latency(&latencies);
+        for background in [Background::Busy, Background::Hourly] {
+            let latencies = cull_latency(&cp, &client, &args, &last_activity, background).await?;
+            print_latency(&latencies, background);
+        }
     }
     Ok(())
 }
 
 /// The cull latency: the first `--latency-workspaces` (by name) become eligible one after another
-/// over [`LATENCY_SPREAD_MS`]; every other workspace's server says it is in use. Returns each
-/// pause's delay after the `eligibleAfter` the controller wrote, in seconds, and how many were
-/// not paused in time.
+/// over [`LATENCY_SPREAD_MS`]; every other workspace's server says it is in use, and `background`
+/// says how often those are probed. Returns each pause's delay after the `eligibleAfter` the
+/// controller wrote, in seconds, and how many were not paused in time.
 async fn cull_latency(
     cp: &ControlPlane,
     client: &kube::Client,
     args: &Args,
     last_activity: &LastActivity,
+    background: Background,
 ) -> anyhow::Result<Latency> {
     let policies: Api<workspace_culler_policy::CullingPolicy> = Api::all(client.clone());
     let mut policy = serde_json::to_value(policies.get("scale").await?)?;
     policy["spec"]["activityProbe"]["minProbeIntervalSeconds"] = LATENCY_MIN_PROBE_INTERVAL.into();
-    for rule in policy["spec"]["activityRules"]
+    let rules = policy["spec"]["activityRules"]
         .as_array_mut()
-        .context("the policy's rules")?
-    {
-        rule["config"]["secondsSinceActive"] = LATENCY_IDLE_SECONDS.into();
-        rule["config"]["minRunningSeconds"] = 0.into();
+        .context("the policy's rules")?;
+    let one_minute = serde_json::json!({"secondsSinceActive": LATENCY_IDLE_SECONDS, "minRunningSeconds": 0});
+    match background {
+        Background::Busy => rules.iter_mut().for_each(|rule| rule["config"] = one_minute.clone()),
+        Background::Hourly => {
+            rules
+                .iter_mut()
+                .for_each(|rule| rule["config"]["secondsSinceActive"] = 86_400.into());
+            let (key, value) = TIMED_POD_CONFIG_LABEL;
+            rules.insert(
+                0,
+                serde_json::json!({"config": one_minute,
+                                   "match": {"matchPodConfig": {"selector": {"matchLabels": {key: value}}}},
+                                   "effect": {"pauseWorkspace": true}}),
+            );
+        }
     }
     policies
         .replace("scale", &PostParams::default(), &serde_json::from_value(policy)?)
         .await?;
 
     // No probe on record: the controller probes every workspace as it starts, and learns when
-    // each becomes eligible from its server.
+    // each becomes eligible from its server. Those an earlier phase paused run again.
     clear_status(client).await?;
     let workspaces: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &kubeflow::workspace_resource());
+    let paused: Vec<String> = workspaces
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|w| w.data.pointer("/spec/paused").and_then(|p| p.as_bool()) == Some(true))
+        .filter_map(|w| w.metadata.name)
+        .collect();
+    futures::stream::iter(paused)
+        .map(|name| {
+            let workspaces = workspaces.clone();
+            async move {
+                let patch = serde_json::json!({"spec": {"paused": false}});
+                workspaces
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
     let listed = workspaces.list(&Default::default()).await?.items;
     let last_started = listed
         .iter()
@@ -473,7 +538,7 @@ async fn cull_latency(
         .applied_objects()
         .boxed();
     let metrics_port = controlplane::free_port()?;
-    let controller = start_controller(cp, args, "cull latency", args.concurrency, metrics_port)?;
+    let controller = start_controller(cp, args, background.label(), args.concurrency, metrics_port)?;
     let mut latencies = HashMap::new();
     let last_eligible = start + LATENCY_SPREAD_MS - chrono::Utc::now().timestamp_millis();
     let until = Instant::now() + Duration::from_millis(u64::try_from(last_eligible).unwrap_or(0) + 120_000);
@@ -543,6 +608,7 @@ fn print_latency(
         missed,
         results,
     }: &Latency,
+    background: Background,
 ) {
     let at = |q: f64| {
         latencies
@@ -551,8 +617,9 @@ fn print_latency(
             .unwrap_or(f64::NAN)
     };
     println!(
-        "cull latency (pause − eligibleAfter), {} workspaces eligible over {} s, minProbeIntervalSeconds {}: \
+        "cull latency (pause − eligibleAfter), {}: {} workspaces eligible over {} s, minProbeIntervalSeconds {}: \
          p50 {:.1} s, p90 {:.1} s, p99 {:.1} s, max {:.1} s (goal: p99 ≤ {} s); not paused in time: {missed}",
+        background.label(),
         latencies.len() + missed,
         LATENCY_SPREAD_MS / 1000,
         LATENCY_MIN_PROBE_INTERVAL,
