@@ -800,10 +800,11 @@ fn without_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// Only a StatefulSet's metadata (its owner is what the culler checks).
+/// Only a StatefulSet's metadata but its labels (its owner is what the culler checks).
 fn trim_statefulset(statefulset: &mut k8s_openapi::api::apps::v1::StatefulSet) {
     without_managed_fields(statefulset);
     statefulset.metadata.annotations = None;
+    statefulset.metadata.labels = None;
     statefulset.spec = None;
     statefulset.status = None;
 }
@@ -1004,6 +1005,25 @@ mod tests {
 
     fn object(value: serde_json::Value) -> DynamicObject {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_trimmed_statefulset_keeps_its_owner_only() {
+        let mut statefulset: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ws-a", "namespace": "ns", "labels": {"notebooks.kubeflow.org/workspace-name": "a"},
+                         "annotations": {"big": "x".repeat(4096)},
+                         "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Workspace", "name": "a",
+                                              "uid": "uid-1", "controller": true}]},
+            "spec": {"selector": {}, "serviceName": "ws-a", "template": {"spec": {"containers": [{"name": "main"}]}}},
+            "status": {"replicas": 1},
+        }))
+        .unwrap();
+        trim_statefulset(&mut statefulset);
+        assert!(probe::owned_by_workspace(&statefulset, "uid-1"));
+        let trimmed = serde_json::to_string(&statefulset).unwrap();
+        for dropped in ["workspace-name", "big", "containers", "replicas"] {
+            assert!(!trimmed.contains(dropped), "{trimmed}");
+        }
     }
 
     #[test]

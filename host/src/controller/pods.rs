@@ -111,12 +111,15 @@ impl WorkspacePods {
     }
 }
 
-/// Only what the culler reads of a pod: metadata (labels, owners, deletion), its containers'
-/// names, its phase and IP. The cache holds one per workspace.
+/// Only what the culler reads of a pod: metadata (its workspace's label, owners, deletion), its
+/// containers' names, its phase and IP. The cache holds one per workspace.
 pub fn trim(pod: &mut Pod) {
     use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
     pod.metadata.managed_fields = None;
     pod.metadata.annotations = None;
+    if let Some(labels) = &mut pod.metadata.labels {
+        labels.retain(|key, _| key == WORKSPACE_LABEL);
+    }
     pod.spec = pod.spec.take().map(|spec| PodSpec {
         containers: spec
             .containers
@@ -219,7 +222,8 @@ mod tests {
     #[test]
     fn a_trimmed_pod_keeps_what_finding_and_reaching_it_needs() {
         let mut pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "ws-0", "namespace": "ns", "labels": {WORKSPACE_LABEL: "ws"},
+            "metadata": {"name": "ws-0", "namespace": "ns",
+                         "labels": {WORKSPACE_LABEL: "ws", "controller-revision-hash": "ws-5d8f7c9b6d"},
                          "annotations": {"big": "x".repeat(4096)},
                          "managedFields": [{"manager": "kubelet", "operation": "Update"}],
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "ws",
@@ -238,7 +242,7 @@ mod tests {
         let trimmed = serde_json::to_string(&pod).unwrap();
         assert!(trimmed.len() * 5 < whole, "{trimmed}");
         assert!(
-            !trimmed.contains("managedFields") && !trimmed.contains("volumes"),
+            !trimmed.contains("managedFields") && !trimmed.contains("volumes") && !trimmed.contains("revision"),
             "{trimmed}"
         );
     }
