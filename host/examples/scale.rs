@@ -122,7 +122,8 @@ fn workspace_of(path: &str) -> Option<&str> {
 }
 
 /// Answers Jupyter's API for every pod after `delay`: an idle server, whose last activity is
-/// the workspace's entry in `last_activity`.
+/// the workspace's entry in `last_activity` once that time has come (a server does not report
+/// activity from the future: the controller refuses a result more than 60 s ahead).
 async fn jupyter(delay: Duration, last_activity: LastActivity) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", PORT))
@@ -144,11 +145,10 @@ async fn jupyter(delay: Duration, last_activity: LastActivity) -> anyhow::Result
                         let at = workspace_of(path)
                             .and_then(|name| last_activity.read().ok()?.get(name).cloned())
                             .unwrap_or_else(|| LONG_AGO.to_string());
-                        let at = if at == IN_USE {
-                            rfc3339(chrono::Utc::now().timestamp_millis())
-                        } else {
-                            at
-                        };
+                        // In use, or in use until a time still to come: its last activity is now.
+                        let now = chrono::Utc::now().timestamp_millis();
+                        let later = chrono::DateTime::parse_from_rfc3339(&at).is_ok_and(|t| t.timestamp_millis() > now);
+                        let at = if at == IN_USE || later { rfc3339(now) } else { at };
                         format!(r#"{{"started":"{LONG_AGO}","last_activity":"{at}","connections":0,"kernels":0}}"#)
                     } else {
                         "[]".to_string()
