@@ -418,8 +418,11 @@ impl<T> Default for ModuleFiles<T> {
 /// one load and its result, failure included. Without it, the first round after a start loads
 /// (or compiles, or pulls) a module once per probe in flight, and holds as many copies.
 pub struct Flights<K, V> {
-    running: std::sync::Mutex<std::collections::HashMap<K, Arc<tokio::sync::OnceCell<Result<V, String>>>>>,
+    running: std::sync::Mutex<std::collections::HashMap<K, Arc<Flight<V>>>>,
 }
+
+/// One load, and its result once it has landed.
+type Flight<V> = tokio::sync::OnceCell<Result<V, String>>;
 
 impl<K, V> Default for Flights<K, V> {
     fn default() -> Self {
