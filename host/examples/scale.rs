@@ -325,16 +325,32 @@ async fn clear_status(client: &kube::Client) -> anyhow::Result<()> {
         .into_iter()
         .filter_map(|w| w.metadata.name)
         .collect();
+    let cleared = serde_json::json!({"status": {"activity": {"lastProbe": null, "lastActivity": 0, "lastUpdate": 0}}});
+    patch_each(&workspaces, names, Subresource::Status, cleared).await
+}
+
+/// Which part of a workspace a patch is for.
+enum Subresource {
+    Spec,
+    Status,
+}
+
+/// Merge `patch` into each of the workspaces `names`, 16 at a time.
+async fn patch_each(
+    workspaces: &Api<DynamicObject>,
+    names: Vec<String>,
+    part: Subresource,
+    patch: serde_json::Value,
+) -> anyhow::Result<()> {
+    let (part, patch) = (&part, &patch);
     futures::stream::iter(names)
-        .map(|name| {
-            let workspaces = workspaces.clone();
-            async move {
-                let patch = serde_json::json!({"status": {"activity": {"lastProbe": null, "lastActivity": 0, "lastUpdate": 0}}});
-                workspaces
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ())
+        .map(|name| async move {
+            let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
+            match part {
+                Subresource::Spec => workspaces.patch(&name, &params, &patch).await,
+                Subresource::Status => workspaces.patch_status(&name, &params, &patch).await,
             }
+            .map(|_| ())
         })
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
@@ -492,20 +508,13 @@ async fn cull_latency(
         .filter(|w| w.data.pointer("/spec/paused").and_then(|p| p.as_bool()) == Some(true))
         .filter_map(|w| w.metadata.name)
         .collect();
-    futures::stream::iter(paused)
-        .map(|name| {
-            let workspaces = workspaces.clone();
-            async move {
-                let patch = serde_json::json!({"spec": {"paused": false}});
-                workspaces
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await?;
+    patch_each(
+        &workspaces,
+        paused,
+        Subresource::Spec,
+        serde_json::json!({"spec": {"paused": false}}),
+    )
+    .await?;
     let listed = workspaces.list(&Default::default()).await?.items;
     let last_started = listed
         .iter()
