@@ -37,6 +37,8 @@ const PORT: u16 = 8888;
 /// The latency phase's policy: probes at most this often, pauses this long after activity.
 const LATENCY_MIN_PROBE_INTERVAL: i64 = 10;
 const LATENCY_IDLE_SECONDS: i64 = 60;
+/// The rounds' rule, and the hourly background's: idle for a day before a pause.
+const DAY_IDLE_SECONDS: i64 = 86_400;
 /// Eligibility is spread over this long, starting this long after the phase's controller starts.
 const LATENCY_SPREAD_MS: i64 = 60_000;
 const LATENCY_LEAD_MS: i64 = 15_000;
@@ -394,7 +396,7 @@ async fn main() -> anyhow::Result<()> {
         .as_array_mut()
         .context("the sample's rules")?
     {
-        rule["config"]["secondsSinceActive"] = 86_400.into();
+        rule["config"]["secondsSinceActive"] = DAY_IDLE_SECONDS.into();
     }
     let policies: Api<workspace_culler_policy::CullingPolicy> = Api::all(client.clone());
     policies
@@ -482,7 +484,7 @@ async fn cull_latency(
         Background::Hourly => {
             rules
                 .iter_mut()
-                .for_each(|rule| rule["config"]["secondsSinceActive"] = 86_400.into());
+                .for_each(|rule| rule["config"]["secondsSinceActive"] = DAY_IDLE_SECONDS.into());
             let (key, value) = TIMED_POD_CONFIG_LABEL;
             rules.insert(
                 0,
@@ -500,13 +502,11 @@ async fn cull_latency(
     // each becomes eligible from its server. Those an earlier phase paused run again.
     clear_status(client).await?;
     let workspaces: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &kubeflow::workspace_resource());
-    let paused: Vec<String> = workspaces
-        .list(&Default::default())
-        .await?
-        .items
-        .into_iter()
+    let listed = workspaces.list(&Default::default()).await?.items;
+    let paused: Vec<String> = listed
+        .iter()
         .filter(|w| w.data.pointer("/spec/paused").and_then(|p| p.as_bool()) == Some(true))
-        .filter_map(|w| w.metadata.name)
+        .filter_map(|w| w.metadata.name.clone())
         .collect();
     patch_each(
         &workspaces,
@@ -515,7 +515,6 @@ async fn cull_latency(
         serde_json::json!({"spec": {"paused": false}}),
     )
     .await?;
-    let listed = workspaces.list(&Default::default()).await?.items;
     let last_started = listed
         .iter()
         .filter_map(|w| w.data.pointer("/status/lastRunningTime")?.as_i64())
