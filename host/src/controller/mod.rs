@@ -800,7 +800,8 @@ fn without_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// Only a StatefulSet's metadata but its labels (its owner is what the culler checks).
+/// Only a StatefulSet's metadata, without labels and annotations (its owner is what the culler
+/// checks).
 fn trim_statefulset(statefulset: &mut k8s_openapi::api::apps::v1::StatefulSet) {
     without_managed_fields(statefulset);
     statefulset.metadata.annotations = None;

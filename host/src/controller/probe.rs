@@ -959,11 +959,17 @@ mod tests {
         assert_eq!(memo.get("used"), Some(1));
     }
 
-    #[tokio::test]
-    async fn an_unchanged_module_file_is_read_and_loaded_once() {
+    /// A module file holding `contents`, in a directory that lives as long as the first value.
+    fn module_file(contents: &[u8]) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("probe.wasm");
-        std::fs::write(&path, b"first").unwrap();
+        std::fs::write(&path, contents).unwrap();
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_module_file_is_read_and_loaded_once() {
+        let (_dir, path) = module_file(b"first");
         let files = ModuleFiles::<Vec<u8>>::default();
         let loads = std::sync::atomic::AtomicUsize::new(0);
         let load = |bytes: Vec<u8>| {
@@ -994,9 +1000,7 @@ mod tests {
 
     #[tokio::test]
     async fn probes_that_want_a_module_while_it_loads_share_that_one_load() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("probe.wasm");
-        std::fs::write(&path, b"module").unwrap();
+        let (_dir, path) = module_file(b"module");
         let files = ModuleFiles::<Vec<u8>>::default();
         let memo = Memo::<String, Arc<Vec<u8>>>::default();
         let loads = std::sync::atomic::AtomicUsize::new(0);
