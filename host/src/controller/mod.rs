@@ -23,7 +23,9 @@ use cached::CachedWorkspace;
 use capabilities::HttpMode;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -89,7 +91,7 @@ pub struct Context {
     /// Pods labelled for a workspace, StatefulSets, and the Secrets of the controller's own
     /// namespace, from watches: a probe reads nothing from the apiserver to find its pod.
     pods: pods::WorkspacePods,
-    statefulsets: Store<k8s_openapi::api::apps::v1::StatefulSet>,
+    statefulsets: Store<PartialObjectMeta<k8s_openapi::api::apps::v1::StatefulSet>>,
     secrets: Store<k8s_openapi::api::core::v1::Secret>,
     recorder: Recorder,
     /// The metrics.
@@ -800,14 +802,17 @@ fn without_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// Only a StatefulSet's metadata, without labels and annotations (its owner is what the culler
-/// checks).
-fn trim_statefulset(statefulset: &mut k8s_openapi::api::apps::v1::StatefulSet) {
-    without_managed_fields(statefulset);
-    statefulset.metadata.annotations = None;
-    statefulset.metadata.labels = None;
-    statefulset.spec = None;
-    statefulset.status = None;
+/// A StatefulSet is watched for its metadata only; of that, the cache keeps its name,
+/// namespace and owners (its owner is what the culler checks).
+fn trim_statefulset(statefulset: &mut PartialObjectMeta<k8s_openapi::api::apps::v1::StatefulSet>) {
+    let metadata = std::mem::take(&mut statefulset.metadata);
+    statefulset.types = None;
+    statefulset.metadata = ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        owner_references: metadata.owner_references,
+        ..ObjectMeta::default()
+    };
 }
 
 /// Triggers only on a change of `metadata.generation` (spec edits), not of status: Kubeflow
@@ -876,7 +881,10 @@ pub async fn run(
     let mut stores = Vec::new();
     let mut pod_caches = Vec::new();
     for namespace in &scopes {
-        let (pods, statefulsets) = match namespace {
+        // Pods decoded to the fields the culler reads; StatefulSets watched for their metadata
+        // only (the apiserver sends no more).
+        type StatefulSets = Api<PartialObjectMeta<k8s_openapi::api::apps::v1::StatefulSet>>;
+        let (pods, statefulsets): (Api<pods::CachedPod>, StatefulSets) = match namespace {
             Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
@@ -1010,19 +1018,33 @@ mod tests {
 
     #[test]
     fn a_trimmed_statefulset_keeps_its_owner_only() {
-        let mut statefulset: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "ws-a", "namespace": "ns", "labels": {"notebooks.kubeflow.org/workspace-name": "a"},
-                         "annotations": {"big": "x".repeat(4096)},
-                         "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Workspace", "name": "a",
-                                              "uid": "uid-1", "controller": true}]},
-            "spec": {"selector": {}, "serviceName": "ws-a", "template": {"spec": {"containers": [{"name": "main"}]}}},
-            "status": {"replicas": 1},
-        }))
-        .unwrap();
+        // As a metadata-only watch sends it.
+        let mut statefulset: PartialObjectMeta<k8s_openapi::api::apps::v1::StatefulSet> =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": "ws-a", "namespace": "ns", "uid": "sts-uid", "resourceVersion": "7",
+                             "labels": {"notebooks.kubeflow.org/workspace-name": "a"},
+                             "annotations": {"big": "x".repeat(4096)},
+                             "managedFields": [{"manager": "kube-controller-manager", "operation": "Update"}],
+                             "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Workspace",
+                                                  "name": "a", "uid": "uid-1", "controller": true}]},
+            }))
+            .unwrap();
         trim_statefulset(&mut statefulset);
         assert!(probe::owned_by_workspace(&statefulset, "uid-1"));
+        assert_eq!(
+            (statefulset.name_any(), statefulset.namespace()),
+            ("ws-a".into(), Some("ns".into()))
+        );
         let trimmed = serde_json::to_string(&statefulset).unwrap();
-        for dropped in ["workspace-name", "big", "containers", "replicas"] {
+        for dropped in [
+            "workspace-name",
+            "big",
+            "managedFields",
+            "sts-uid",
+            "resourceVersion",
+            "Partial",
+        ] {
             assert!(!trimmed.contains(dropped), "{trimmed}");
         }
     }

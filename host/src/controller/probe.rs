@@ -4,10 +4,12 @@
 
 use super::Context;
 use super::capabilities::PodCapabilities;
+use super::pods::CachedPod;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,35 +276,25 @@ fn too_big(path: &Path, size: u64) -> String {
 
 /// Why a pod is not the workspace's pod, or `None` when it may be (its StatefulSet is still
 /// to be checked): returns the name of the StatefulSet that controls it.
-pub fn pod_candidate(pod: &Pod) -> Result<String, String> {
+pub fn pod_candidate(pod: &CachedPod) -> Result<String, String> {
     let name = pod.name_any();
     if pod.metadata.deletion_timestamp.is_some() {
         return Err(format!("pod {name} is terminating"));
     }
-    let phase = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("Unknown");
+    let phase = pod.phase.as_deref().unwrap_or("Unknown");
     if phase != POD_RUNNING {
         return Err(format!("pod {name} is {phase}, not Running"));
     }
-    let has_main = pod
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.containers.iter().any(|c| c.name == MAIN_CONTAINER));
-    if !has_main {
+    if !pod.containers.iter().any(|c| c == MAIN_CONTAINER) {
         return Err(format!("pod {name} has no container named {MAIN_CONTAINER:?}"));
     }
-    pod.owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "StatefulSet" && o.api_version == "apps/v1")
-        .map(|o| o.name.clone())
+    pod.statefulset
+        .clone()
         .ok_or_else(|| format!("pod {name} is not controlled by a StatefulSet"))
 }
 
 /// Whether `statefulset` is controlled by the Workspace with this uid.
-pub fn owned_by_workspace(statefulset: &StatefulSet, workspace_uid: &str) -> bool {
+pub fn owned_by_workspace(statefulset: &PartialObjectMeta<StatefulSet>, workspace_uid: &str) -> bool {
     statefulset
         .owner_references()
         .iter()
@@ -312,7 +304,7 @@ pub fn owned_by_workspace(statefulset: &StatefulSet, workspace_uid: &str) -> boo
 /// The workspace's pod (SPEC §3.1): labelled for it, and controlled through its StatefulSet by
 /// this Workspace's uid, not terminating, Running, with a `main` container. Read from the
 /// controller's watch caches: no request per probe.
-fn workspace_pod(ctx: &Context, workspace: &Workspace, namespace: &str) -> Result<Pod, String> {
+fn workspace_pod(ctx: &Context, workspace: &Workspace, namespace: &str) -> Result<CachedPod, String> {
     use kube::runtime::reflector::ObjectRef;
     let name = workspace.name_any();
     let uid = workspace.metadata.uid.as_deref().unwrap_or_default();
@@ -744,7 +736,7 @@ async fn evaluate(
     prober: &EngineProber,
     mut plan: Plan,
     workspace: &Workspace,
-    pod: &Pod,
+    pod: &CachedPod,
     start_ms: i64,
 ) -> Result<ProbeRun, String> {
     let namespace = workspace.namespace().unwrap_or_default();
@@ -759,7 +751,7 @@ async fn evaluate(
             namespace,
             name: workspace.name_any(),
             pod_name: pod_name.clone(),
-            pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
+            pod_ip: pod.pod_ip.clone().unwrap_or_default(),
             container: MAIN_CONTAINER.into(),
             ports: plan.ports.clone(),
         },
@@ -788,7 +780,6 @@ async fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn reference(file: &str) -> serde_json::Value {
         let path = format!("{}/../tests/kubeflow/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -902,23 +893,14 @@ mod tests {
         );
     }
 
-    fn pod(phase: &str, owner: Option<&str>, terminating: bool) -> Pod {
-        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+    fn pod(phase: &str, owner: Option<&str>, terminating: bool) -> CachedPod {
+        let mut pod: CachedPod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "ws-a-0"},
             "spec": {"containers": [{"name": "main", "image": "x"}]},
             "status": {"phase": phase},
         }))
         .unwrap();
-        if let Some(owner) = owner {
-            pod.metadata.owner_references = Some(vec![OwnerReference {
-                api_version: "apps/v1".into(),
-                kind: "StatefulSet".into(),
-                name: owner.into(),
-                uid: "sts-uid".into(),
-                controller: Some(true),
-                ..Default::default()
-            }]);
-        }
+        pod.statefulset = owner.map(Into::into);
         if terminating {
             pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
@@ -1038,10 +1020,11 @@ mod tests {
 
     #[test]
     fn a_statefulset_belongs_to_the_workspace_whose_uid_controls_it() {
-        let sts: StatefulSet = serde_json::from_value(serde_json::json!({"metadata": {"name": "ws-a",
+        let sts: PartialObjectMeta<StatefulSet> =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "ws-a",
             "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Workspace", "name": "a",
                                  "uid": "uid-1", "controller": true}]}}))
-        .unwrap();
+            .unwrap();
         assert!(owned_by_workspace(&sts, "uid-1"));
         assert!(
             !owned_by_workspace(&sts, "uid-2"),
