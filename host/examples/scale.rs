@@ -34,6 +34,8 @@ use workspace_culler_support::process::{cpu_seconds, peak_rss_mib};
 const NS: &str = "scale";
 const CONTROLLER_NS: &str = "culler-system";
 const PORT: u16 = 8888;
+/// Connections the Jupyter stand-in accepted, from every controller.
+static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// The latency phase's policy: probes at most this often, pauses this long after activity.
 const LATENCY_MIN_PROBE_INTERVAL: i64 = 10;
 const LATENCY_IDLE_SECONDS: i64 = 60;
@@ -133,6 +135,7 @@ async fn jupyter(delay: Duration, last_activity: LastActivity) -> anyhow::Result
         .with_context(|| format!("port {PORT} is taken"))?;
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
+            CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let last_activity = last_activity.clone();
             tokio::spawn(async move {
                 let mut buffer = vec![0u8; 8192];
@@ -275,6 +278,8 @@ struct Round {
     apiserver_cpu: f64,
     etcd_cpu: f64,
     requests: BTreeMap<(String, String), f64>,
+    /// Connections to the pods' Jupyter per probe.
+    connections: f64,
 }
 
 /// One full round: start the controller, wait until it has written the status of as many
@@ -283,6 +288,7 @@ async fn round(cp: &ControlPlane, args: &Args, label: &str, concurrency: u32) ->
     let metrics_port = controlplane::free_port()?;
     let (apiserver, etcd) = (cp.pid("kube-apiserver").unwrap_or(0), cp.pid("etcd").unwrap_or(0));
     let (apiserver_before, etcd_before) = (cpu_seconds(apiserver), cpu_seconds(etcd));
+    let connections = CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     let mut controller = start_controller(cp, args, label, concurrency, metrics_port)?;
     let pid = controller.0.id();
@@ -315,6 +321,8 @@ async fn round(cp: &ControlPlane, args: &Args, label: &str, concurrency: u32) ->
         apiserver_cpu: cpu_seconds(apiserver) - apiserver_before,
         etcd_cpu: cpu_seconds(etcd) - etcd_before,
         requests,
+        connections: (CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed) - connections) as f64
+            / args.workspaces as f64,
     })
 }
 
@@ -665,6 +673,12 @@ fn print(args: &Args, rounds: &[&Round]) {
             .map(|((verb, resource), n)| format!("{verb} {resource} {:.3}", n / args.workspaces as f64))
             .collect();
         println!("API requests per probe, {}: {}", r.label, per_probe.join(", "));
+    }
+    for r in rounds {
+        println!(
+            "connections to the pods' Jupyter per probe, {}: {:.2}",
+            r.label, r.connections
+        );
     }
     if let [ours, theirs] = rounds {
         println!(

@@ -20,13 +20,15 @@ pub enum HttpMode {
     PortForward,
 }
 
-/// Capabilities confined to one pod.
+/// Capabilities confined to one pod, made for one evaluation: its HTTP calls to the pod share
+/// a connection, closed when the evaluation ends.
 pub struct PodCapabilities {
     pods: Api<Pod>,
     pod: String,
     container: String,
     http_mode: HttpMode,
     output_cap: usize,
+    http: crate::transport::KeepAlive,
 }
 
 impl PodCapabilities {
@@ -38,6 +40,7 @@ impl PodCapabilities {
             container,
             http_mode,
             output_cap,
+            http: Default::default(),
         }
     }
 
@@ -151,7 +154,7 @@ impl Capabilities for PodCapabilities {
 
     async fn http(&self, _workspace: &Workspace, request: HttpRequest) -> Result<HttpResponse, String> {
         match self.http_mode {
-            HttpMode::Direct => crate::transport::http(request).await,
+            HttpMode::Direct => self.http.send(request).await,
             HttpMode::PortForward => {
                 let port = request.uri.port_u16().unwrap_or(80);
                 let mut forwarder = self
