@@ -178,8 +178,8 @@ impl Floor {
     }
 }
 
-/// A Jupyter server on loopback that answers at once, one connection per request (as the
-/// controller's HTTP capability opens one per call).
+/// A Jupyter server on loopback that answers at once, one connection per request: the native
+/// and the Wasm probe both connect once per call, so they differ only in where the code runs.
 fn jupyter_on_loopback() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
