@@ -484,11 +484,26 @@ impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V, String>>,
     {
-        if let Some(value) = self.get(&key) {
-            return Ok(value);
+        match self.get(&key) {
+            Some(value) => Ok(value),
+            None => self.load_unless_kept(key, load).await,
         }
+    }
+
+    /// `load`'s result in a flight of its own or the one running, unless the value is kept by
+    /// the time the flight starts: a flight that landed between a caller's miss and its
+    /// joining has kept its value and is gone, and must not be followed by a second load.
+    async fn load_unless_kept<F, Fut>(&self, key: K, load: F) -> Result<V, String>
+    where
+        K: Clone,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, String>>,
+    {
         self.loading
             .run(key.clone(), || async {
+                if let Some(value) = self.get(&key) {
+                    return Ok(value);
+                }
                 let value = load().await?;
                 self.insert(key, value.clone());
                 Ok(value)
@@ -522,12 +537,16 @@ impl<T> ModuleFiles<T> {
             modified: metadata.modified().ok(),
             pinned: pinned.map(str::to_owned),
         };
-        let cached = self.loaded.get(path).filter(|(k, _)| *k == key).map(|(_, v)| v);
-        if let Some(loaded) = cached {
+        let kept = |key: &FileKey| self.loaded.get(path).filter(|(k, _)| k == key).map(|(_, v)| v);
+        if let Some(loaded) = kept(&key) {
             return Ok(loaded);
         }
         self.loading
             .run(key.clone(), || async {
+                // Kept by a flight that landed since the miss above: no second load.
+                if let Some(loaded) = kept(&key) {
+                    return Ok(loaded);
+                }
                 let loaded = load(read_module(path).await?).await?;
                 self.loaded.insert(path.to_owned(), (key, loaded.clone()));
                 Ok(loaded)
@@ -1016,6 +1035,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(loads_now(), 4);
+
+        // A caller that missed just before a flight landed (and the flight is gone) finds the
+        // value the flight kept, and loads nothing.
+        memo.load_unless_kept("jupyter".into(), || slow(Ok(Arc::new(b"again".to_vec()))))
+            .await
+            .unwrap();
+        assert_eq!(loads_now(), 4);
+        assert_eq!(*memo.get(&"jupyter".to_string()).unwrap(), b"code");
     }
 
     #[test]
