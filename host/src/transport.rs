@@ -144,13 +144,12 @@ impl KeepAlive {
 
     /// The kept connection, if it is to `authority` and can carry a request now.
     async fn take_idle(&self, authority: &str) -> Option<Connection> {
-        let kept = self
+        let mut kept = self
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
             .filter(|c| c.authority == authority)?;
-        let mut kept = kept;
         // Ready once the last exchange is done; an error if the server closed it meanwhile.
         kept.sender.ready().await.ok()?;
         Some(kept)

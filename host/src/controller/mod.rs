@@ -25,7 +25,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -91,7 +90,7 @@ pub struct Context {
     /// Pods labelled for a workspace, StatefulSets, and the Secrets of the controller's own
     /// namespace, from watches: a probe reads nothing from the apiserver to find its pod.
     pods: pods::WorkspacePods,
-    statefulsets: Store<PartialObjectMeta<k8s_openapi::api::apps::v1::StatefulSet>>,
+    statefulsets: Store<pods::CachedStatefulSet>,
     secrets: Store<k8s_openapi::api::core::v1::Secret>,
     recorder: Recorder,
     /// The metrics.
@@ -804,7 +803,7 @@ fn without_managed_fields<K: Resource>(object: &mut K) {
 
 /// A StatefulSet is watched for its metadata only; of that, the cache keeps its name,
 /// namespace and owners (its owner is what the culler checks).
-fn trim_statefulset(statefulset: &mut PartialObjectMeta<k8s_openapi::api::apps::v1::StatefulSet>) {
+fn trim_statefulset(statefulset: &mut pods::CachedStatefulSet) {
     let metadata = std::mem::take(&mut statefulset.metadata);
     statefulset.types = None;
     statefulset.metadata = ObjectMeta {
@@ -883,8 +882,7 @@ pub async fn run(
     for namespace in &scopes {
         // Pods decoded to the fields the culler reads; StatefulSets watched for their metadata
         // only (the apiserver sends no more).
-        type StatefulSets = Api<PartialObjectMeta<k8s_openapi::api::apps::v1::StatefulSet>>;
-        let (pods, statefulsets): (Api<pods::CachedPod>, StatefulSets) = match namespace {
+        let (pods, statefulsets): (Api<pods::CachedPod>, Api<pods::CachedStatefulSet>) = match namespace {
             Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
@@ -1019,17 +1017,16 @@ mod tests {
     #[test]
     fn a_trimmed_statefulset_keeps_its_owner_only() {
         // As a metadata-only watch sends it.
-        let mut statefulset: PartialObjectMeta<k8s_openapi::api::apps::v1::StatefulSet> =
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                "metadata": {"name": "ws-a", "namespace": "ns", "uid": "sts-uid", "resourceVersion": "7",
-                             "labels": {"notebooks.kubeflow.org/workspace-name": "a"},
-                             "annotations": {"big": "x".repeat(4096)},
-                             "managedFields": [{"manager": "kube-controller-manager", "operation": "Update"}],
-                             "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Workspace",
-                                                  "name": "a", "uid": "uid-1", "controller": true}]},
-            }))
-            .unwrap();
+        let mut statefulset: pods::CachedStatefulSet = serde_json::from_value(serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "ws-a", "namespace": "ns", "uid": "sts-uid", "resourceVersion": "7",
+                         "labels": {"notebooks.kubeflow.org/workspace-name": "a"},
+                         "annotations": {"big": "x".repeat(4096)},
+                         "managedFields": [{"manager": "kube-controller-manager", "operation": "Update"}],
+                         "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Workspace",
+                                              "name": "a", "uid": "uid-1", "controller": true}]},
+        }))
+        .unwrap();
         trim_statefulset(&mut statefulset);
         assert!(probe::owned_by_workspace(&statefulset, "uid-1"));
         assert_eq!(

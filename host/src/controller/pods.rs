@@ -132,6 +132,10 @@ impl kube::Resource for CachedPod {
     }
 }
 
+/// A StatefulSet as the cache keeps it: its metadata only, which is all a metadata-only watch
+/// sends (the culler checks its owner).
+pub type CachedStatefulSet = kube::core::PartialObjectMeta<k8s_openapi::api::apps::v1::StatefulSet>;
+
 /// Once the watch has read it, a cached pod needs no resourceVersion.
 pub fn trim(pod: &mut CachedPod) {
     pod.metadata.resource_version = None;

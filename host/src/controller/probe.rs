@@ -4,12 +4,10 @@
 
 use super::Context;
 use super::capabilities::PodCapabilities;
-use super::pods::CachedPod;
-use k8s_openapi::api::apps::v1::StatefulSet;
+use super::pods::{CachedPod, CachedStatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -294,7 +292,7 @@ pub fn pod_candidate(pod: &CachedPod) -> Result<String, String> {
 }
 
 /// Whether `statefulset` is controlled by the Workspace with this uid.
-pub fn owned_by_workspace(statefulset: &PartialObjectMeta<StatefulSet>, workspace_uid: &str) -> bool {
+pub fn owned_by_workspace(statefulset: &CachedStatefulSet, workspace_uid: &str) -> bool {
     statefulset
         .owner_references()
         .iter()
@@ -1047,11 +1045,10 @@ mod tests {
 
     #[test]
     fn a_statefulset_belongs_to_the_workspace_whose_uid_controls_it() {
-        let sts: PartialObjectMeta<StatefulSet> =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "ws-a",
+        let sts: CachedStatefulSet = serde_json::from_value(serde_json::json!({"metadata": {"name": "ws-a",
             "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Workspace", "name": "a",
                                  "uid": "uid-1", "controller": true}]}}))
-            .unwrap();
+        .unwrap();
         assert!(owned_by_workspace(&sts, "uid-1"));
         assert!(
             !owned_by_workspace(&sts, "uid-2"),

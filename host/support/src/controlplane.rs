@@ -193,43 +193,35 @@ impl ControlPlane {
         let config = d.join("kwok.yaml");
         std::fs::copy(bin.join("stages.yaml"), &config)
             .context("kwok stages are missing from the control plane build")?;
-        let kwok = |port: u16| -> Vec<String> {
-            let mut argv = vec![path(&bin.join("kwok"))];
-            argv.extend(
-                [
-                    "--kubeconfig",
-                    &path(&kubeconfig),
-                    "--config",
-                    &path(&config),
-                    "--manage-all-nodes=true",
-                    "--node-ip",
-                    "127.0.0.1",
-                    "--node-port",
-                    &port.to_string(),
-                    "--server-address",
-                    &format!("127.0.0.1:{port}"),
-                    "--cidr",
-                    cidr,
-                    "--enable-crds",
-                    "ClusterExec,Exec,ClusterPortForward,PortForward",
-                ]
-                .map(String::from),
-            );
-            argv
-        };
-        let argv = kwok(kwok_port);
-        cp.spawn("kwok", Command::new(&argv[0]).args(&argv[1..]))?;
+        cp.spawn(
+            "kwok",
+            Command::new(bin.join("kwok")).args([
+                "--kubeconfig",
+                &path(&kubeconfig),
+                "--config",
+                &path(&config),
+                "--manage-all-nodes=true",
+                "--node-ip",
+                "127.0.0.1",
+                "--node-port",
+                &kwok_port.to_string(),
+                "--server-address",
+                &format!("127.0.0.1:{kwok_port}"),
+                "--cidr",
+                cidr,
+                "--enable-crds",
+                "ClusterExec,Exec,ClusterPortForward,PortForward",
+            ]),
+        )?;
         cp.add_node().await?;
         if let Err(first) = cp.wait_node_ready().await {
             // kwok (test infrastructure, not the product) has been seen to exit while it starts
-            // (a Go panic, once in many runs): it gets one more start, on another port.
+            // (a Go panic, once in many runs): it gets one more start.
             if cp.running("kwok") {
                 return Err(first);
             }
             eprintln!("control plane: {first:#}\nstarting kwok once more");
-            cp.stop("kwok");
-            let argv = kwok(free_port()?);
-            cp.spawn("kwok", Command::new(&argv[0]).args(&argv[1..]))?;
+            cp.restart("kwok").await?;
             cp.wait_node_ready().await?;
         }
         Ok(cp)
