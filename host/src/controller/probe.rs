@@ -386,6 +386,21 @@ struct FileKey {
     pinned: Option<String>,
 }
 
+impl FileKey {
+    /// The key of the file at `path` as it is now.
+    async fn of(path: &Path, pinned: Option<&str>) -> Result<FileKey, String> {
+        let metadata = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| format!("cannot read probe module {}: {e}", path.display()))?;
+        Ok(FileKey {
+            path: path.to_owned(),
+            size: metadata.len(),
+            modified: metadata.modified().ok(),
+            pinned: pinned.map(str::to_owned),
+        })
+    }
+}
+
 /// Loaded module files by [`FileKey`]: a file that has not changed is neither read nor hashed
 /// again (JavaScript and Python components are tens of MB). A replaced file has a new size or
 /// time and is read, hashed and checked against its pin again. Only the latest version of each
@@ -526,27 +541,33 @@ impl<T> ModuleFiles<T> {
         F: FnOnce(Vec<u8>) -> Fut,
         Fut: std::future::Future<Output = Result<Arc<T>, String>>,
     {
-        let metadata = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| format!("cannot read probe module {}: {e}", path.display()))?;
-        let key = FileKey {
-            path: path.to_owned(),
-            size: metadata.len(),
-            modified: metadata.modified().ok(),
-            pinned: pinned.map(str::to_owned),
-        };
-        let kept = |key: &FileKey| self.loaded.get(path).filter(|(k, _)| k == key).map(|(_, v)| v);
-        if let Some(loaded) = kept(&key) {
-            return Ok(loaded);
+        let key = FileKey::of(path, pinned).await?;
+        match self.kept(&key) {
+            Some(loaded) => Ok(loaded),
+            None => self.load_unless_kept(key, load).await,
         }
+    }
+
+    /// What is kept for the file `key` names, if it is still that file.
+    fn kept(&self, key: &FileKey) -> Option<Arc<T>> {
+        self.loaded.get(&key.path).filter(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The file `key` names, read and loaded in a flight of its own or the one running, unless
+    /// it is kept by the time the flight starts (a flight that landed since the caller's miss).
+    async fn load_unless_kept<F, Fut>(&self, key: FileKey, load: F) -> Result<Arc<T>, String>
+    where
+        F: FnOnce(Vec<u8>) -> Fut,
+        Fut: std::future::Future<Output = Result<Arc<T>, String>>,
+    {
+        let path = key.path.clone();
         self.loading
             .run(key.clone(), || async {
-                // Kept by a flight that landed since the miss above: no second load.
-                if let Some(loaded) = kept(&key) {
+                if let Some(loaded) = self.kept(&key) {
                     return Ok(loaded);
                 }
-                let loaded = load(read_module(path).await?).await?;
-                self.loaded.insert(path.to_owned(), (key, loaded.clone()));
+                let loaded = load(read_module(&path).await?).await?;
+                self.loaded.insert(path.clone(), (key, loaded.clone()));
                 Ok(loaded)
             })
             .await
@@ -1018,6 +1039,12 @@ mod tests {
             assert_eq!(*loaded.unwrap(), b"module");
         }
         assert_eq!(loads_now(), 1, "eight probes, one load of the file");
+        // A caller that missed just before that flight landed (and the flight is gone) finds
+        // the module it kept, and reads and loads nothing.
+        let key = FileKey::of(&path, None).await.unwrap();
+        let again = files.load_unless_kept(key, |_| slow(Ok(Arc::new(b"again".to_vec()))));
+        assert_eq!(*again.await.unwrap(), b"module");
+        assert_eq!(loads_now(), 1);
 
         let by_name = (0..8).map(|_| memo.get_or_load("jupyter".into(), || slow(Ok(Arc::new(b"code".to_vec())))));
         assert!(futures::future::join_all(by_name).await.iter().all(Result::is_ok));

@@ -484,7 +484,43 @@ fn path(p: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::tail;
+    use super::{ControlPlane, NODE_NAME, binaries, tail};
+
+    #[tokio::test]
+    async fn kwok_that_exits_while_it_starts_is_started_once_more() {
+        use std::os::unix::fs::PermissionsExt;
+        // The real binaries, but a kwok that panics at its first start and is the real one after.
+        let real = binaries().expect("control plane binaries");
+        let bin = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&real).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != "kwok" {
+                std::os::unix::fs::symlink(entry.path(), bin.path().join(entry.file_name())).unwrap();
+            }
+        }
+        let started = bin.path().join("started-once");
+        let kwok = bin.path().join("kwok");
+        std::fs::write(
+            &kwok,
+            format!(
+                "#!/bin/sh\nif [ ! -e '{started}' ]; then : > '{started}'; echo 'panic: exits at its first start' >&2; exit 2; fi\nexec '{real}' \"$@\"\n",
+                started = started.display(),
+                real = real.join("kwok").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&kwok, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let cp = ControlPlane::start(bin.path())
+            .await
+            .expect("started, kwok at its second try");
+        assert!(started.exists(), "kwok's first start ran");
+        let log = std::fs::read_to_string(cp.dir().join("kwok.log")).unwrap();
+        assert!(log.contains("panic: exits at its first start"), "{log}");
+        use k8s_openapi::api::core::v1::Node;
+        let nodes: kube::Api<Node> = kube::Api::all(cp.client().await.unwrap());
+        nodes.get(NODE_NAME).await.expect("kwok's node");
+    }
 
     #[test]
     fn a_log_tail_keeps_the_line_that_says_why_a_go_program_crashed() {
