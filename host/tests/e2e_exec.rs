@@ -348,6 +348,19 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
         status_writes <= probes,
         "{status_writes} status writes for {probes} probes"
     );
+    // Each of those writes is answered with the workspace's metadata only (a merge patch that
+    // changes nothing, sent the same way).
+    let (name, _, _) = &cases[0];
+    let answer = workspace_culler::controller::patch_workspace_status(
+        &env.client,
+        NS,
+        name,
+        &serde_json::json!({"status": {"activity": {}}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.types.map(|t| t.kind).as_deref(), Some("PartialObjectMetadata"));
+    assert_eq!(answer.metadata.name.as_deref(), Some(name.as_str()));
 
     // minProbeIntervalSeconds (2 s) holds for failing and timing-out probes too.
     let elapsed = started.elapsed().as_secs() as usize;

@@ -191,6 +191,27 @@ fn patch_params() -> PatchParams {
     }
 }
 
+/// What an `Accept` header asks for to get an object's metadata only (`PartialObjectMetadata`).
+const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+/// A merge patch of a Workspace's `status`, answered with the Workspace's metadata only. The
+/// culler reads nothing from the answer, and the whole object (spec, status, managed fields) is
+/// otherwise what the apiserver encodes and the culler decodes once more for every probe.
+pub async fn patch_workspace_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<kube::core::PartialObjectMeta<Workspace>, kube::Error> {
+    let mut request = kube::core::Request::new(Workspace::url_path(&(), Some(namespace)))
+        .patch_subresource("status", name, &patch_params(), &Patch::Merge(patch))
+        .map_err(kube::Error::BuildRequest)?;
+    request
+        .headers_mut()
+        .insert(http::header::ACCEPT, http::HeaderValue::from_static(METADATA_ONLY));
+    client.request(request).await
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -620,7 +641,7 @@ async fn record(
             patch["metadata"] = serde_json::json!({"resourceVersion": version});
         }
         ctx.fenced()?;
-        match api.patch_status(&key.1, &patch_params(), &Patch::Merge(&patch)).await {
+        match patch_workspace_status(&ctx.client, &key.0, &key.1, &patch).await {
             Ok(_) => {
                 base.status.get_or_insert_with(Default::default).activity = Some(activity.clone());
                 return Ok(Some((base, activity)));

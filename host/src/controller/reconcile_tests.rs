@@ -20,12 +20,14 @@ fn clock() -> i64 {
     NOW
 }
 
-/// One request the controller sent: method, path and JSON body.
+/// One request the controller sent: method, path, JSON body, and whether it asked for the
+/// object's metadata only in the answer.
 #[derive(Clone, Debug)]
 struct Sent {
     method: Method,
     path: String,
     body: Value,
+    metadata_only: bool,
 }
 
 /// The API server's side: the one Workspace and the one CullingPolicy, what was sent, how many
@@ -150,10 +152,24 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
     while let Some((request, send)) = handle.next_request().await {
         let method = request.method().clone();
         let path = request.uri().path().to_string();
+        let metadata_only = request
+            .headers()
+            .get(http::header::ACCEPT)
+            .is_some_and(|a| a == METADATA_ONLY);
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let (status, reply) = api.respond(&method, &path, &body);
-        lock(&api.sent).push(Sent { method, path, body });
+        let (status, mut reply) = api.respond(&method, &path, &body);
+        // As the apiserver does: an object asked for as its metadata only is answered so.
+        if metadata_only && status.is_success() {
+            reply =
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": reply["metadata"]});
+        }
+        lock(&api.sent).push(Sent {
+            method,
+            path,
+            body,
+            metadata_only,
+        });
         let response = Response::builder()
             .status(status)
             .body(Body::from(serde_json::to_vec(&reply).unwrap()))
@@ -377,6 +393,10 @@ async fn an_active_workspace_is_recorded_at_the_probes_end_and_not_paused() {
     let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::ActiveNow));
     assert_eq!(case.reconcile().await, after_seconds(600));
     assert_eq!(case.api.summary(), ["PATCH /status"]);
+    assert!(
+        case.api.sent()[0].metadata_only,
+        "the status write asks for no more than the metadata back"
+    );
     let activity = case.status_patch();
     assert_eq!(activity["lastActivity"], NOW + 100, "the probe's end");
     assert_eq!(activity["rules"]["pauseWorkspace"]["eligibleAfter"], NOW + 100 + HOUR);
