@@ -348,8 +348,8 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
         status_writes <= probes,
         "{status_writes} status writes for {probes} probes"
     );
-    // Each of those writes is answered with the workspace's metadata only (a merge patch that
-    // changes nothing, sent the same way).
+    // The controller sends those writes through `patch_workspace_status`: the apiserver answers
+    // it with the workspace's metadata only (here a merge patch that changes nothing).
     let (name, _, _) = &cases[0];
     let answer = workspace_culler::controller::patch_workspace_status(
         &env.client,

@@ -631,7 +631,6 @@ async fn record(
     rule: &RuleMatch,
 ) -> Result<Option<(Workspace, Activity)>, Error> {
     let key = key_of(workspace);
-    let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &key.0);
     let mut base = workspace.clone();
     for _ in 0..5 {
         let activity = activity_after_probe(base.activity(), run, base.last_running_time(), rule);
@@ -647,7 +646,9 @@ async fn record(
                 return Ok(Some((base, activity)));
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {
-                let fresh = api.get(&key.1).await?;
+                let fresh = Api::<Workspace>::namespaced(ctx.client.clone(), &key.0)
+                    .get(&key.1)
+                    .await?;
                 if fresh.metadata.uid != workspace.metadata.uid {
                     tracing::info!("the workspace was re-created since its probe; its result is dropped");
                     lock(&ctx.written).remove(&key);

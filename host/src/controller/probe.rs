@@ -560,14 +560,13 @@ impl<T> ModuleFiles<T> {
         F: FnOnce(Vec<u8>) -> Fut,
         Fut: std::future::Future<Output = Result<Arc<T>, String>>,
     {
-        let path = key.path.clone();
         self.loading
             .run(key.clone(), || async {
                 if let Some(loaded) = self.kept(&key) {
                     return Ok(loaded);
                 }
-                let loaded = load(read_module(&path).await?).await?;
-                self.loaded.insert(path.clone(), (key, loaded.clone()));
+                let loaded = load(read_module(&key.path).await?).await?;
+                self.loaded.insert(key.path.clone(), (key, loaded.clone()));
                 Ok(loaded)
             })
             .await
