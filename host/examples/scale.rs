@@ -5,7 +5,8 @@
 //! full round (every workspace probed once) is timed twice in the same run: the controller as
 //! configured here (`--concurrency`), and configured like Kubeflow's own probing (probes inside
 //! the reconcile, 10 workers: `--concurrency 10`). Reported: round time, probes/s, the
-//! controller's API requests per probe by verb (its own request counter), peak RSS and CPU
+//! controller's API requests per probe by verb (its own request counter, and the apiserver's
+//! count of what it served meanwhile, `apiserver_request_total`), peak RSS and CPU
 //! seconds per 1 000 probes, the apiserver's and etcd's CPU, and the ratio of the round times.
 //! Then the cull latency: the first `--latency-workspaces` become eligible one after another
 //! over a minute (their Jupyter reports staggered last activity), the policy's
@@ -217,6 +218,44 @@ fn api_requests(metrics: &str) -> BTreeMap<(String, String), f64> {
         .collect()
 }
 
+/// The apiserver's own count of the requests it has served, by (verb, resource[/subresource]),
+/// every client's: `apiserver_request_total` from its /metrics. Requests for no resource (its
+/// /metrics itself) are left out; a watch is counted when it ends.
+async fn apiserver_requests(client: &kube::Client) -> anyhow::Result<BTreeMap<(String, String), f64>> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await
+        .context("the apiserver's /metrics")?;
+    Ok(
+        series(&text, "apiserver_request_total", &["verb", "resource", "subresource"])
+            .into_iter()
+            .filter(|(key, _)| !key[1].is_empty())
+            .map(|(key, n)| {
+                let resource = match key[2].as_str() {
+                    "" => key[1].clone(),
+                    subresource => format!("{}/{subresource}", key[1]),
+                };
+                ((key[0].to_lowercase(), resource), n)
+            })
+            .collect(),
+    )
+}
+
+/// What `after` counts more than `before` (zero differences left out).
+fn counted_since(
+    before: &BTreeMap<(String, String), f64>,
+    after: BTreeMap<(String, String), f64>,
+) -> BTreeMap<(String, String), f64> {
+    after
+        .into_iter()
+        .map(|(key, n)| {
+            let since = n - before.get(&key).copied().unwrap_or(0.0);
+            (key, since)
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect()
+}
+
 /// Status writes so far: one per probe (nothing else writes Workspaces during a round).
 fn status_writes(metrics: &str) -> f64 {
     api_requests(metrics)
@@ -278,14 +317,23 @@ struct Round {
     apiserver_cpu: f64,
     etcd_cpu: f64,
     requests: BTreeMap<(String, String), f64>,
+    /// The same round as the apiserver counted it (every client's requests).
+    served: BTreeMap<(String, String), f64>,
     /// Connections to the pods' Jupyter per probe.
     connections: f64,
 }
 
 /// One full round: start the controller, wait until it has written the status of as many
 /// probes as there are workspaces (read from its own metrics, so watching costs nothing), stop it.
-async fn round(cp: &ControlPlane, args: &Args, label: &str, concurrency: u32) -> anyhow::Result<Round> {
+async fn round(
+    cp: &ControlPlane,
+    client: &kube::Client,
+    args: &Args,
+    label: &str,
+    concurrency: u32,
+) -> anyhow::Result<Round> {
     let metrics_port = controlplane::free_port()?;
+    let served_before = apiserver_requests(client).await?;
     let (apiserver, etcd) = (cp.pid("kube-apiserver").unwrap_or(0), cp.pid("etcd").unwrap_or(0));
     let (apiserver_before, etcd_before) = (cpu_seconds(apiserver), cpu_seconds(etcd));
     let connections = CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed);
@@ -293,22 +341,41 @@ async fn round(cp: &ControlPlane, args: &Args, label: &str, concurrency: u32) ->
     let mut controller = start_controller(cp, args, label, concurrency, metrics_port)?;
     let pid = controller.0.id();
     let mut first_probe: Option<Instant> = None;
-    let text = loop {
-        let text = metrics(metrics_port).await;
-        let written = status_writes(&text);
+    loop {
+        let written = status_writes(&metrics(metrics_port).await);
         if written > 0.0 {
             first_probe.get_or_insert_with(Instant::now);
         }
         if written >= args.workspaces as f64 {
-            break text;
+            break;
         }
         if started.elapsed() > Duration::from_secs(1800) || controller.0.try_wait()?.is_some() {
             anyhow::bail!("{label}: only {written} of {} probed", args.workspaces);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The controller counts a request as it sends it, so the last writes are still in flight:
+    // the round ends when the apiserver has served every one (its /metrics, polled only now).
+    let status = ("patch".to_string(), "workspaces/status".to_string());
+    let sent = started.elapsed();
+    let served = loop {
+        let served = counted_since(&served_before, apiserver_requests(client).await?);
+        if served.get(&status).copied().unwrap_or(0.0) >= args.workspaces as f64 {
+            break served;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800) && controller.0.try_wait()?.is_none(),
+            "{label}: the apiserver served only {served:?} of the controller's writes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{label}: the apiserver had served every status write {:.2}s after the controller had sent them",
+        seconds - sent.as_secs_f64()
+    );
     let probing = first_probe.map_or(seconds, |t| t.elapsed().as_secs_f64()).max(0.001);
+    let text = metrics(metrics_port).await;
     let requests = api_requests(&text);
     let (rss_mib, cpu) = (peak_rss_mib(pid), cpu_seconds(pid));
     drop(controller);
@@ -321,6 +388,7 @@ async fn round(cp: &ControlPlane, args: &Args, label: &str, concurrency: u32) ->
         apiserver_cpu: cpu_seconds(apiserver) - apiserver_before,
         etcd_cpu: cpu_seconds(etcd) - etcd_before,
         requests,
+        served,
         connections: (CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed) - connections) as f64
             / args.workspaces as f64,
     })
@@ -456,9 +524,9 @@ async fn main() -> anyhow::Result<()> {
     // largest load (Kubeflow's real controller reconciles from its informers' caches).
     drop(double);
 
-    let ours = round(&cp, &args, "this controller", args.concurrency).await?;
+    let ours = round(&cp, &client, &args, "this controller", args.concurrency).await?;
     clear_status(&client).await?;
-    let kubeflow_model = round(&cp, &args, "Kubeflow's model", 10).await?;
+    let kubeflow_model = round(&cp, &client, &args, "Kubeflow's model", 10).await?;
     print(&args, &[&ours, &kubeflow_model]);
     if args.latency_workspaces > 0 {
         for background in [Background::Busy, Background::Hourly] {
@@ -673,6 +741,26 @@ fn print(args: &Args, rounds: &[&Round]) {
             .map(|((verb, resource), n)| format!("{verb} {resource} {:.3}", n / args.workspaces as f64))
             .collect();
         println!("API requests per probe, {}: {}", r.label, per_probe.join(", "));
+    }
+    for r in rounds {
+        let per_probe: Vec<String> = r
+            .served
+            .iter()
+            .map(|((verb, resource), n)| format!("{verb} {resource} {:.3}", n / args.workspaces as f64))
+            .collect();
+        println!(
+            "requests per probe the apiserver served during the round of {} (every client's; watches count when they end): {}",
+            r.label,
+            per_probe.join(", ")
+        );
+        let key = ("patch".to_string(), "workspaces/status".to_string());
+        let (counted, served) = (
+            r.requests.get(&key).copied().unwrap_or(0.0),
+            r.served.get(&key).copied().unwrap_or(0.0),
+        );
+        if counted != served {
+            println!("  status writes: the controller sent {counted}, the apiserver served {served}");
+        }
     }
     for r in rounds {
         println!(
