@@ -211,8 +211,11 @@ fn series(metrics: &str, name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, f
     sums
 }
 
+/// Requests by (verb, resource), as both counts give them.
+type Requests = BTreeMap<(String, String), f64>;
+
 /// `workspace_culler_api_requests_total` by (verb, resource).
-fn api_requests(metrics: &str) -> BTreeMap<(String, String), f64> {
+fn api_requests(metrics: &str) -> Requests {
     series(metrics, "workspace_culler_api_requests_total", &["verb", "resource"])
         .into_iter()
         .map(|(key, n)| ((key[0].clone(), key[1].clone()), n))
@@ -222,7 +225,7 @@ fn api_requests(metrics: &str) -> BTreeMap<(String, String), f64> {
 /// The apiserver's own count of the requests it has served, by (verb, resource[/subresource]),
 /// every client's: `apiserver_request_total` from its /metrics. Requests for no resource (its
 /// /metrics itself) are left out; a watch is counted when it ends.
-async fn apiserver_requests(client: &kube::Client) -> anyhow::Result<BTreeMap<(String, String), f64>> {
+async fn apiserver_requests(client: &kube::Client) -> anyhow::Result<Requests> {
     let text = client
         .request_text(http::Request::get("/metrics").body(Vec::new())?)
         .await
@@ -243,10 +246,7 @@ async fn apiserver_requests(client: &kube::Client) -> anyhow::Result<BTreeMap<(S
 }
 
 /// What `after` counts more than `before` (zero differences left out).
-fn counted_since(
-    before: &BTreeMap<(String, String), f64>,
-    after: BTreeMap<(String, String), f64>,
-) -> BTreeMap<(String, String), f64> {
+fn counted_since(before: &Requests, after: Requests) -> Requests {
     after
         .into_iter()
         .map(|(key, n)| {
@@ -257,12 +257,22 @@ fn counted_since(
         .collect()
 }
 
-/// Status writes so far: one per probe (nothing else writes Workspaces during a round).
-fn status_writes(metrics: &str) -> f64 {
-    api_requests(metrics)
+/// The status writes among `requests`: one per probe (nothing else writes Workspaces during a
+/// round).
+fn status_writes(requests: &Requests) -> f64 {
+    requests
         .get(&("patch".to_string(), "workspaces/status".to_string()))
         .copied()
         .unwrap_or(0.0)
+}
+
+/// `requests` divided by `probes`, one `verb resource n` after the other.
+fn per_probe(requests: &Requests, probes: usize) -> String {
+    let each: Vec<String> = requests
+        .iter()
+        .map(|((verb, resource), n)| format!("{verb} {resource} {:.3}", n / probes as f64))
+        .collect();
+    each.join(", ")
 }
 
 /// Where the controllers' logs are kept after the run: `target/bench-scale/` (their level:
@@ -319,15 +329,16 @@ struct Round {
     etcd_cpu: f64,
     /// kwok's and this benchmark's (the Jupyter stand-in answers every probe): the rest of the CPU.
     rest_cpu: f64,
-    requests: BTreeMap<(String, String), f64>,
+    requests: Requests,
     /// The same round as the apiserver counted it (every client's requests).
-    served: BTreeMap<(String, String), f64>,
+    served: Requests,
     /// Connections to the pods' Jupyter per probe.
     connections: f64,
 }
 
-/// One full round: start the controller, wait until it has written the status of as many
-/// probes as there are workspaces (read from its own metrics, so watching costs nothing), stop it.
+/// One full round: start the controller, wait until it has sent the status writes of as many
+/// probes as there are workspaces (read from its own metrics, so watching costs nothing) and the
+/// apiserver has served them (its own count), stop it.
 async fn round(
     cp: &ControlPlane,
     client: &kube::Client,
@@ -347,7 +358,7 @@ async fn round(
     let pid = controller.0.id();
     let mut first_probe: Option<Instant> = None;
     loop {
-        let written = status_writes(&metrics(metrics_port).await);
+        let written = status_writes(&api_requests(&metrics(metrics_port).await));
         if written > 0.0 {
             first_probe.get_or_insert_with(Instant::now);
         }
@@ -361,11 +372,10 @@ async fn round(
     }
     // The controller counts a request as it sends it, so the last writes are still in flight:
     // the round ends when the apiserver has served every one (its /metrics, polled only now).
-    let status = ("patch".to_string(), "workspaces/status".to_string());
     let sent = started.elapsed();
     let served = loop {
         let served = counted_since(&served_before, apiserver_requests(client).await?);
-        if served.get(&status).copied().unwrap_or(0.0) >= args.workspaces as f64 {
+        if status_writes(&served) >= args.workspaces as f64 {
             break served;
         }
         anyhow::ensure!(
@@ -742,29 +752,19 @@ fn print(args: &Args, rounds: &[&Round]) {
     }
     println!("(other CPU: kwok's, and this benchmark's, whose Jupyter stand-in answers every probe)");
     for r in rounds {
-        let per_probe: Vec<String> = r
-            .requests
-            .iter()
-            .map(|((verb, resource), n)| format!("{verb} {resource} {:.3}", n / args.workspaces as f64))
-            .collect();
-        println!("API requests per probe, {}: {}", r.label, per_probe.join(", "));
+        println!(
+            "API requests per probe, {}: {}",
+            r.label,
+            per_probe(&r.requests, args.workspaces)
+        );
     }
     for r in rounds {
-        let per_probe: Vec<String> = r
-            .served
-            .iter()
-            .map(|((verb, resource), n)| format!("{verb} {resource} {:.3}", n / args.workspaces as f64))
-            .collect();
         println!(
             "requests per probe the apiserver served during the round of {} (every client's; watches count when they end): {}",
             r.label,
-            per_probe.join(", ")
+            per_probe(&r.served, args.workspaces)
         );
-        let key = ("patch".to_string(), "workspaces/status".to_string());
-        let (counted, served) = (
-            r.requests.get(&key).copied().unwrap_or(0.0),
-            r.served.get(&key).copied().unwrap_or(0.0),
-        );
+        let (counted, served) = (status_writes(&r.requests), status_writes(&r.served));
         if counted != served {
             println!("  status writes: the controller sent {counted}, the apiserver served {served}");
         }
