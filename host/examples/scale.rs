@@ -192,10 +192,12 @@ async fn metrics(port: u16) -> String {
 
 /// The samples of metric `name` summed by the values of `labels` (zero sums left out).
 fn series(metrics: &str, name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, f64> {
+    // A label is matched whole: `resource="` also stands inside `subresource="`.
     let label = |line: &str, label: &str| {
-        line.split(&format!("{label}=\""))
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
+        ["{", ","]
+            .iter()
+            .find_map(|before| line.split_once(&format!("{before}{label}=\"")))
+            .and_then(|(_, rest)| rest.split('"').next())
             .unwrap_or_default()
             .to_string()
     };
@@ -223,26 +225,44 @@ fn api_requests(metrics: &str) -> Requests {
 }
 
 /// The apiserver's own count of the requests it has served, by (verb, resource[/subresource]),
-/// every client's: `apiserver_request_total` from its /metrics. Requests for no resource (its
+/// every client's: `apiserver_request_total` from its /metrics, its verbs named as the
+/// controller's counter names them. A request answered with an error counts under its verb and
+/// code (`patch 409`), so only successes count as served; requests for no resource (its
 /// /metrics itself) are left out; a watch is counted when it ends.
 async fn apiserver_requests(client: &kube::Client) -> anyhow::Result<Requests> {
     let text = client
         .request_text(http::Request::get("/metrics").body(Vec::new())?)
         .await
         .context("the apiserver's /metrics")?;
-    Ok(
-        series(&text, "apiserver_request_total", &["verb", "resource", "subresource"])
-            .into_iter()
-            .filter(|(key, _)| !key[1].is_empty())
-            .map(|(key, n)| {
-                let resource = match key[2].as_str() {
-                    "" => key[1].clone(),
-                    subresource => format!("{}/{subresource}", key[1]),
-                };
-                ((key[0].to_lowercase(), resource), n)
-            })
-            .collect(),
-    )
+    let mut requests = Requests::new();
+    for (key, n) in series(
+        &text,
+        "apiserver_request_total",
+        &["verb", "resource", "subresource", "code"],
+    ) {
+        let [verb, resource, subresource, code] = &key[..] else {
+            continue;
+        };
+        if resource.is_empty() {
+            continue;
+        }
+        let verb = match verb.as_str() {
+            "POST" => "create".to_string(),
+            "PUT" => "update".to_string(),
+            other => other.to_lowercase(),
+        };
+        let verb = if code.starts_with('2') {
+            verb
+        } else {
+            format!("{verb} {code}")
+        };
+        let resource = match subresource.as_str() {
+            "" => resource.clone(),
+            subresource => format!("{resource}/{subresource}"),
+        };
+        *requests.entry((verb, resource)).or_default() += n;
+    }
+    Ok(requests)
 }
 
 /// What `after` counts more than `before` (zero differences left out).
@@ -371,23 +391,35 @@ async fn round(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The controller counts a request as it sends it, so the last writes are still in flight:
-    // the round ends when the apiserver has served every one (its /metrics, polled only now).
+    // the round ends when the apiserver has served every one successfully (its /metrics, polled
+    // only now). The end is when the fetch that shows it returns, so it is late, never early,
+    // by up to one poll's pause and one fetch.
     let sent = started.elapsed();
-    let served = loop {
-        let served = counted_since(&served_before, apiserver_requests(client).await?);
-        if status_writes(&served) >= args.workspaces as f64 {
-            break served;
+    let mut so_far = Requests::new();
+    let (served, fetch) = loop {
+        let asked = Instant::now();
+        match apiserver_requests(client).await {
+            Ok(served) => {
+                let served = counted_since(&served_before, served);
+                if status_writes(&served) >= args.workspaces as f64 {
+                    break (served, asked.elapsed());
+                }
+                so_far = served;
+            }
+            Err(e) => eprintln!("{label}: {e:#}; asking again"),
         }
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(1800) && controller.0.try_wait()?.is_none(),
-            "{label}: the apiserver served only {served:?} of the controller's writes"
+            "{label}: the apiserver has served only these: {so_far:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
-        "{label}: the apiserver had served every status write {:.2}s after the controller had sent them",
-        seconds - sent.as_secs_f64()
+        "{label}: the apiserver's count showed every status write served {:.2}s after the controller had sent \
+         them (polled every 0.1 s; the fetch that showed it took {:.2}s)",
+        seconds - sent.as_secs_f64(),
+        fetch.as_secs_f64()
     );
     let probing = first_probe.map_or(seconds, |t| t.elapsed().as_secs_f64()).max(0.001);
     let text = metrics(metrics_port).await;
@@ -750,7 +782,10 @@ fn print(args: &Args, rounds: &[&Round]) {
             r.label, r.seconds, r.probes_per_second, r.rss_mib, r.cpu_per_1000, r.apiserver_cpu, r.etcd_cpu, r.rest_cpu
         );
     }
-    println!("(other CPU: kwok's, and this benchmark's, whose Jupyter stand-in answers every probe)");
+    println!(
+        "(other CPU: kwok's, and this benchmark's: its Jupyter stand-in answers every probe, and it reads the \
+         controller's metrics and, at the round's end, the apiserver's, which the apiserver's CPU includes)"
+    );
     for r in rounds {
         println!(
             "API requests per probe, {}: {}",
