@@ -229,7 +229,7 @@ async fn faults_mid_probe_never_pause_wrongly_and_the_controller_converges() {
     // once, when due. It is up for 4 s at a time: the pause needs a fresh probe (2.06 s of its
     // script, through the apiserver) and its reads and patch inside one such stretch, and a
     // probe whose exec the restart cuts off waits out its 10-s deadline, so attempts come
-    // ~11 s apart (with 3 s up, one run in three on a loaded machine found no stretch long
+    // ~11 s apart (with 3 s up, one of three full runs on a slow day found no stretch long
     // enough within the limit).
     env.apply_kind(sample_kind("due-again")).await;
     env.apply_policy(policy("due-again", 20)).await;
