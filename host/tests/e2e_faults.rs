@@ -230,7 +230,7 @@ async fn faults_mid_probe_never_pause_wrongly_and_the_controller_converges() {
     // script, through the apiserver) and its reads and patch inside one such stretch, and a
     // probe whose exec the restart cuts off waits out its 10-s deadline, so attempts come
     // ~11 s apart (with 3 s up, one of three full runs on a slow day found no stretch long
-    // enough within the limit).
+    // enough within the 180 s the limit was then).
     env.apply_kind(sample_kind("due-again")).await;
     env.apply_policy(policy("due-again", 20)).await;
     env.running_workspace(NS, "due-again", "due-again", serde_json::json!({}))
