@@ -192,21 +192,27 @@ async fn metrics(port: u16) -> String {
 
 /// The samples of metric `name` summed by the values of `labels` (zero sums left out).
 fn series(metrics: &str, name: &str, labels: &[&str]) -> BTreeMap<Vec<String>, f64> {
-    // A label is matched whole: `resource="` also stands inside `subresource="`.
-    let label = |line: &str, label: &str| {
-        ["{", ","]
+    // A label is matched whole: `resource="` also stands inside `subresource="`. The patterns
+    // are made once: the apiserver's /metrics has tens of thousands of lines.
+    let patterns: Vec<[String; 2]> = labels
+        .iter()
+        .map(|label| [format!("{{{label}=\""), format!(",{label}=\"")])
+        .collect();
+    let label = |line: &str, patterns: &[String; 2]| {
+        patterns
             .iter()
-            .find_map(|before| line.split_once(&format!("{before}{label}=\"")))
+            .find_map(|pattern| line.split_once(pattern.as_str()))
             .and_then(|(_, rest)| rest.split('"').next())
             .unwrap_or_default()
             .to_string()
     };
+    let prefix = format!("{name}{{");
     let mut sums = BTreeMap::new();
-    for line in metrics.lines().filter(|l| l.starts_with(&format!("{name}{{"))) {
+    for line in metrics.lines().filter(|l| l.starts_with(&prefix)) {
         let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
             continue;
         };
-        let key = labels.iter().map(|l| label(line, l)).collect();
+        let key = patterns.iter().map(|p| label(line, p)).collect();
         *sums.entry(key).or_default() += value;
     }
     sums.retain(|_, v| *v > 0.0);
@@ -356,6 +362,9 @@ struct Round {
     connections: f64,
 }
 
+/// How long a round may take before the benchmark gives up.
+const ROUND_LIMIT: Duration = Duration::from_secs(1800);
+
 /// One full round: start the controller, wait until it has sent the status writes of as many
 /// probes as there are workspaces (read from its own metrics, so watching costs nothing) and the
 /// apiserver has served them (its own count), stop it.
@@ -385,7 +394,7 @@ async fn round(
         if written >= args.workspaces as f64 {
             break;
         }
-        if started.elapsed() > Duration::from_secs(1800) || controller.0.try_wait()?.is_some() {
+        if started.elapsed() > ROUND_LIMIT || controller.0.try_wait()?.is_some() {
             anyhow::bail!("{label}: only {written} of {} probed", args.workspaces);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -409,7 +418,7 @@ async fn round(
             Err(e) => eprintln!("{label}: {e:#}; asking again"),
         }
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(1800) && controller.0.try_wait()?.is_none(),
+            started.elapsed() < ROUND_LIMIT && controller.0.try_wait()?.is_none(),
             "{label}: the apiserver has served only these: {so_far:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
