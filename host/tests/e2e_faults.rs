@@ -60,6 +60,16 @@ async fn check_invariants(env: &Env, name: &str, before: &Activity, what: &str, 
     now
 }
 
+/// The sum of the controller's `metric` series whose labels contain `label`.
+async fn counted(controller: &Controller, metric: &str, label: &str) -> f64 {
+    let (_, text) = controller.get("/metrics").await;
+    let series = format!("{metric}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&series) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The controller converges: a probe that started after `since` succeeds and is recorded.
 async fn converges(env: &Env, name: &str, since: i64, what: &str, controller: &Controller) {
     e2e::eventually(
@@ -95,21 +105,30 @@ async fn faults_mid_probe_never_pause_wrongly_and_the_controller_converges() {
     let mut before = env.activity(NS, "steady").await;
 
     // The apiserver restarted mid-probe: the exec stream and every watch break.
+    let probes = |result: &'static str| counted(&controller, "workspace_culler_probes_total", result);
     wait_for_a_probe_in_flight().await;
+    let failed = probes("result=\"Failure\"").await;
     env.cp.restart("kube-apiserver").await.unwrap();
     let since = now_ms();
     before = check_invariants(&env, "steady", &before, "apiserver restart", &controller.log()).await;
     converges(&env, "steady", since, "the apiserver restart", &controller).await;
+    // The probe whose exec the restart broke failed there and then; it did not wait out its
+    // 10-s deadline as a Timeout.
+    assert_eq!(
+        probes("result=\"Timeout\"").await,
+        0.0,
+        "a probe cut off by the restart timed out\n{}",
+        controller.log()
+    );
+    assert!(
+        probes("result=\"Failure\"").await > failed,
+        "the probe cut off by the restart did not fail\n{}",
+        controller.log()
+    );
 
     // The apiserver gone for 10 s (connections refused): the controller waits between
     // attempts instead of retrying in a busy loop, and carries on once it is back.
-    let requests = || async {
-        let (_, text) = controller.get("/metrics").await;
-        text.lines()
-            .filter(|l| l.starts_with("workspace_culler_api_requests_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
+    let requests = || counted(&controller, "workspace_culler_api_requests_total", "");
     env.cp.stop("kube-apiserver");
     let attempts_before = requests().await;
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -227,10 +246,9 @@ async fn faults_mid_probe_never_pause_wrongly_and_the_controller_converges() {
 
     // The apiserver restarted again and again around a pause (mid-read, mid-patch): paused
     // once, when due. It is up for 4 s at a time: the pause needs a fresh probe (2.06 s of its
-    // script, through the apiserver) and its reads and patch inside one such stretch, and a
-    // probe whose exec the restart cuts off waits out its 10-s deadline, so attempts come
-    // ~11 s apart (with 3 s up, one of three full runs on a slow day found no stretch long
-    // enough within the 180 s the limit was then).
+    // script, through the apiserver) and its reads and patch inside one such stretch. A probe
+    // whose exec a restart cuts off fails at once and is retried `minProbeIntervalSeconds`
+    // after it started.
     env.apply_kind(sample_kind("due-again")).await;
     env.apply_policy(policy("due-again", 20)).await;
     env.running_workspace(NS, "due-again", "due-again", serde_json::json!({}))

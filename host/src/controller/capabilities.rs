@@ -58,20 +58,51 @@ impl PodCapabilities {
             .exec(&self.pod, command.argv.clone(), &params)
             .await
             .map_err(|e| ExecError::Failed(format!("exec in pod {} failed: {e}", self.pod)))?;
-        if let Some(mut stdin) = process.stdin() {
-            // A command that does not read its input is not an error.
-            let _ = stdin.write_all(&command.stdin).await;
-            let _ = stdin.shutdown().await;
-        }
-        let status = process.take_status();
-        let (stdout, stderr) =
-            crate::transport::read_outputs(process.stdout(), process.stderr(), self.output_cap).await;
-        let status = match status {
-            Some(status) => status.await,
-            None => None,
+        let stdin = process.stdin();
+        let input = command.stdin;
+        // Fed beside the reading of the outputs: a command that writes before it reads its input
+        // would otherwise fill the stream's buffers and wait on us while we wait on it.
+        let feed = async move {
+            if let Some(mut stdin) = stdin {
+                // A command that does not read its input is not an error.
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            }
+        };
+        let outputs = crate::transport::read_outputs(process.stdout(), process.stderr(), self.output_cap);
+        let Some(status) = process.take_status() else {
+            return Err(ExecError::Failed("the exec stream gave no status".into()));
+        };
+        tokio::pin!(feed, outputs, status);
+        let (mut fed, mut read) = (false, None);
+        let status = loop {
+            tokio::select! {
+                status = &mut status => break status,
+                () = &mut feed, if !fed => fed = true,
+                done = &mut outputs, if read.is_none() => read = Some(done),
+            }
+        };
+        let Some(status) = status else {
+            // The session ended without the command's status: the apiserver or the kubelet went
+            // away mid-command (a broken stream leaves the outputs open, so waiting on them would
+            // wait out the whole deadline), or the stream closed early. Either way it is a
+            // failed exec, known now.
+            let cause = match process.join().await {
+                Err(e) => e.to_string(),
+                Ok(()) => "closed before the command's status".to_string(),
+            };
+            return Err(ExecError::Failed(format!(
+                "the exec stream to pod {} broke: {cause}",
+                self.pod
+            )));
+        };
+        // After the status the session shuts its outputs; what is left in them is read to the end.
+        let (stdout, stderr) = match read {
+            Some(read) => read,
+            None => outputs.await,
         };
         Ok(ExecOutput {
-            exit_code: exit_code(status.as_ref())?,
+            exit_code: exit_code(&status)?,
             stdout,
             stderr,
         })
@@ -111,10 +142,7 @@ fn with_watchdog(argv: &[String], timeout_ms: u32) -> Vec<String> {
 }
 
 /// The exit code in the final status of an exec stream.
-fn exit_code(status: Option<&Status>) -> Result<i32, ExecError> {
-    let Some(status) = status else {
-        return Err(ExecError::Failed("the exec stream ended without a status".into()));
-    };
+fn exit_code(status: &Status) -> Result<i32, ExecError> {
     if status.status.as_deref() == Some("Success") {
         return Ok(0);
     }
@@ -174,6 +202,10 @@ impl Capabilities for PodCapabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
     fn run_locally(argv: &[String]) -> (std::time::Duration, i32) {
         let started = std::time::Instant::now();
@@ -201,6 +233,106 @@ mod tests {
         assert!(took < std::time::Duration::from_secs(3), "{took:?}");
         std::thread::sleep(std::time::Duration::from_secs(3));
         assert!(!marker.exists(), "a process of the timed-out command kept running");
+    }
+
+    /// An apiserver's exec endpoint for one session on the v5 channel protocol (a channel
+    /// byte, then the data): `session` plays the remote command.
+    async fn exec_endpoint<F>(
+        session: impl FnOnce(WebSocketStream<tokio::net::TcpStream>) -> F + Send + 'static,
+    ) -> PodCapabilities
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            #[allow(clippy::result_large_err)] // the signature tungstenite's handshake asks for
+            let protocol = |_: &Request, mut response: Response| {
+                let v5 = "v5.channel.k8s.io".parse().unwrap();
+                response.headers_mut().insert("Sec-WebSocket-Protocol", v5);
+                Ok(response)
+            };
+            session(tokio_tungstenite::accept_hdr_async(stream, protocol).await.unwrap()).await;
+        });
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        PodCapabilities::new(
+            Api::namespaced(client, "ns"),
+            "ws-0".into(),
+            "main".into(),
+            HttpMode::Direct,
+            1 << 20,
+        )
+    }
+
+    fn workspace() -> Workspace {
+        Workspace {
+            namespace: "ns".into(),
+            name: "ws".into(),
+            pod_name: "ws-0".into(),
+            pod_ip: "127.0.0.1".into(),
+            container: "main".into(),
+            ports: Vec::new(),
+        }
+    }
+
+    fn command(stdin: Vec<u8>) -> ExecCommand {
+        ExecCommand {
+            argv: vec!["cat".into()],
+            stdin,
+            timeout_ms: 20_000,
+        }
+    }
+
+    fn on(channel: u8, data: &[u8]) -> Message {
+        Message::binary([&[channel][..], data].concat())
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_breaks_mid_command_fails_at_once_instead_of_waiting_out_the_deadline() {
+        // What an apiserver that dies mid-probe looks like from here: some output, then the
+        // connection gone without a closing handshake.
+        let pod = exec_endpoint(|mut ws| async move {
+            ws.send(on(1, b"partial")).await.unwrap();
+            drop(ws);
+        })
+        .await;
+        match pod.exec(&workspace(), command(Vec::new())).await {
+            Err(ExecError::Failed(message)) => {
+                assert!(message.contains("exec stream to pod ws-0 broke"), "{message}")
+            }
+            other => panic!("expected a failed exec, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn input_is_fed_while_the_output_is_read() {
+        // A command that writes more than the session's buffers hold before it reads its
+        // input (1 KiB each way): fed only after, or read only after, neither side moves.
+        let input = vec![b'i'; 16 * 1024];
+        let expected = input.len();
+        let pod = exec_endpoint(move |mut ws| async move {
+            for _ in 0..64 {
+                ws.send(on(1, &[b'o'; 1024])).await.unwrap();
+            }
+            let mut got = 0;
+            while let Some(Ok(message)) = ws.next().await {
+                let data = message.into_data();
+                match data.first() {
+                    Some(0) => got += data.len() - 1,
+                    Some(255) => break,
+                    _ => {}
+                }
+            }
+            ws.send(on(2, format!("read {got}").as_bytes())).await.unwrap();
+            ws.send(on(3, br#"{"status":"Success"}"#)).await.unwrap();
+            ws.close(None).await.unwrap();
+        })
+        .await;
+        let output = pod.exec(&workspace(), command(input)).await.expect("the exec ran");
+        assert_eq!(output.exit_code, 0);
+        assert_eq!(output.stdout.len(), 64 * 1024);
+        assert_eq!(String::from_utf8_lossy(&output.stderr), format!("read {expected}"));
     }
 
     #[test]
