@@ -217,20 +217,23 @@ mod wasi_http {
                 .map_err(|e| err(format!("header {name}: {e:?}")))?;
         }
         let outgoing = types::OutgoingRequest::new(headers);
+        // A new request is a GET without a body: only what differs is sent to the host.
         let method = match request.method.as_str() {
-            "GET" => types::Method::Get,
-            "HEAD" => types::Method::Head,
-            "POST" => types::Method::Post,
-            other => types::Method::Other(other.to_string()),
+            "GET" => None,
+            "HEAD" => Some(types::Method::Head),
+            "POST" => Some(types::Method::Post),
+            other => Some(types::Method::Other(other.to_string())),
         };
         let scheme = match scheme {
             "http" => types::Scheme::Http,
             "https" => types::Scheme::Https,
             other => types::Scheme::Other(other.to_string()),
         };
-        outgoing
-            .set_method(&method)
-            .map_err(|()| err("invalid method".into()))?;
+        if let Some(method) = method {
+            outgoing
+                .set_method(&method)
+                .map_err(|()| err("invalid method".into()))?;
+        }
         outgoing
             .set_scheme(Some(&scheme))
             .map_err(|()| err("invalid scheme".into()))?;
@@ -240,8 +243,6 @@ mod wasi_http {
         outgoing
             .set_path_with_query(Some(path))
             .map_err(|()| err("invalid path".into()))?;
-        let body = outgoing.body().map_err(|()| err("request body unavailable".into()))?;
-        types::OutgoingBody::finish(body, None).map_err(|e| err(format!("{e:?}")))?;
 
         let future = outgoing_handler::handle(outgoing, None).map_err(|e| err(describe(&e)))?;
         future.subscribe().block();
