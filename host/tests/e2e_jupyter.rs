@@ -144,6 +144,12 @@ async fn jupyter_workspaces_are_paused_only_when_idle() {
         "{}",
         down_probe.message
     );
+    // Through the apiserver's port-forward, in the node's own words.
+    assert!(
+        down_probe.message.contains("connection refused"),
+        "{}",
+        down_probe.message
+    );
     assert_eq!(down.last_activity, 0, "a failing probe never sets activity");
     let dies = probe_of("dies").await;
     let dies_probe = dies.last_probe.unwrap();

@@ -87,14 +87,11 @@ impl PodCapabilities {
             // away mid-command (a broken stream leaves the outputs open, so waiting on them would
             // wait out the whole deadline), or the stream closed early. Either way it is a
             // failed exec, known now.
-            let cause = match process.join().await {
-                Err(e) => e.to_string(),
-                Ok(()) => "closed before the command's status".to_string(),
-            };
-            return Err(ExecError::Failed(format!(
-                "the exec stream to pod {} broke: {cause}",
-                self.pod
-            )));
+            let pod = &self.pod;
+            return Err(ExecError::Failed(match process.join().await {
+                Err(e) => format!("the exec stream to pod {pod} broke: {e}"),
+                Ok(()) => format!("the exec stream to pod {pod} closed before the command's status"),
+            }));
         };
         // After the status the session shuts its outputs; what is left in them is read to the end.
         let (stdout, stderr) = match read {
@@ -191,7 +188,23 @@ impl Capabilities for PodCapabilities {
                     .await
                     .map_err(|e| format!("port-forward to pod {} port {port} failed: {e}", self.pod))?;
                 let stream = forwarder.take_stream(port).ok_or("port-forward gave no stream")?;
-                let response = crate::transport::http_over(stream, request).await;
+                // The node says on the port's error channel why it could not reach the pod's
+                // port (nothing listening, say): that ends the exchange with its words. The
+                // channel closing without a message does not.
+                let refused = async {
+                    match forwarder.take_error(port) {
+                        Some(errors) => match errors.await {
+                            Some(message) => message,
+                            None => std::future::pending().await,
+                        },
+                        None => std::future::pending().await,
+                    }
+                };
+                let response = tokio::select! {
+                    biased;
+                    response = crate::transport::http_over(stream, request) => response,
+                    message = refused => Err(format!("port-forward to pod {} port {port}: {message}", self.pod)),
+                };
                 forwarder.abort();
                 response
             }
@@ -298,9 +311,26 @@ mod tests {
         })
         .await;
         match pod.exec(&workspace(), command(Vec::new())).await {
-            Err(ExecError::Failed(message)) => {
-                assert!(message.contains("exec stream to pod ws-0 broke"), "{message}")
-            }
+            Err(ExecError::Failed(message)) => assert!(
+                message.contains("exec stream to pod ws-0 broke: failed to receive a WebSocket message"),
+                "{message}"
+            ),
+            other => panic!("expected a failed exec, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_closed_without_the_commands_status_fails_at_once() {
+        let pod = exec_endpoint(|mut ws| async move {
+            ws.send(on(1, b"partial")).await.unwrap();
+            ws.close(None).await.unwrap();
+        })
+        .await;
+        match pod.exec(&workspace(), command(Vec::new())).await {
+            Err(ExecError::Failed(message)) => assert!(
+                message.contains("exec stream to pod ws-0 closed before the command's status"),
+                "{message}"
+            ),
             other => panic!("expected a failed exec, got {other:?}"),
         }
     }
