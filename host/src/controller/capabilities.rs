@@ -4,6 +4,7 @@
 //! (out-of-cluster and tests). Each instance is bound to one pod.
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{Api, AttachParams};
@@ -189,21 +190,26 @@ impl Capabilities for PodCapabilities {
                     .map_err(|e| format!("port-forward to pod {} port {port} failed: {e}", self.pod))?;
                 let stream = forwarder.take_stream(port).ok_or("port-forward gave no stream")?;
                 // The node says on the port's error channel why it could not reach the pod's
-                // port (nothing listening, say): that ends the exchange with its words. The
-                // channel closing without a message does not.
-                let refused = async {
-                    match forwarder.take_error(port) {
-                        Some(errors) => match errors.await {
-                            Some(message) => message,
-                            None => std::future::pending().await,
-                        },
-                        None => std::future::pending().await,
+                // port (nothing listening, say), before it closes the stream: the exchange
+                // ends with its words, however it ended here. The channel closing without a
+                // message changes nothing.
+                let errors = forwarder.take_error(port);
+                let errors = async move {
+                    match errors {
+                        Some(errors) => errors.await,
+                        None => None,
                     }
-                };
+                }
+                .fuse();
+                let exchange = crate::transport::http_over(stream, request);
+                tokio::pin!(errors, exchange);
+                let refused = |message: String| format!("port-forward to pod {} port {port}: {message}", self.pod);
                 let response = tokio::select! {
-                    biased;
-                    response = crate::transport::http_over(stream, request) => response,
-                    message = refused => Err(format!("port-forward to pod {} port {port}: {message}", self.pod)),
+                    response = &mut exchange => response.map_err(|e| match (&mut errors).now_or_never().flatten() {
+                        Some(message) => refused(message),
+                        None => e,
+                    }),
+                    Some(message) = &mut errors => Err(refused(message)),
                 };
                 forwarder.abort();
                 response
@@ -301,38 +307,36 @@ mod tests {
         Message::binary([&[channel][..], data].concat())
     }
 
-    #[tokio::test]
-    async fn a_stream_that_breaks_mid_command_fails_at_once_instead_of_waiting_out_the_deadline() {
-        // What an apiserver that dies mid-probe looks like from here: some output, then the
-        // connection gone without a closing handshake.
-        let pod = exec_endpoint(|mut ws| async move {
-            ws.send(on(1, b"partial")).await.unwrap();
-            drop(ws);
-        })
-        .await;
-        match pod.exec(&workspace(), command(Vec::new())).await {
-            Err(ExecError::Failed(message)) => assert!(
-                message.contains("exec stream to pod ws-0 broke: failed to receive a WebSocket message"),
-                "{message}"
-            ),
+    /// The message of the failed exec the endpoint gives.
+    async fn failure_of(pod: impl Future<Output = PodCapabilities>) -> String {
+        match pod.await.exec(&workspace(), command(Vec::new())).await {
+            Err(ExecError::Failed(message)) => message,
             other => panic!("expected a failed exec, got {other:?}"),
         }
     }
 
     #[tokio::test]
+    async fn a_stream_that_breaks_mid_command_fails_at_once_instead_of_waiting_out_the_deadline() {
+        // What an apiserver that dies mid-probe looks like from here: some output, then the
+        // connection gone without a closing handshake.
+        let message = failure_of(exec_endpoint(|mut ws| async move {
+            ws.send(on(1, b"partial")).await.unwrap();
+            drop(ws);
+        }))
+        .await;
+        let expected = "exec stream to pod ws-0 broke: failed to receive a WebSocket message";
+        assert!(message.contains(expected), "{message}");
+    }
+
+    #[tokio::test]
     async fn a_stream_closed_without_the_commands_status_fails_at_once() {
-        let pod = exec_endpoint(|mut ws| async move {
+        let message = failure_of(exec_endpoint(|mut ws| async move {
             ws.send(on(1, b"partial")).await.unwrap();
             ws.close(None).await.unwrap();
-        })
+        }))
         .await;
-        match pod.exec(&workspace(), command(Vec::new())).await {
-            Err(ExecError::Failed(message)) => assert!(
-                message.contains("exec stream to pod ws-0 closed before the command's status"),
-                "{message}"
-            ),
-            other => panic!("expected a failed exec, got {other:?}"),
-        }
+        let expected = "exec stream to pod ws-0 closed before the command's status";
+        assert!(message.contains(expected), "{message}");
     }
 
     #[tokio::test]
