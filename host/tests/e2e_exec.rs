@@ -9,7 +9,7 @@
 
 mod e2e;
 
-use e2e::{Env, condition, exec_policy, sample_kind};
+use e2e::{Env, condition, exec_policy, sample_kind, sum};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use workspace_culler_policy::{DISABLE_CULLING_ANNOTATION, ProbeResult};
@@ -34,15 +34,6 @@ fn slow_processes() -> usize {
 fn module_policy(kind: &str, location: &str, sha256: &str, config: serde_json::Value) -> serde_json::Value {
     let module = serde_json::json!({"location": location, "sha256": sha256, "config": config, "timeoutSeconds": 10});
     e2e::module_policy(kind, module, IDLE_SECONDS as i32)
-}
-
-/// The sum of a metric's samples whose line starts with `prefix` and has every label in `labels`.
-fn sum(metrics: &str, prefix: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix) && labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

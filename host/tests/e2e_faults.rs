@@ -60,14 +60,10 @@ async fn check_invariants(env: &Env, name: &str, before: &Activity, what: &str, 
     now
 }
 
-/// The sum of the controller's `metric` series whose labels contain `label`.
-async fn counted(controller: &Controller, metric: &str, label: &str) -> f64 {
+/// The sum of the controller's samples whose line starts with `prefix` and has `label`.
+async fn counted(controller: &Controller, prefix: &str, label: &str) -> f64 {
     let (_, text) = controller.get("/metrics").await;
-    let series = format!("{metric}{{");
-    text.lines()
-        .filter(|l| l.starts_with(&series) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    e2e::sum(&text, prefix, &[label])
 }
 
 /// The controller converges: a probe that started after `since` succeeds and is recorded.
@@ -105,7 +101,7 @@ async fn faults_mid_probe_never_pause_wrongly_and_the_controller_converges() {
     let mut before = env.activity(NS, "steady").await;
 
     // The apiserver restarted mid-probe: the exec stream and every watch break.
-    let probes = |result: &'static str| counted(&controller, "workspace_culler_probes_total", result);
+    let probes = |result: &'static str| counted(&controller, "workspace_culler_probes_total{", result);
     wait_for_a_probe_in_flight().await;
     let (failed, timed_out) = (probes("result=\"Failure\"").await, probes("result=\"Timeout\"").await);
     env.cp.restart("kube-apiserver").await.unwrap();
@@ -128,7 +124,7 @@ async fn faults_mid_probe_never_pause_wrongly_and_the_controller_converges() {
 
     // The apiserver gone for 10 s (connections refused): the controller waits between
     // attempts instead of retrying in a busy loop, and carries on once it is back.
-    let requests = || counted(&controller, "workspace_culler_api_requests_total", "");
+    let requests = || counted(&controller, "workspace_culler_api_requests_total{", "");
     env.cp.stop("kube-apiserver");
     let attempts_before = requests().await;
     tokio::time::sleep(Duration::from_secs(10)).await;

@@ -28,6 +28,15 @@ pub fn free_port() -> u16 {
     workspace_culler_support::controlplane::free_port().unwrap()
 }
 
+/// The sum of a metric's samples whose line starts with `prefix` and has every label in `labels`.
+pub fn sum(metrics: &str, prefix: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Poll `check` every 250 ms until it returns `Some`, or panic after `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
