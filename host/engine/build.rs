@@ -34,9 +34,10 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    let target_dir = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
+    // A relative CARGO_TARGET_DIR is taken from the workspace root, where the nested cargo
+    // runs: this script runs in host/engine/, and would look for the components elsewhere.
+    let target_dir = root
+        .join(env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from))
         .join("probes");
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
