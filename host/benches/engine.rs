@@ -7,14 +7,16 @@
 //! docs/performance.md: an evaluation against the floor (a component exporting one
 //! no-op, instantiated from its `InstancePre` into a fresh Store of the same engine,
 //! pool included), the built-in Jupyter probe as a component against the same Rust
-//! code compiled natively (both making their real HTTP calls to a loopback server),
-//! loading from the cache against compiling, and evaluations per second on every core.
+//! code compiled natively (both making their real HTTP calls to a loopback server, and
+//! again with the HTTP answered in-process, the CPU's caches warm and emptied, to show
+//! where the difference between them goes), loading from the cache against compiling, and evaluations per second on every core.
 
 use async_trait::async_trait;
 use criterion::{Criterion, criterion_group};
 use probe_sdk::Probe;
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use workspace_culler_engine::builtin::builtin;
 use workspace_culler_engine::{
@@ -193,11 +195,7 @@ fn jupyter_on_loopback() -> u16 {
                     Ok(n) => request.extend_from_slice(&buffer[..n]),
                 }
             }
-            let body = if String::from_utf8_lossy(&request).contains("api/status") {
-                r#"{"started":"2026-01-01T00:00:00Z","last_activity":"2026-01-01T00:00:00Z","connections":0,"kernels":0}"#
-            } else {
-                "[]"
-            };
+            let body = jupyter_body(&String::from_utf8_lossy(&request));
             let _ = write!(
                 socket,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -206,6 +204,89 @@ fn jupyter_on_loopback() -> u16 {
         }
     });
     port
+}
+
+/// What the Jupyter stand-ins answer a request for this URL (or request line).
+fn jupyter_body(request: &str) -> &'static str {
+    if request.contains("api/status") {
+        r#"{"started":"2026-01-01T00:00:00Z","last_activity":"2026-01-01T00:00:00Z","connections":0,"kernels":0}"#
+    } else {
+        "[]"
+    }
+}
+
+/// Jupyter's replies given in-process at once, for the native probe and the component alike:
+/// each one's own work without a socket. With `sweep`, every call first writes over 2 MiB of
+/// memory (a core's L2 cache here), so the probe's code and data come back cold, as after a
+/// socket's system calls; the time the sweeps take adds up in `swept`, to be left out.
+struct AtOnce {
+    sweep: bool,
+    swept: AtomicU64,
+}
+
+impl AtOnce {
+    fn new(sweep: bool) -> Arc<Self> {
+        Arc::new(AtOnce {
+            sweep,
+            swept: AtomicU64::new(0),
+        })
+    }
+
+    fn answer(&self, url: &str) -> (u16, Vec<u8>) {
+        if self.sweep {
+            let started = Instant::now();
+            sweep_caches();
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.swept.fetch_add(nanos, Ordering::Relaxed);
+        }
+        (200, jupyter_body(url).as_bytes().to_vec())
+    }
+
+    /// The time `f` took, the sweeps it made left out.
+    fn time(&self, f: impl FnOnce()) -> Duration {
+        let before = self.swept.load(Ordering::Relaxed);
+        let started = Instant::now();
+        f();
+        let elapsed = started.elapsed();
+        elapsed.saturating_sub(Duration::from_nanos(self.swept.load(Ordering::Relaxed) - before))
+    }
+}
+
+/// Writes one byte in every cache line of 2 MiB.
+fn sweep_caches() {
+    thread_local!(static MEMORY: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![1; 2 << 20]));
+    MEMORY.with_borrow_mut(|memory| {
+        for line in memory.iter_mut().step_by(64) {
+            *line = line.wrapping_add(1);
+        }
+        std::hint::black_box(memory);
+    });
+}
+
+impl probe_sdk::Host for AtOnce {
+    fn exec(&self, _: &probe_sdk::Command) -> Result<probe_sdk::ExecOutput, probe_sdk::ExecError> {
+        Err(probe_sdk::ExecError::Refused("no exec here".into()))
+    }
+    fn http(&self, request: &probe_sdk::HttpRequest) -> Result<probe_sdk::HttpResponse, probe_sdk::HttpError> {
+        let (status, body) = self.answer(&request.url);
+        Ok(probe_sdk::HttpResponse { status, body })
+    }
+    fn log(&self, _: probe_sdk::LogLevel, _: &str) {}
+}
+
+#[async_trait]
+impl Capabilities for AtOnce {
+    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+        Err(ExecError::Refused("no exec here".into()))
+    }
+    async fn http(&self, _: &Workspace, request: HttpRequest) -> Result<HttpResponse, String> {
+        let (status, body) = self.answer(&request.uri.to_string());
+        Ok(HttpResponse {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        })
+    }
 }
 
 /// One HTTP/1.1 GET over a new loopback connection: what both the native and the Wasm
@@ -278,7 +359,7 @@ fn jupyter_workspace(port: u16) -> Workspace {
     }
 }
 
-fn native_jupyter(port: u16) {
+fn native_jupyter(host: &impl probe_sdk::Host, port: u16) {
     let workspace = probe_sdk::Workspace {
         namespace: "ns".into(),
         name: "ws".into(),
@@ -287,18 +368,24 @@ fn native_jupyter(port: u16) {
         container: "main".into(),
         ports: vec![("jupyterlab".into(), port)],
     };
-    let reply = probe_jupyter::Jupyter::probe(&NativeHost, &workspace, JUPYTER_CONFIG).expect("native probe");
+    let reply = probe_jupyter::Jupyter::probe(host, &workspace, JUPYTER_CONFIG).expect("native probe");
     // The same validation an evaluation ends with.
     let activity = workspace_culler_engine::contract::validate(&reply.into_json(), 1_795_951_704_000);
     assert!(activity.is_ok(), "{activity:?}");
 }
 
-fn wasm_jupyter(rt: &tokio::runtime::Runtime, engine: &ProbeEngine, probe: &LoadedProbe, port: u16) {
+fn wasm_jupyter(
+    rt: &tokio::runtime::Runtime,
+    engine: &ProbeEngine,
+    probe: &LoadedProbe,
+    port: u16,
+    capabilities: Arc<dyn Capabilities>,
+) {
     let request = ProbeRequest {
         workspace: jupyter_workspace(port),
         config: JUPYTER_CONFIG.into(),
         deadline: Duration::from_secs(15),
-        capabilities: Arc::new(LoopbackCapabilities),
+        capabilities,
         probe_name: "jupyter".into(),
         frozen_clock: false,
     };
@@ -377,20 +464,36 @@ fn summary() {
     let jupyter = pooling
         .load(builtin("jupyter").expect("built-in jupyter").component, None)
         .unwrap();
+    let loopback: Arc<dyn Capabilities> = Arc::new(LoopbackCapabilities);
     for _ in 0..200 {
-        native_jupyter(port);
-        wasm_jupyter(&rt, &pooling, &jupyter, port);
+        native_jupyter(&NativeHost, port);
+        wasm_jupyter(&rt, &pooling, &jupyter, port, loopback.clone());
     }
     let (mut native, mut wasm) = (Vec::new(), Vec::new());
     for _ in 0..1000 {
         let t = Instant::now();
-        native_jupyter(port);
+        native_jupyter(&NativeHost, port);
         native.push(t.elapsed());
         let t = Instant::now();
-        wasm_jupyter(&rt, &pooling, &jupyter, port);
+        wasm_jupyter(&rt, &pooling, &jupyter, port, loopback.clone());
         wasm.push(t.elapsed());
     }
     let (native_p50, wasm_p50) = (p50(native), p50(wasm));
+    // The same two, their HTTP answered in-process: with the caches warm, and emptied
+    // before each reply.
+    let [(warm_native, warm_wasm), (cold_native, cold_wasm)] = [false, true].map(|sweep| {
+        let host = AtOnce::new(sweep);
+        let (mut native, mut wasm) = (Vec::new(), Vec::new());
+        for round in 0..1200 {
+            let n = host.time(|| native_jupyter(host.as_ref(), port));
+            let w = host.time(|| wasm_jupyter(&rt, &pooling, &jupyter, port, host.clone()));
+            if round >= 200 {
+                native.push(n);
+                wasm.push(w);
+            }
+        }
+        (p50(native), p50(wasm))
+    });
 
     let dir = tempfile::tempdir().unwrap();
     let cached = engine(Allocation::OnDemand, Some(dir.path().to_path_buf()));
@@ -438,6 +541,16 @@ fn summary() {
         "  jupyter, Wasm component, the same calls         {:>9.1} µs   ({:.2}× native; goal ≤ 1.05×)",
         micros(wasm_p50),
         wasm_p50.as_secs_f64() / native_p50.as_secs_f64()
+    );
+    println!(
+        "  the same, HTTP answered in-process, caches warm    {:>9.1} / {:.1} µs (native / Wasm)",
+        micros(warm_native),
+        micros(warm_wasm)
+    );
+    println!(
+        "  the same, caches emptied before each reply         {:>9.1} / {:.1} µs (the sweeps' own time left out)",
+        micros(cold_native),
+        micros(cold_wasm)
     );
     for (name, cache_p50, compile_p50) in loads {
         println!(
