@@ -8,8 +8,9 @@
 //! no-op, instantiated from its `InstancePre` into a fresh Store of the same engine,
 //! pool included), the built-in Jupyter probe as a component against the same Rust
 //! code compiled natively (both making their real HTTP calls to a loopback server, and
-//! again with the HTTP answered in-process, the CPU's caches warm and emptied, to show
-//! where the difference between them goes), loading from the cache against compiling, and evaluations per second on every core.
+//! again with the HTTP answered in-process, the CPU's caches warm and swept, to show
+//! where the difference between them goes), loading from the cache against compiling,
+//! and evaluations per second on every core.
 
 use async_trait::async_trait;
 use criterion::{Criterion, criterion_group};
@@ -206,7 +207,7 @@ fn jupyter_on_loopback() -> u16 {
     port
 }
 
-/// What the Jupyter stand-ins answer a request for this URL (or request line).
+/// What the Jupyter stand-ins answer a request whose URL (or raw request) this is.
 fn jupyter_body(request: &str) -> &'static str {
     if request.contains("api/status") {
         r#"{"started":"2026-01-01T00:00:00Z","last_activity":"2026-01-01T00:00:00Z","connections":0,"kernels":0}"#
@@ -217,8 +218,9 @@ fn jupyter_body(request: &str) -> &'static str {
 
 /// Jupyter's replies given in-process at once, for the native probe and the component alike:
 /// each one's own work without a socket. With `sweep`, every call first writes over 2 MiB of
-/// memory (a core's L2 cache here), so the probe's code and data come back cold, as after a
-/// socket's system calls; the time the sweeps take adds up in `swept`, to be left out.
+/// memory (a core's L2 cache here), so the probe's code and data must come back from L3, as
+/// they may after a socket's system calls; the time the sweeps take adds up in `swept`, to be
+/// left out.
 struct AtOnce {
     sweep: bool,
     swept: AtomicU64,
@@ -543,12 +545,12 @@ fn summary() {
         wasm_p50.as_secs_f64() / native_p50.as_secs_f64()
     );
     println!(
-        "  the same, HTTP answered in-process, caches warm    {:>9.1} / {:.1} µs (native / Wasm)",
+        "  the same, HTTP answered in-process, caches warm {:>9.1} / {:.1} µs (native / Wasm)",
         micros(warm_native),
         micros(warm_wasm)
     );
     println!(
-        "  the same, caches emptied before each reply         {:>9.1} / {:.1} µs (the sweeps' own time left out)",
+        "  the same, 2 MiB swept before each reply         {:>9.1} / {:.1} µs (the sweeps' own time left out)",
         micros(cold_native),
         micros(cold_wasm)
     );
