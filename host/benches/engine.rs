@@ -154,6 +154,55 @@ const FLOOR_WAT: &str = r#"(component
   (core instance $i (instantiate $m))
   (func (export "noop") (canon lift (core func $i "noop"))))"#;
 
+/// The smallest probe the contract allows: no imports, one page of memory, a fixed reply
+/// (`{"has_activity":true}`). Evaluated by the engine like any probe, it shows the engine's own
+/// work (sandbox state, instantiation, the call's arguments and result, validation) without
+/// a real component's weight (its WASI imports, memory image and code).
+const MINIMAL_PROBE_WAT: &str = r#"(component
+  (type $port' (record (field "id" string) (field "number" u16)))
+  (export $port "port" (type $port'))
+  (type $workspace' (record
+    (field "namespace" string) (field "name" string) (field "pod-name" string)
+    (field "pod-ip" string) (field "container" string) (field "ports" (list $port))))
+  (export $workspace "workspace" (type $workspace'))
+  (type $probe-error' (variant (case "failure" string) (case "timeout" string)))
+  (export $probe-error "probe-error" (type $probe-error'))
+  (type $probe-info' (record
+    (field "name" string) (field "version" string) (field "description" string)
+    (field "capabilities" (list string))))
+  (export $probe-info "probe-info" (type $probe-info'))
+  (core module $m
+    (memory (export "memory") 1)
+    (global $next (mut i32) (i32.const 1024))
+    ;; A bump allocator: a fresh instance per evaluation frees everything at once.
+    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+      (local $at i32)
+      (local.set $at
+        (i32.and
+          (i32.add (global.get $next) (i32.sub (local.get 2) (i32.const 1)))
+          (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $next (i32.add (local.get $at) (local.get 3)))
+      (local.get $at))
+    ;; Ok("{\"has_activity\":true}"), laid out at 64: discriminant, pointer, length.
+    (func (export "probe")
+      (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+      (i32.const 64))
+    (func (export "info") (result i32) (i32.const 128))
+    (data (i32.const 64) "\00\00\00\00\00\02\00\00\15\00\00\00")
+    (data (i32.const 128) "\00\03\00\00\07\00\00\00\10\03\00\00\05\00\00\00\20\03\00\00\0f\00\00\00\00\00\00\00\00\00\00\00")
+    (data (i32.const 512) "{\"has_activity\":true}")
+    (data (i32.const 768) "minimal")
+    (data (i32.const 784) "0.1.0")
+    (data (i32.const 800) "answers at once"))
+  (core instance $i (instantiate $m))
+  (func (export "info") (result $probe-info)
+    (canon lift (core func $i "info") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc"))))
+  (func (export "probe")
+    (param "workspace" $workspace) (param "config" string)
+    (result (result string (error $probe-error)))
+    (canon lift (core func $i "probe") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc"))))
+)"#;
+
 /// The floor, prepared once: instantiated into a fresh Store and called per run.
 struct Floor {
     engine: wasmtime::Engine,
@@ -461,6 +510,16 @@ fn summary() {
     });
     let pool_p50 = time_n(2000, || evaluate_once(&rt, &pooling, &pp, &caps));
     let demand_p50 = time_n(2000, || evaluate_once(&rt, &on_demand, &op, &caps));
+    let minimal = pooling
+        .load(
+            &wat::parse_str(MINIMAL_PROBE_WAT).expect("the minimal probe parses"),
+            None,
+        )
+        .expect("the minimal probe loads");
+    for _ in 0..200 {
+        evaluate_once(&rt, &pooling, &minimal, &caps);
+    }
+    let minimal_p50 = time_n(2000, || evaluate_once(&rt, &pooling, &minimal, &caps));
 
     let port = jupyter_on_loopback();
     let jupyter = pooling
@@ -534,6 +593,11 @@ fn summary() {
         "  evaluation of exec-script, on-demand            {:>9.1} µs   ({:.2}× pooling)",
         micros(demand_p50),
         demand_p50.as_secs_f64() / pool_p50.as_secs_f64()
+    );
+    println!(
+        "  evaluation of a minimal probe (WAT), pooling    {:>9.1} µs   ({:.2}× the floor)",
+        micros(minimal_p50),
+        minimal_p50.as_secs_f64() / floor_p50.as_secs_f64()
     );
     println!(
         "  jupyter, native, 2 loopback HTTP calls          {:>9.1} µs",
