@@ -6,7 +6,7 @@
 //! side by side in one run and prints their p50s and ratios against the goals of
 //! docs/performance.md: an evaluation against the floor (a component exporting one
 //! no-op, instantiated from its `InstancePre` into a fresh Store of the same engine,
-//! pool included), the built-in Jupyter probe as a component against the same Rust
+//! pool included), a minimal probe's evaluation (the engine's own work), the built-in Jupyter probe as a component against the same Rust
 //! code compiled natively (both making their real HTTP calls to a loopback server, and
 //! again with the HTTP answered in-process, the CPU's caches warm and swept, to show
 //! where the difference between them goes), loading from the cache against compiling,
@@ -157,7 +157,9 @@ const FLOOR_WAT: &str = r#"(component
 /// The smallest probe the contract allows: no imports, one page of memory, a fixed reply
 /// (`{"has_activity":true}`). Evaluated by the engine like any probe, it shows the engine's own
 /// work (sandbox state, instantiation, the call's arguments and result, validation) without
-/// a real component's weight (its WASI imports, memory image and code).
+/// a real component's weight (its WASI imports, memory image and code). Its types are copied
+/// from wit/probe.wit by hand, as WAT must: `load` type-checks the exports against the
+/// contract, so a change there fails the bench rather than measuring the wrong thing.
 const MINIMAL_PROBE_WAT: &str = r#"(component
   (type $port' (record (field "id" string) (field "number" u16)))
   (export $port "port" (type $port'))
