@@ -6,11 +6,12 @@
 //! side by side in one run and prints their p50s and ratios against the goals of
 //! docs/performance.md: an evaluation against the floor (a component exporting one
 //! no-op, instantiated from its `InstancePre` into a fresh Store of the same engine,
-//! pool included), a minimal probe's evaluation (the engine's own work), the built-in Jupyter probe as a component against the same Rust
-//! code compiled natively (both making their real HTTP calls to a loopback server, and
-//! again with the HTTP answered in-process, the CPU's caches warm and swept, to show
-//! where the difference between them goes), loading from the cache against compiling,
-//! and evaluations per second on every core.
+//! pool included), a minimal probe's evaluation (the engine's own work), the built-in
+//! Jupyter probe as a component against the same Rust code compiled natively (both making
+//! their real HTTP calls to a loopback server, and again with the HTTP answered
+//! in-process, the CPU's caches warm and swept, to show where the difference between them
+//! goes), loading from the cache against compiling, and evaluations per second on every
+//! core.
 
 use async_trait::async_trait;
 use criterion::{Criterion, criterion_group};
