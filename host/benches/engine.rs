@@ -268,30 +268,43 @@ fn jupyter_body(request: &str) -> &'static str {
     }
 }
 
-/// Jupyter's replies given in-process at once, for the native probe and the component alike:
-/// each one's own work without a socket. With `sweep`, every call first writes over 2 MiB of
-/// memory (a core's L2 cache here), so the probe's code and data must come back from L3, as
-/// they may after a socket's system calls; the time the sweeps take adds up in `swept`, to be
-/// left out.
-struct AtOnce {
-    sweep: bool,
+/// Where the Jupyter probe's HTTP calls are answered.
+#[derive(Clone, Copy)]
+enum Replies {
+    /// By the server on loopback (`jupyter_on_loopback`), over a new connection each.
+    Loopback,
+    /// In-process, at once: the probe's own work without a socket.
+    AtOnce,
+    /// In-process, after writing over 2 MiB of memory (a core's L2 cache here), so the probe's
+    /// code and data must come back from L3, as they may after a socket's system calls.
+    Swept,
+}
+
+/// The Jupyter probe's HTTP, for the native probe and the component alike; the time the
+/// sweeps take adds up in `swept`, to be left out.
+struct JupyterHttp {
+    replies: Replies,
     swept: AtomicU64,
 }
 
-impl AtOnce {
-    fn new(sweep: bool) -> Arc<Self> {
-        Arc::new(AtOnce {
-            sweep,
+impl JupyterHttp {
+    fn new(replies: Replies) -> Arc<Self> {
+        Arc::new(JupyterHttp {
+            replies,
             swept: AtomicU64::new(0),
         })
     }
 
     fn answer(&self, url: &str) -> (u16, Vec<u8>) {
-        if self.sweep {
-            let started = Instant::now();
-            sweep_caches();
-            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.swept.fetch_add(nanos, Ordering::Relaxed);
+        match self.replies {
+            Replies::Loopback => return loopback_get(url),
+            Replies::AtOnce => {}
+            Replies::Swept => {
+                let started = Instant::now();
+                sweep_caches();
+                let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.swept.fetch_add(nanos, Ordering::Relaxed);
+            }
         }
         (200, jupyter_body(url).as_bytes().to_vec())
     }
@@ -317,7 +330,7 @@ fn sweep_caches() {
     });
 }
 
-impl probe_sdk::Host for AtOnce {
+impl probe_sdk::Host for JupyterHttp {
     fn exec(&self, _: &probe_sdk::Command) -> Result<probe_sdk::ExecOutput, probe_sdk::ExecError> {
         Err(probe_sdk::ExecError::Refused("no exec here".into()))
     }
@@ -329,7 +342,7 @@ impl probe_sdk::Host for AtOnce {
 }
 
 #[async_trait]
-impl Capabilities for AtOnce {
+impl Capabilities for JupyterHttp {
     async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
         Err(ExecError::Refused("no exec here".into()))
     }
@@ -363,38 +376,6 @@ fn loopback_get(url: &str) -> (u16, Vec<u8>) {
         .and_then(|s| s.parse().ok())
         .expect("a status");
     (status, response[split + 4..].to_vec())
-}
-
-/// The Jupyter probe compiled natively, its HTTP on loopback.
-struct NativeHost;
-
-impl probe_sdk::Host for NativeHost {
-    fn exec(&self, _: &probe_sdk::Command) -> Result<probe_sdk::ExecOutput, probe_sdk::ExecError> {
-        Err(probe_sdk::ExecError::Refused("no exec here".into()))
-    }
-    fn http(&self, request: &probe_sdk::HttpRequest) -> Result<probe_sdk::HttpResponse, probe_sdk::HttpError> {
-        let (status, body) = loopback_get(&request.url);
-        Ok(probe_sdk::HttpResponse { status, body })
-    }
-    fn log(&self, _: probe_sdk::LogLevel, _: &str) {}
-}
-
-/// The Jupyter component's HTTP capability on the same loopback client.
-struct LoopbackCapabilities;
-
-#[async_trait]
-impl Capabilities for LoopbackCapabilities {
-    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
-        Err(ExecError::Refused("no exec here".into()))
-    }
-    async fn http(&self, _: &Workspace, request: HttpRequest) -> Result<HttpResponse, String> {
-        let (status, body) = loopback_get(&request.uri.to_string());
-        Ok(HttpResponse {
-            status,
-            headers: Vec::new(),
-            body: body.into(),
-        })
-    }
 }
 
 const JUPYTER_CONFIG: &str = r#"{"portId":"jupyterlab","removePathPrefix":true}"#;
@@ -528,25 +509,14 @@ fn summary() {
     let jupyter = pooling
         .load(builtin("jupyter").expect("built-in jupyter").component, None)
         .unwrap();
-    let loopback: Arc<dyn Capabilities> = Arc::new(LoopbackCapabilities);
-    for _ in 0..200 {
-        native_jupyter(&NativeHost, port);
-        wasm_jupyter(&rt, &pooling, &jupyter, port, loopback.clone());
-    }
-    let (mut native, mut wasm) = (Vec::new(), Vec::new());
-    for _ in 0..1000 {
-        let t = Instant::now();
-        native_jupyter(&NativeHost, port);
-        native.push(t.elapsed());
-        let t = Instant::now();
-        wasm_jupyter(&rt, &pooling, &jupyter, port, loopback.clone());
-        wasm.push(t.elapsed());
-    }
-    let (native_p50, wasm_p50) = (p50(native), p50(wasm));
-    // The same two, their HTTP answered in-process: with the caches warm, and emptied
-    // before each reply.
-    let [(warm_native, warm_wasm), (cold_native, cold_wasm)] = [false, true].map(|sweep| {
-        let host = AtOnce::new(sweep);
+    // Native and Wasm interleaved, over loopback, then answered in-process with the caches
+    // warm, and swept before each reply.
+    let [
+        (native_p50, wasm_p50),
+        (warm_native, warm_wasm),
+        (cold_native, cold_wasm),
+    ] = [Replies::Loopback, Replies::AtOnce, Replies::Swept].map(|replies| {
+        let host = JupyterHttp::new(replies);
         let (mut native, mut wasm) = (Vec::new(), Vec::new());
         for round in 0..1200 {
             let n = host.time(|| native_jupyter(host.as_ref(), port));
