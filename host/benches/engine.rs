@@ -26,6 +26,10 @@ use workspace_culler_engine::{
     Port, ProbeEngine, ProbeOutcome, ProbeRequest, Workspace,
 };
 
+// The controller's allocator and settings: the evaluations measured here allocate as they do
+// in the controller.
+include!("../src/allocator.rs");
+
 /// Answers exec instantly, so only the engine's own work is measured.
 struct Instant0;
 
