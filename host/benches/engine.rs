@@ -28,7 +28,8 @@ use workspace_culler_engine::{
 
 // The controller's allocator and settings: the evaluations measured here allocate as they do
 // in the controller.
-include!("../src/allocator.rs");
+#[path = "../src/allocator.rs"]
+mod allocator;
 
 /// Answers exec instantly, so only the engine's own work is measured.
 struct Instant0;

@@ -1,5 +1,5 @@
-// The controller's allocator and its settings, included (not a module) by `main.rs` and by the
-// engine's benchmark, so the benchmark allocates as the controller does.
+//! The controller's allocator and its settings: a module of `main.rs` and, by path, of the
+//! engine's benchmark, so the benchmark allocates as the controller does.
 
 /// jemalloc rather than the system allocator: the controller allocates and frees a watch
 /// event's objects on every status write, and glibc's malloc spent a sixth of its CPU there and

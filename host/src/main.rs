@@ -1,13 +1,12 @@
 //! `workspace-culler`: one binary, several subcommands. This file only
 //! parses the command line, sets up logging and dispatches.
 
+mod allocator;
 mod cli;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use workspace_culler::controller::command::{self as controller, ControllerArgs};
-
-include!("allocator.rs");
 
 #[derive(Parser)]
 #[command(
