@@ -1,6 +1,7 @@
 //! Every CullingPolicy the docs show (README.md and docs/) is one the controller accepts: it
 //! parses into the resource and passes the same validation the controller applies, once the
-//! placeholder digest a reader fills in is filled in.
+//! placeholder digest a reader fills in is filled in; and the port ids it names for a kind
+//! Kubeflow ships as a sample are that kind's own.
 
 use std::path::{Path, PathBuf};
 use workspace_culler_policy::{CullingPolicy, validate};
@@ -36,6 +37,7 @@ fn every_policy_in_the_docs_is_accepted() {
     }
     let mut checked = 0;
     let mut oci = 0;
+    let mut ported = 0;
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         for block in policies(&text) {
@@ -55,6 +57,19 @@ fn every_policy_in_the_docs_is_accepted() {
                     oci += 1;
                 }
             }
+            // A port id is one the kind defines, for the kinds Kubeflow ships as samples.
+            let probe = serde_json::to_value(&policy.spec.activity_probe).unwrap();
+            for kind in &policy.spec.workspace_kinds {
+                let Some(ports) = sample_kind_ports(kind) else { continue };
+                for port in port_ids(&probe) {
+                    assert!(
+                        ports.contains(&port),
+                        "{}: portId {port:?} is not a port of Kubeflow's {kind} kind ({ports:?})\n{block}",
+                        file.display()
+                    );
+                    ported += 1;
+                }
+            }
             checked += 1;
         }
     }
@@ -62,4 +77,33 @@ fn every_policy_in_the_docs_is_accepted() {
     assert!(checked >= 6, "only {checked} policies found in the docs");
     // Every tutorial ends by pinning what `probe push` printed.
     assert!(oci >= 4, "only {oci} policies pin an oci:// module");
+    // jupyterlab (README, migration), codeserver (Go), rstudio (JavaScript).
+    assert!(ported >= 4, "only {ported} port ids checked against Kubeflow's kinds");
+}
+
+/// The port ids of Kubeflow's sample kind `kind` (`None` for a kind Kubeflow does not ship).
+fn sample_kind_ports(kind: &str) -> Option<Vec<String>> {
+    let path = repo_root().join(format!("tests/kubeflow/{kind}_v1beta1_workspacekind.yaml"));
+    let text = std::fs::read_to_string(path).ok()?;
+    let kind: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let ports = kind
+        .pointer("/spec/podTemplate/ports")
+        .and_then(|p| p.as_array())
+        .unwrap();
+    Some(ports.iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect())
+}
+
+/// Every `portId` set anywhere in an activityProbe (jupyter, a module's config, anyOf).
+fn port_ids(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .flat_map(|(key, v)| match (key.as_str(), v.as_str()) {
+                ("portId", Some(id)) => vec![id.to_owned()],
+                _ => port_ids(v),
+            })
+            .collect(),
+        serde_json::Value::Array(items) => items.iter().flat_map(port_ids).collect(),
+        _ => Vec::new(),
+    }
 }

@@ -24,7 +24,7 @@ import (
 const rfc3339Millis = "2006-01-02T15:04:05.000Z07:00"
 
 type config struct {
-	// The WorkspaceKind's port id code-server listens on.
+	// The WorkspaceKind's port id code-server listens on (Kubeflow's codeserver kind: "codeserver").
 	PortID string `json:"portId"`
 	// Path code-server is served under (empty when the proxy removes the prefix).
 	PathPrefix string `json:"pathPrefix"`
@@ -58,7 +58,7 @@ func reply(result map[string]any) witTypes.Result[string, ProbeError] {
 }
 
 func Probe(ws Workspace, rawConfig string) witTypes.Result[string, ProbeError] {
-	cfg := config{PortID: "code-server"}
+	cfg := config{PortID: "codeserver"}
 	if strings.TrimSpace(rawConfig) != "" {
 		decoder := json.NewDecoder(strings.NewReader(rawConfig))
 		decoder.DisallowUnknownFields()
