@@ -216,6 +216,7 @@ fn plan(
                 } else if crate::oci::is_oci(location) {
                     Module::Oci(crate::oci::parse(location, module.sha256.as_deref())?)
                 } else {
+                    unpinned_file(module).map_or(Ok(()), Err)?;
                     Module::File(module_path(module_dir, location)?)
                 },
                 sha256: module.sha256.clone(),
@@ -250,7 +251,20 @@ pub fn module_problem(probe: &ActivityProbe, module_dir: &Path, registry: &crate
                 .map_err(|e| format!("cannot read probe module {}: {e}", path.display()))
                 .and_then(|metadata| usable_module_file(&path, &metadata))
                 .err()
+                .or_else(|| unpinned_file(module))
         })
+}
+
+/// Why a module file is not run: it names no `sha256`. Whoever can write to the module
+/// directory (a ConfigMap, a volume) could otherwise swap the code a policy runs.
+fn unpinned_file(module: &workspace_culler_policy::policy::ModuleProbe) -> Option<String> {
+    module.sha256.is_none().then(|| {
+        format!(
+            "probe module file {} has no sha256: a module file runs only when pinned \
+             (set module.sha256 to the digest `workspace-culler probe inspect` prints)",
+            module.location
+        )
+    })
 }
 
 /// A module file must be a regular file (not a device or a FIFO) of at most
@@ -874,7 +888,13 @@ mod tests {
         let problem = module_problem(&any_of, dir.path(), &registry).unwrap();
         assert!(problem.contains("missing.wasm"), "{problem}");
         std::fs::write(dir.path().join("missing.wasm"), b"x").unwrap();
-        assert_eq!(module_problem(&any_of, dir.path(), &registry), None);
+        let problem = module_problem(&any_of, dir.path(), &registry).unwrap();
+        assert!(problem.contains("missing.wasm has no sha256"), "{problem}");
+        let pinned = probe(serde_json::json!({"anyOf": [
+            {"module": {"location": "nvidia-gpu"}},
+            {"module": {"location": "missing.wasm", "sha256": "ab".repeat(32)}},
+        ]}));
+        assert_eq!(module_problem(&pinned, dir.path(), &registry), None);
         let tag_only = probe(serde_json::json!({"module": {"location": "oci://registry.example/probe:v1"}}));
         let problem = module_problem(&tag_only, dir.path(), &registry).unwrap();
         assert!(problem.contains("names a tag only"), "{problem}");
