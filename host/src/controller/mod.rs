@@ -103,6 +103,10 @@ pub struct Context {
     /// our own status patch, and decisions must not.
     /// Keyed by name, kept with the uid it was written for (a re-created workspace starts anew).
     written: Mutex<HashMap<Key, (Option<String>, Activity)>>,
+    /// Probes whose result this process could not write (the apiserver failed, or the status
+    /// kept changing), with the uid and the rule they were written for: the next reconcile
+    /// writes them before anything else, so an observed activity is not lost.
+    unwritten: Mutex<HashMap<Key, Unwritten>>,
     /// The `eligibleAfter` each workspace was last warned about (`CullingSoon` once).
     warned: Mutex<HashMap<Key, i64>>,
     /// The ignored keep-alive value each workspace was last told about (once per value).
@@ -413,6 +417,7 @@ impl Context {
     /// Forget a workspace the culler no longer acts on.
     fn forget(&self, key: &Key) {
         lock(&self.written).remove(key);
+        lock(&self.unwritten).remove(key);
         lock(&self.warned).remove(key);
         lock(&self.would_cull).remove(key);
         lock(&self.keep_alive_reported).remove(key);
@@ -623,13 +628,49 @@ async fn pause(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Res
 /// otherwise recomputes from the fresh object and retries. `None`: not written (dropped).
 ///
 /// Whatever happens, the attempt is remembered, so a failed write does not make the workspace
-/// due again before `minProbeIntervalSeconds`.
+/// due again before `minProbeIntervalSeconds`; and a result that could not be written is
+/// written by the next reconcile (`unwritten`), not dropped.
 async fn record(
     ctx: &Context,
     workspace: &Workspace,
     run: &workspace_culler_policy::ProbeRun,
     rule: &RuleMatch,
 ) -> Result<Option<(Workspace, Activity)>, Error> {
+    let key = key_of(workspace);
+    let written = write_result(ctx, workspace, run, rule).await;
+    let mut unwritten = lock(&ctx.unwritten);
+    match &written {
+        Ok(Recorded::Written(..) | Recorded::Dropped) | Err(Error::NotLeading) => {
+            unwritten.remove(&key);
+        }
+        Ok(Recorded::GaveUp) | Err(_) => {
+            unwritten.insert(key, (workspace.metadata.uid.clone(), run.clone(), rule.clone()));
+        }
+    }
+    match written? {
+        Recorded::Written(workspace, activity) => Ok(Some((*workspace, activity))),
+        Recorded::Dropped | Recorded::GaveUp => Ok(None),
+    }
+}
+
+/// A probe's result not written yet: the uid it is for, the probe, the rule it was judged by.
+type Unwritten = (Option<String>, workspace_culler_policy::ProbeRun, RuleMatch);
+
+/// How an attempt to write a probe's result ended.
+enum Recorded {
+    Written(Box<Workspace>, Activity),
+    /// A newer probe is recorded, or the workspace was re-created.
+    Dropped,
+    /// The status kept changing under repeated writes.
+    GaveUp,
+}
+
+async fn write_result(
+    ctx: &Context,
+    workspace: &Workspace,
+    run: &workspace_culler_policy::ProbeRun,
+    rule: &RuleMatch,
+) -> Result<Recorded, Error> {
     let key = key_of(workspace);
     let mut base = workspace.clone();
     for _ in 0..5 {
@@ -643,7 +684,7 @@ async fn record(
         match patch_workspace_status(&ctx.client, &key.0, &key.1, &patch).await {
             Ok(_) => {
                 base.status.get_or_insert_with(Default::default).activity = Some(activity.clone());
-                return Ok(Some((base, activity)));
+                return Ok(Recorded::Written(Box::new(base), activity));
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 let fresh = Api::<Workspace>::namespaced(ctx.client.clone(), &key.0)
@@ -652,7 +693,7 @@ async fn record(
                 if fresh.metadata.uid != workspace.metadata.uid {
                     tracing::info!("the workspace was re-created since its probe; its result is dropped");
                     lock(&ctx.written).remove(&key);
-                    return Ok(None);
+                    return Ok(Recorded::Dropped);
                 }
                 let newer = fresh
                     .activity()
@@ -661,7 +702,7 @@ async fn record(
                 if newer {
                     tracing::info!("a newer probe is recorded; this one's result is dropped");
                     lock(&ctx.written).remove(&key);
-                    return Ok(None);
+                    return Ok(Recorded::Dropped);
                 }
                 base = fresh;
             }
@@ -669,7 +710,7 @@ async fn record(
         }
     }
     tracing::warn!("the status kept changing under repeated writes; the next reconcile retries");
-    Ok(None)
+    Ok(Recorded::GaveUp)
 }
 
 async fn reconcile(object: Arc<CachedWorkspace>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -690,6 +731,10 @@ async fn reconcile(object: Arc<CachedWorkspace>, ctx: Arc<Context>) -> Result<Ac
 async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = key_of(&workspace);
     let now = (ctx.clock)();
+    let unwritten = lock(&ctx.unwritten)
+        .get(&key)
+        .filter(|(uid, ..)| *uid == workspace.metadata.uid)
+        .map(|(_, run, rule)| (workspace.clone(), run.clone(), rule.clone()));
     let workspace = ctx.with_freshest_activity(workspace);
     let governed = match ctx.governed(&workspace) {
         Ok(governed) => governed,
@@ -699,6 +744,11 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
             return Ok(Action::await_change());
         }
     };
+    if let Some((cached, run, rule)) = unwritten {
+        // A result this process observed but could not write: written first, from the object
+        // as cached, and not probed for again (the workspace may look idle by now).
+        record(&ctx, &cached, &run, &rule).await?;
+    }
     ctx.enforce_keep_alive(&workspace, &governed).await;
     match probe_due(&workspace, &governed.policy.spec.activity_probe, &governed.rule, now) {
         Due::Now => {}
@@ -950,6 +1000,7 @@ pub async fn run(
                 clock: now_ms,
                 due: due.clone(),
                 written: Default::default(),
+                unwritten: Default::default(),
                 warned: Default::default(),
                 would_cull: Default::default(),
                 keep_alive_reported: Default::default(),

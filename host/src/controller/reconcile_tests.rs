@@ -308,6 +308,7 @@ impl Case {
             clock,
             due: Default::default(),
             written: Default::default(),
+            unwritten: Default::default(),
             warned: Default::default(),
             would_cull: Default::default(),
             keep_alive_reported: Default::default(),
@@ -522,6 +523,24 @@ async fn a_failed_status_write_keeps_the_minimum_interval() {
     // Retried 5 s later (error_policy): not probed again before minProbeIntervalSeconds.
     assert_eq!(case.reconcile().await, after_seconds(60));
     assert_eq!(case.probes(), 1, "probed again before its interval");
+}
+
+#[tokio::test]
+async fn a_result_that_could_not_be_written_is_written_by_the_retry_not_lost() {
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::ActiveNow));
+    case.api.fail_status_write.store(true, Ordering::SeqCst);
+    assert!(matches!(case.try_reconcile().await, Err(Error::Kube(_))));
+    assert_eq!(case.stored()["status"]["activity"]["lastActivity"], NOW - 2 * HOUR);
+    // error_policy's retry writes what the probe saw, without probing again.
+    case.reconcile().await;
+    assert_eq!(case.probes(), 1);
+    let activity = &case.stored()["status"]["activity"];
+    assert_eq!(activity["lastActivity"], NOW + 100, "the activity seen is kept");
+    assert_eq!(activity["lastProbe"]["startTime"], NOW);
+    assert_eq!(case.api.summary(), ["PATCH /status", "PATCH /status"]);
+    // Written once: later reconciles send nothing more.
+    case.reconcile().await;
+    assert_eq!(case.api.summary().len(), 2, "{:?}", case.api.summary());
 }
 
 #[tokio::test]
