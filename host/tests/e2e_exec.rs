@@ -10,9 +10,10 @@
 mod e2e;
 
 use e2e::{Env, condition, exec_policy, sample_kind, sum};
+use kube::Api;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use workspace_culler_policy::{DISABLE_CULLING_ANNOTATION, ProbeResult};
+use workspace_culler_policy::{CullingPolicy, DISABLE_CULLING_ANNOTATION, ProbeResult};
 use workspace_culler_support::kubeflow;
 
 const NS: &str = "culling";
@@ -371,5 +372,21 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
             );
         }
         assert!(count <= elapsed / 2 + 1, "{name} probed {count} times in {elapsed}s");
+    }
+
+    // One of the two claims deleted, the kind is the other policy's alone: its workspace,
+    // which nothing else touches, is probed from then on.
+    Api::<CullingPolicy>::all(env.client.clone())
+        .delete("claim-b", &Default::default())
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+    while env.activity(NS, "shared").await.last_probe.is_none() {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(30),
+            "the kind left to claim-a was never probed\n{}",
+            leader.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -31,7 +31,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use metrics::Metrics;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -886,11 +886,82 @@ fn trim_statefulset(statefulset: &mut pods::CachedStatefulSet) {
     };
 }
 
-/// Triggers only on a change of `metadata.generation` (spec edits), not of status: Kubeflow
-/// updates its kinds' status counts, and this controller its policies' status.
-fn on_generation_change<K: Resource>(seen: &Arc<Mutex<HashMap<String, i64>>>, object: &K) -> bool {
-    let generation = object.meta().generation.unwrap_or_default();
-    lock(seen).insert(object.name_any(), generation) != Some(generation)
+/// Which kinds' workspaces a change of a CullingPolicy or a WorkspaceKind touches, from the
+/// events of its cache: a spec edit (a new generation), an object re-created under its name (a
+/// new uid) or one deleted touches the kinds it names and those it named before (a policy that
+/// drops a kind, or is deleted, may leave it to another policy); a status write touches none
+/// (Kubeflow updates its kinds' status counts, this controller its policies' status).
+#[derive(Default)]
+struct Touched {
+    /// Per object name: the uid and generation seen last, and the kinds it names.
+    seen: HashMap<String, (Option<String>, i64, Vec<String>)>,
+    /// The names a re-list in progress has listed so far (a watch started again): one not
+    /// listed by its end was deleted meanwhile.
+    relisted: Option<HashSet<String>>,
+}
+
+impl Touched {
+    fn event<K: Resource>(&mut self, event: &watcher::Event<K>, kinds_of: impl Fn(&K) -> Vec<String>) -> Vec<String> {
+        match event {
+            watcher::Event::Init => {
+                self.relisted = Some(HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(object) | watcher::Event::Apply(object) => {
+                let name = object.name_any();
+                if let (watcher::Event::InitApply(_), Some(listed)) = (event, self.relisted.as_mut()) {
+                    listed.insert(name.clone());
+                }
+                let (uid, generation) = (object.meta().uid.clone(), object.meta().generation.unwrap_or_default());
+                let kinds = kinds_of(object);
+                match self.seen.insert(name, (uid.clone(), generation, kinds.clone())) {
+                    Some((seen_uid, seen_generation, _)) if seen_uid == uid && seen_generation == generation => {
+                        Vec::new()
+                    }
+                    Some((_, _, before)) => before
+                        .into_iter()
+                        .chain(kinds)
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
+                    None => kinds,
+                }
+            }
+            watcher::Event::Delete(object) => self
+                .seen
+                .remove(&object.name_any())
+                .map_or_else(|| kinds_of(object), |(_, _, kinds)| kinds),
+            watcher::Event::InitDone => {
+                let Some(listed) = self.relisted.take() else {
+                    return Vec::new();
+                };
+                let gone: Vec<String> = self
+                    .seen
+                    .keys()
+                    .filter(|name| !listed.contains(*name))
+                    .cloned()
+                    .collect();
+                gone.iter()
+                    .filter_map(|name| self.seen.remove(name))
+                    .flat_map(|(_, _, kinds)| kinds)
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Sends the kinds a cache's event touches (see [`Touched`]) to every controller.
+fn announce_touched<K: Resource>(
+    touched: &Mutex<Touched>,
+    sender: &tokio::sync::broadcast::Sender<Option<Arc<[String]>>>,
+    event: &watcher::Event<K>,
+    kinds_of: impl Fn(&K) -> Vec<String>,
+) {
+    let kinds = lock(touched).event(event, kinds_of);
+    if !kinds.is_empty() {
+        // No receiver yet (the controllers start after the caches) is no error.
+        let _ = sender.send(Some(kinds.into()));
+    }
 }
 
 /// Run the controller until `shutdown` resolves: over all namespaces, or one controller per
@@ -906,6 +977,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let kinds_api: Api<DynamicObject> = Api::all_with(client.clone(), &kind_resource());
     let kind_metrics = metrics.clone();
+    // The kinds whose workspaces to reconcile again, announced once the cache holds the change.
+    let (touched, _) = tokio::sync::broadcast::channel::<Option<Arc<[String]>>>(256);
+    let (kinds_touched, kinds_sender) = (Mutex::<Touched>::default(), touched.clone());
     let (kinds, _kinds_task) = cache(
         kinds_api.clone(),
         kind_resource(),
@@ -916,10 +990,16 @@ pub async fn run(
             if let watcher::Event::Apply(kind) | watcher::Event::InitApply(kind) = event {
                 let _ = decoded::<WorkspaceKind>(kind, &kind_metrics);
             }
+            announce_touched(&kinds_touched, &kinds_sender, event, |kind| vec![kind.name_any()]);
         },
     );
     let policies_api: Api<CullingPolicy> = Api::all(client.clone());
-    let (policies, _policies_task) = cache(policies_api.clone(), (), Default::default(), whole, |_| {});
+    let (policies_touched, policies_sender) = (Mutex::<Touched>::default(), touched.clone());
+    let (policies, _policies_task) = cache(policies_api.clone(), (), Default::default(), whole, move |event| {
+        announce_touched(&policies_touched, &policies_sender, event, |policy: &CullingPolicy| {
+            policy.spec.workspace_kinds.clone()
+        });
+    });
     let (namespaces, _namespaces_task) = cache(
         Api::<Namespace>::all(client.clone()),
         (),
@@ -1008,42 +1088,33 @@ pub async fn run(
                 fence: fence.clone(),
                 management: Mutex::default(),
             });
+            // The workspaces of the kinds a policy's or a kind's change touches (all of them
+            // when announcements were missed).
             let workspaces_of_kinds = {
                 let store = store.clone();
-                move |kinds: &[String]| {
-                    store
+                move |kinds: Option<Arc<[String]>>| {
+                    let refs: Vec<_> = store
                         .state()
                         .into_iter()
-                        .filter(|w| w.kind_name().is_some_and(|k| kinds.iter().any(|n| n == k)))
+                        .filter(|w| match &kinds {
+                            Some(kinds) => w.kind_name().is_some_and(|k| kinds.iter().any(|n| n == k)),
+                            None => true,
+                        })
                         .map(|w| ObjectRef::from_obj(&*w))
-                        .collect::<Vec<_>>()
+                        .collect();
+                    futures::stream::iter(refs)
                 }
             };
-            let (kinds_seen, policies_seen) = (Arc::default(), Arc::default());
-            let for_kind = workspaces_of_kinds.clone();
-            let for_policy = workspaces_of_kinds;
+            let announcements = futures::stream::unfold(touched.subscribe(), |mut receiver| async move {
+                use tokio::sync::broadcast::error::RecvError;
+                match receiver.recv().await {
+                    Ok(kinds) => Some((kinds, receiver)),
+                    Err(RecvError::Lagged(_)) => Some((None, receiver)),
+                    Err(RecvError::Closed) => None,
+                }
+            });
             controller
-                .watches_with(
-                    kinds_api.clone(),
-                    kind_resource(),
-                    watcher::Config::default(),
-                    move |kind: DynamicObject| {
-                        if !on_generation_change(&kinds_seen, &kind) {
-                            return Vec::new();
-                        }
-                        for_kind(&[kind.name_any()])
-                    },
-                )
-                .watches(
-                    policies_api.clone(),
-                    watcher::Config::default(),
-                    move |policy: CullingPolicy| {
-                        if !on_generation_change(&policies_seen, &policy) {
-                            return Vec::new();
-                        }
-                        for_policy(&policy.spec.workspace_kinds)
-                    },
-                )
+                .reconcile_on(announcements.flat_map(workspaces_of_kinds))
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile, error_policy, ctx)
                 .for_each(|result| {
@@ -1177,18 +1248,47 @@ mod tests {
     }
 
     #[test]
-    fn only_a_new_generation_triggers() {
-        let seen = Arc::default();
-        let mut kind = WorkspaceKind::default();
-        kind.metadata.name = Some("jupyterlab".into());
-        kind.metadata.generation = Some(1);
-        assert!(on_generation_change(&seen, &kind), "first seen");
-        assert!(
-            !on_generation_change(&seen, &kind),
-            "a status update keeps the generation"
+    fn a_policy_touches_its_kinds_on_a_spec_edit_a_re_creation_or_a_deletion_never_on_status() {
+        let policy = |uid: &str, generation: i64, kinds: &[&str]| {
+            let mut policy = CullingPolicy::new("notebooks", serde_json::from_value(serde_json::json!({
+                "workspaceKinds": kinds, "activityProbe": {"jupyter": {"lastActivity": true, "portId": "jupyterlab"}},
+            })).unwrap());
+            policy.metadata.uid = Some(uid.into());
+            policy.metadata.generation = Some(generation);
+            policy
+        };
+        let mut touched = Touched::default();
+        let mut event = |event: watcher::Event<CullingPolicy>| {
+            touched.event(&event, |p: &CullingPolicy| p.spec.workspace_kinds.clone())
+        };
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        assert_eq!(event(Init), Vec::<String>::new());
+        assert_eq!(event(InitApply(policy("u1", 1, &["jupyterlab"]))), ["jupyterlab"]);
+        assert_eq!(event(InitDone), Vec::<String>::new());
+        assert_eq!(
+            event(Apply(policy("u1", 1, &["jupyterlab"]))),
+            Vec::<String>::new(),
+            "a status write"
         );
-        kind.metadata.generation = Some(2);
-        assert!(on_generation_change(&seen, &kind), "a spec edit");
+        // A spec edit that moves the policy to another kind touches both: the kind dropped may
+        // now be another policy's alone.
+        assert_eq!(event(Apply(policy("u1", 2, &["rstudio"]))), ["jupyterlab", "rstudio"]);
+        assert_eq!(event(Delete(policy("u1", 2, &["rstudio"]))), ["rstudio"]);
+        // Applied again: a new object, whose generation starts again at 1.
+        assert_eq!(event(Apply(policy("u2", 1, &["jupyterlab"]))), ["jupyterlab"]);
+        assert_eq!(
+            event(Apply(policy("u3", 1, &["jupyterlab"]))),
+            ["jupyterlab"],
+            "re-created"
+        );
+        // Deleted while the watch was down: the re-list does not list it.
+        assert_eq!(event(Init), Vec::<String>::new());
+        assert_eq!(event(InitDone), ["jupyterlab"]);
+        assert_eq!(
+            event(Apply(policy("u3", 1, &["jupyterlab"]))),
+            ["jupyterlab"],
+            "known again"
+        );
     }
 
     #[test]
