@@ -531,6 +531,52 @@ async fn more_evaluations_than_pool_slots_wait_instead_of_failing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_a_slot_counts_in_the_probe_s_clock_and_its_end() {
+    // One slot, held by three evaluations that each wait 300 ms in exec; a probe that reads
+    // its clock, submitted behind them at NOW_MS, runs ~900 ms later by the caller's clock.
+    let engine = Arc::new(
+        ProbeEngine::new(EngineConfig {
+            concurrency: 1,
+            ..EngineConfig::default()
+        })
+        .unwrap(),
+    );
+    let probe = engine.load(hostile(), None).unwrap();
+    let holders: Vec<_> = (0..3)
+        .map(|_| {
+            let (engine, probe) = (engine.clone(), probe.clone());
+            tokio::spawn(async move {
+                let config = serde_json::json!({"mode": "block-in-exec"});
+                run(&engine, &probe, config, Duration::from_secs(10), Arc::new(Slow)).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let request = request(
+        serde_json::json!({"mode": "clock"}),
+        Duration::from_secs(10),
+        Arc::new(Obliging::default()),
+    );
+    let evaluation = engine.evaluate(&probe, request, NOW_MS).await;
+    for holder in holders {
+        holder.await.unwrap();
+    }
+    assert_eq!(evaluation.started_at_ms, NOW_MS);
+    let waited = evaluation.finished_at_ms - NOW_MS;
+    assert!(waited >= 600, "the end recorded leaves out the wait: {waited} ms");
+    match evaluation.outcome {
+        ProbeOutcome::Success(ProbeActivity::LastAt(ms)) => {
+            assert!(
+                ms - NOW_MS >= 600,
+                "the probe's clock left out the wait: {} ms",
+                ms - NOW_MS
+            )
+        }
+        other => panic!("expected the probe's clock reading, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_s_wall_clock_is_the_evaluation_s_clock() {
     // The controller passes the real time; the harness a fixture's `now`, so
     // a probe that reads the time gives the same result on every replay.

@@ -542,7 +542,8 @@ impl ProbeEngine {
     }
 
     /// Evaluate a probe once, in a fresh sandbox. `now_ms` is the caller's
-    /// clock (Unix ms) at the start. Never panics on anything the probe does.
+    /// clock (Unix ms) at this call; the wait for a free slot counts as time passed.
+    /// Never panics on anything the probe does.
     pub async fn evaluate(&self, probe: &LoadedProbe, request: ProbeRequest, now_ms: i64) -> Evaluation {
         let span = tracing::info_span!(
             "probe",
@@ -554,9 +555,16 @@ impl ProbeEngine {
     }
 
     async fn evaluate_in_span(&self, probe: &LoadedProbe, request: ProbeRequest, now_ms: i64) -> Evaluation {
+        let entered = Instant::now();
         // The semaphore is never closed, so acquiring cannot fail.
         let _slot = self.slots.acquire().await.ok();
         let started = Instant::now();
+        // The caller's clock runs on while the evaluation waits for a slot: the probe's clock,
+        // the end it is judged by and the end recorded count that wait (a frozen clock, a
+        // fixture's, does not).
+        let origin = if request.frozen_clock { started } else { entered };
+        let clock_ms =
+            |at: Instant| now_ms.saturating_add(i64::try_from((at - origin).as_millis()).unwrap_or(i64::MAX));
         let deadline_at = started + request.deadline;
         let deadline_ms = request.deadline.as_millis();
         let state = ProbeState::new(
@@ -565,7 +573,7 @@ impl ProbeEngine {
             request.workspace.clone(),
             request.capabilities.clone(),
             deadline_at,
-            now_ms,
+            clock_ms(started),
             request.frozen_clock,
         );
         let mut store = self.store(state, deadline_at);
@@ -590,7 +598,7 @@ impl ProbeEngine {
             Ok(Ok(Err(bindings::workspace_culler::probe::types::ProbeError::Failure(m)))) => ProbeOutcome::Failure(m),
             Ok(Ok(Err(bindings::workspace_culler::probe::types::ProbeError::Timeout(m)))) => ProbeOutcome::Timeout(m),
             Ok(Ok(Ok(text))) => {
-                let ended_ms = now_ms.saturating_add(i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX));
+                let ended_ms = clock_ms(Instant::now());
                 let outcome = match contract::validate(&text, ended_ms) {
                     Ok(activity) => ProbeOutcome::Success(activity),
                     Err(e) => ProbeOutcome::Failure(format!("invalid probe result: {e}")),
@@ -609,6 +617,7 @@ impl ProbeEngine {
             (outcome, _, _) => outcome,
         };
         let logs = state.finish_logs();
+        let finished_at_ms = clock_ms(Instant::now());
         let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         match &outcome {
             ProbeOutcome::Success(activity) => tracing::debug!(%activity, elapsed_ms = elapsed, "probe succeeded"),
@@ -618,7 +627,7 @@ impl ProbeEngine {
         }
         Evaluation {
             started_at_ms: now_ms,
-            finished_at_ms: now_ms.saturating_add(elapsed),
+            finished_at_ms,
             outcome,
             raw_output,
             logs,

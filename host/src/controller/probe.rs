@@ -819,11 +819,13 @@ async fn evaluate(
         frozen_clock: false,
     };
     ctx.metrics.probes_waiting.inc();
-    let evaluation = prober.engine.evaluate(&loaded, request, start_ms).await;
+    // The clock read again: loading (a compile, a pull) may have taken a while since the
+    // probe started, and the probe's end and its clock are now, not then.
+    let evaluation = prober.engine.evaluate(&loaded, request, (ctx.clock)()).await;
     ctx.metrics.probes_waiting.dec();
     Ok(ProbeRun {
-        start_ms: evaluation.started_at_ms,
-        end_ms: evaluation.finished_at_ms,
+        start_ms,
+        end_ms: evaluation.finished_at_ms.max(start_ms),
         outcome: evaluation.outcome,
     })
 }
