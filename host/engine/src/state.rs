@@ -141,11 +141,12 @@ impl Drop for MemoryCap {
 
 impl wasmtime::ResourceLimiter for MemoryCap {
     fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.cap {
+        // Called per linear memory: the cap is on all of a probe's memories together.
+        let more = desired.saturating_sub(current);
+        if self.held.saturating_add(more) > self.cap {
             self.hit = true;
             return Err(wasmtime::format_err!("memory cap of {} bytes reached", self.cap));
         }
-        let more = desired.saturating_sub(current);
         if !self.budget.take(more) {
             self.budget_hit = true;
             return Err(wasmtime::format_err!(
@@ -595,6 +596,20 @@ mod tests {
             held: 0,
             budget_hit: false,
         }
+    }
+
+    #[test]
+    fn the_memory_cap_holds_for_all_of_a_probe_s_memories_together() {
+        let budget = Arc::new(MemoryBudget::new(1000));
+        let mut probe = cap(&budget);
+        assert!(probe.memory_growing(0, 40, None).unwrap(), "a first memory");
+        assert!(
+            probe.memory_growing(0, 40, None).is_err(),
+            "a second one past the cap of 64 together"
+        );
+        assert!(probe.hit && !probe.budget_hit);
+        assert!(probe.memory_growing(0, 24, None).unwrap(), "up to the cap");
+        assert_eq!(budget.in_use(), 64);
     }
 
     #[test]
