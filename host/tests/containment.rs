@@ -531,6 +531,42 @@ async fn more_evaluations_than_pool_slots_wait_instead_of_failing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_probe_says_is_cut_to_a_line_before_it_is_logged_or_kept() {
+    let engine = engine(Allocation::OnDemand);
+    let probe = engine.load(hostile(), None).unwrap();
+    // A failure message of a MiB: the probe names the unknown mode it was given.
+    let mode = "x".repeat(1 << 20);
+    let (outcome, _) = run(
+        &engine,
+        &probe,
+        serde_json::json!({"mode": mode}),
+        Duration::from_secs(10),
+        Arc::new(Stubborn::default()),
+    )
+    .await;
+    match outcome {
+        ProbeOutcome::Failure(m) => {
+            assert!(m.starts_with("unknown mode \"xxx"), "{}", &m[..40]);
+            assert!(
+                m.len() < 4200 && m.ends_with("(cut at 4096 characters)"),
+                "{} bytes",
+                m.len()
+            );
+        }
+        other => panic!("expected a Failure, got {other:?}"),
+    }
+    // Half a MiB on stdout in one line, within the stdout cap.
+    let flood = serde_json::json!({"mode": "flood-stdout", "bytes": 512 << 10});
+    let request = request(flood, Duration::from_secs(10), Arc::new(Stubborn::default()));
+    let evaluation = engine.evaluate(&probe, request, NOW_MS).await;
+    assert_eq!(evaluation.outcome, ProbeOutcome::Success(ProbeActivity::ActiveNow));
+    assert!(!evaluation.logs.is_empty());
+    for (_, line) in &evaluation.logs {
+        assert!(line.len() < 4200, "a log line of {} bytes", line.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wait_for_a_slot_counts_in_the_probe_s_clock_and_its_end() {
     // One slot, held by three evaluations that each wait 300 ms in exec; a probe that reads
     // its clock, submitted behind them at NOW_MS, runs ~900 ms later by the caller's clock.

@@ -595,8 +595,12 @@ impl ProbeEngine {
                 "probe ran past its deadline of {deadline_ms}ms and was stopped"
             )),
             Ok(Err(e)) => ProbeOutcome::Failure(state.describe_trap(&e)),
-            Ok(Ok(Err(bindings::workspace_culler::probe::types::ProbeError::Failure(m)))) => ProbeOutcome::Failure(m),
-            Ok(Ok(Err(bindings::workspace_culler::probe::types::ProbeError::Timeout(m)))) => ProbeOutcome::Timeout(m),
+            Ok(Ok(Err(bindings::workspace_culler::probe::types::ProbeError::Failure(m)))) => {
+                ProbeOutcome::Failure(state::one_line(&m))
+            }
+            Ok(Ok(Err(bindings::workspace_culler::probe::types::ProbeError::Timeout(m)))) => {
+                ProbeOutcome::Timeout(state::one_line(&m))
+            }
             Ok(Ok(Ok(text))) => {
                 let ended_ms = clock_ms(Instant::now());
                 let outcome = match contract::validate(&text, ended_ms) {

@@ -73,6 +73,18 @@ const HTTP_FIELDS_BYTES: usize = 16 << 10;
 /// rest are kept with the evaluation only, so a chatty probe cannot flood it.
 const LINES_TO_CONTROLLER_LOG: usize = 20;
 
+/// Characters of one line a probe writes (a log line, a line of stdout or stderr) or of the
+/// message it fails with: the rest is cut before the host logs or keeps it.
+pub(crate) const LINE_CHARS: usize = 4096;
+
+/// `text` cut to [`LINE_CHARS`] characters, saying so when it was.
+pub(crate) fn one_line(text: &str) -> String {
+    match text.char_indices().nth(LINE_CHARS) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}… (cut at {LINE_CHARS} characters)", &text[..end]),
+    }
+}
+
 fn push_log(logs: &Logs, level: LogLevel, message: String) {
     let mut logs = logs.lock().unwrap_or_else(|p| p.into_inner());
     if logs.len() < LINES_TO_CONTROLLER_LOG {
@@ -364,7 +376,7 @@ impl ProbeState {
         ] {
             let text = String::from_utf8_lossy(&pipe.contents()).into_owned();
             for line in text.lines().filter(|l| !l.trim().is_empty()).take(100) {
-                push_log(&self.logs, level, format!("[{stream}] {line}"));
+                push_log(&self.logs, level, format!("[{stream}] {}", one_line(line)));
             }
         }
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -402,7 +414,7 @@ impl types::Host for ProbeState {}
 
 impl log::Host for ProbeState {
     async fn log(&mut self, level: log::Level, message: String) {
-        let message: String = message.chars().take(4096).collect();
+        let message = one_line(&message);
         self.used.log_lines += 1;
         self.used.log_bytes = self.used.log_bytes.saturating_add(message.len());
         if self.used.log_lines > self.limits.log_lines {
