@@ -530,6 +530,57 @@ async fn more_evaluations_than_pool_slots_wait_instead_of_failing() {
     );
 }
 
+/// Answers every HTTP request with a body just under the response cap.
+struct BigAnswers;
+
+#[async_trait]
+impl Capabilities for BigAnswers {
+    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+        Err(ExecError::Refused("no exec".into()))
+    }
+
+    async fn http(&self, _: &Workspace, _: HttpRequest) -> Result<HttpResponse, String> {
+        Ok(HttpResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: vec![b'x'; (4 << 20) - 1].into(),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_bodies_the_host_holds_for_a_probe_count_in_its_memory_cap() {
+    // Sixteen request bodies of almost 4 MiB that the probe never finishes, or sixteen
+    // responses of almost 4 MiB it never reads: 64 MiB the host would hold, past the cap of 32.
+    let engine = engine(Allocation::OnDemand);
+    let probe = engine.load(hostile(), None).unwrap();
+    for config in [
+        serde_json::json!({"mode": "hold-http", "requests": 16, "bytes": (4 << 20) - 4096}),
+        serde_json::json!({"mode": "hold-http", "requests": 16, "responses": true}),
+    ] {
+        let (outcome, _) = run(
+            &engine,
+            &probe,
+            config.clone(),
+            Duration::from_secs(10),
+            Arc::new(BigAnswers),
+        )
+        .await;
+        failure_containing(&outcome, "memory cap of 32 MiB");
+        // Given back as the evaluation's HTTP tasks, aborted with its store, wind down.
+        let ended = Instant::now();
+        while engine.memory_in_use() > 0 {
+            assert!(
+                ended.elapsed() < Duration::from_secs(5),
+                "{config}: {} bytes still held",
+                engine.memory_in_use()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_still_works(&engine, &probe).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_probe_says_is_cut_to_a_line_before_it_is_logged_or_kept() {
     let engine = engine(Allocation::OnDemand);

@@ -4,7 +4,7 @@
 use super::Limits;
 use super::bindings::workspace_culler::probe::{exec, log, types};
 use super::capabilities::{Capabilities, HttpRequest, Workspace};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -135,39 +135,138 @@ impl MemoryBudget {
     }
 }
 
-/// Memory cap (per probe, and its share of the budget of all) that remembers which was hit,
-/// so the trap can say so.
-pub(crate) struct MemoryCap {
+/// What one probe holds — its linear memories, and the HTTP bodies the host holds for it — against
+/// its cap and its share of the budget of all; remembers which was hit, so the failure can say so.
+/// Shared by the store's limiter and the HTTP requests in flight; given back when both are done.
+pub(crate) struct ProbeMemory {
     cap: usize,
-    hit: bool,
     budget: Arc<MemoryBudget>,
-    held: usize,
-    budget_hit: bool,
+    held: std::sync::atomic::AtomicUsize,
+    hit: std::sync::atomic::AtomicBool,
+    budget_hit: std::sync::atomic::AtomicBool,
 }
 
-impl Drop for MemoryCap {
-    fn drop(&mut self) {
-        self.budget.give_back(self.held);
+impl ProbeMemory {
+    fn new(cap: usize, budget: Arc<MemoryBudget>) -> ProbeMemory {
+        ProbeMemory {
+            cap,
+            budget,
+            held: Default::default(),
+            hit: Default::default(),
+            budget_hit: Default::default(),
+        }
+    }
+
+    /// Take `bytes` more, within the probe's cap and then the budget; or say which refused.
+    fn take(&self, bytes: usize) -> Result<(), String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let within_cap = self.held.fetch_update(SeqCst, SeqCst, |held| {
+            held.checked_add(bytes).filter(|total| *total <= self.cap)
+        });
+        if within_cap.is_err() {
+            self.hit.store(true, SeqCst);
+            return Err(self.over_cap());
+        }
+        if !self.budget.take(bytes) {
+            self.held.fetch_sub(bytes, SeqCst);
+            self.budget_hit.store(true, SeqCst);
+            return Err(self.over_budget());
+        }
+        Ok(())
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, std::sync::atomic::Ordering::SeqCst);
+        self.budget.give_back(bytes);
+    }
+
+    fn over_cap(&self) -> String {
+        format!("probe exceeded its memory cap of {} MiB", self.cap >> 20)
+    }
+
+    fn over_budget(&self) -> String {
+        format!(
+            "probe could not grow its memory: the probes running at once hold the whole budget of {} MiB \
+             of all of them (--memory-budget-mib); it is tried again at its next probe",
+            self.budget.limit >> 20
+        )
+    }
+
+    /// Why the probe was refused memory, if it was.
+    fn refused(&self) -> Option<String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.hit.load(SeqCst) {
+            Some(self.over_cap())
+        } else if self.budget_hit.load(SeqCst) {
+            Some(self.over_budget())
+        } else {
+            None
+        }
     }
 }
+
+impl Drop for ProbeMemory {
+    fn drop(&mut self) {
+        self.budget.give_back(*self.held.get_mut());
+    }
+}
+
+/// Bytes of a probe's memory held for one HTTP body, given back when it is dropped.
+struct Reservation {
+    memory: Arc<ProbeMemory>,
+    bytes: usize,
+}
+
+impl Reservation {
+    fn grow(&mut self, bytes: usize) -> Result<(), String> {
+        self.memory.take(bytes)?;
+        self.bytes += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.memory.give_back(self.bytes);
+    }
+}
+
+/// A response body that holds its reservation until the probe has dropped it.
+struct Reserved {
+    body: Full<bytes::Bytes>,
+    _reservation: Reservation,
+}
+
+impl http_body::Body for Reserved {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The store's limiter: each linear memory's growth taken from the probe's memory.
+pub(crate) struct MemoryCap(Arc<ProbeMemory>);
 
 impl wasmtime::ResourceLimiter for MemoryCap {
     fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         // Called per linear memory: the cap is on all of a probe's memories together.
-        let more = desired.saturating_sub(current);
-        if self.held.saturating_add(more) > self.cap {
-            self.hit = true;
-            return Err(wasmtime::format_err!("memory cap of {} bytes reached", self.cap));
-        }
-        if !self.budget.take(more) {
-            self.budget_hit = true;
-            return Err(wasmtime::format_err!(
-                "the memory budget of {} bytes of all running probes is in use",
-                self.budget.limit
-            ));
-        }
-        self.held += more;
-        Ok(true)
+        self.0
+            .take(desired.saturating_sub(current))
+            .map(|()| true)
+            .map_err(|message| wasmtime::format_err!("{message}"))
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
@@ -263,6 +362,7 @@ impl ProbeState {
         // Header maps live in the host: bound each, as handles are bounded.
         let mut http = WasiHttpCtx::new();
         http.set_field_size_limit(HTTP_FIELDS_BYTES);
+        let memory = Arc::new(ProbeMemory::new(limits.memory_bytes, budget));
         ProbeState {
             wasi,
             http,
@@ -276,14 +376,9 @@ impl ProbeState {
                 requests_sent: 0,
                 requests_cap: limits.http_requests,
                 exceeded: exceeded.clone(),
+                memory: memory.clone(),
             },
-            memory: MemoryCap {
-                cap: limits.memory_bytes,
-                hit: false,
-                budget,
-                held: 0,
-                budget_hit: false,
-            },
+            memory: MemoryCap(memory),
             stdout,
             stderr,
             stdio_cap: limits.stdio_bytes,
@@ -310,15 +405,8 @@ impl ProbeState {
     /// Explain a trap in words a probe author can act on.
     pub(crate) fn describe_trap(&self, e: &wasmtime::Error) -> String {
         let text = format!("{e:#}");
-        if self.memory.hit {
-            return format!("probe exceeded its memory cap of {} MiB", self.memory.cap >> 20);
-        }
-        if self.memory.budget_hit {
-            return format!(
-                "probe could not grow its memory: the probes running at once hold the whole budget of {} MiB \
-                 of all of them (--memory-budget-mib); it is tried again at its next probe",
-                self.memory.budget.limit >> 20
-            );
+        if let Some(message) = self.memory.0.refused() {
+            return message;
         }
         if let Some(message) = self.stdio_overflow() {
             return message;
@@ -491,6 +579,8 @@ struct ConfinedHttp {
     requests_sent: usize,
     requests_cap: usize,
     exceeded: CapExceeded,
+    /// The probe's memory, which holds the bodies of its requests and responses too.
+    memory: Arc<ProbeMemory>,
 }
 
 type HttpError = wasmtime_wasi_http::Error;
@@ -544,13 +634,34 @@ impl WasiHttpHooks for ConfinedHttp {
         let remaining = self.deadline_at.saturating_duration_since(Instant::now());
         let body_cap = self.body_cap;
         let (logs, uri) = (self.logs.clone(), request.uri().clone());
+        let (memory, exceeded) = (self.memory.clone(), self.exceeded.clone());
         Box::new(async move {
-            let (parts, body) = request.into_parts();
-            let body = Limited::new(body, body_cap)
-                .collect()
-                .await
-                .map_err(|_| HttpError::HttpRequestBodySize(None))?
-                .to_bytes();
+            // Held against the probe's memory while the host holds it: however many requests
+            // a probe opens, the bodies the host gathers for it stay within its cap.
+            let refuse = |message: String| {
+                if exceeded.record(message.clone()) {
+                    push_log(&logs, LogLevel::Warn, message);
+                }
+            };
+            let mut sending = Reservation {
+                memory: memory.clone(),
+                bytes: 0,
+            };
+            let (parts, mut body) = request.into_parts();
+            let mut gathered = bytes::BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame?;
+                let Ok(data) = frame.into_data() else { continue };
+                if gathered.len() + data.len() > body_cap {
+                    return Err(HttpError::HttpRequestBodySize(None));
+                }
+                sending.grow(data.len()).map_err(|message| {
+                    refuse(message);
+                    HttpError::HttpRequestBodySize(None)
+                })?;
+                gathered.extend_from_slice(&data);
+            }
+            let body = gathered.freeze();
             let request = HttpRequest {
                 method: parts.method,
                 uri: parts.uri,
@@ -571,11 +682,22 @@ impl WasiHttpHooks for ConfinedHttp {
                 );
                 return Err(HttpError::HttpResponseBodySize(None));
             }
+            drop(sending);
             let mut builder = http::Response::builder().status(response.status);
             for (name, value) in &response.headers {
                 builder = builder.header(name, value);
             }
-            let body = Full::new(response.body).map_err(|never| match never {}).boxed_unsync();
+            let mut receiving = Reservation { memory, bytes: 0 };
+            receiving.grow(response.body.len()).map_err(|message| {
+                refuse(message);
+                HttpError::HttpResponseBodySize(None)
+            })?;
+            let body = Reserved {
+                body: Full::new(response.body),
+                _reservation: receiving,
+            }
+            .map_err(|never| match never {})
+            .boxed_unsync();
             let response = builder
                 .body(body)
                 .map_err(|e| HttpError::InternalError(Some(e.to_string())))?;
@@ -601,13 +723,13 @@ mod tests {
     use wasmtime::ResourceLimiter;
 
     fn cap(budget: &Arc<MemoryBudget>) -> MemoryCap {
-        MemoryCap {
-            cap: 64,
-            hit: false,
-            budget: budget.clone(),
-            held: 0,
-            budget_hit: false,
-        }
+        MemoryCap(Arc::new(ProbeMemory::new(64, budget.clone())))
+    }
+
+    /// Which limit refused it: (the probe's cap, the budget).
+    fn hit(cap: &MemoryCap) -> (bool, bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (cap.0.hit.load(SeqCst), cap.0.budget_hit.load(SeqCst))
     }
 
     #[test]
@@ -619,7 +741,7 @@ mod tests {
             probe.memory_growing(0, 40, None).is_err(),
             "a second one past the cap of 64 together"
         );
-        assert!(probe.hit && !probe.budget_hit);
+        assert_eq!(hit(&probe), (true, false));
         assert!(probe.memory_growing(0, 24, None).unwrap(), "up to the cap");
         assert_eq!(budget.in_use(), 64);
     }
@@ -633,13 +755,38 @@ mod tests {
         assert_eq!(budget.in_use(), 90);
         // Within its own cap of 64, but over what is left of the budget.
         assert!(second.memory_growing(30, 50, None).is_err());
-        assert!(second.budget_hit && !second.hit);
+        assert_eq!(hit(&second), (false, true));
         assert!(first.memory_growing(60, 70, None).is_err(), "over its own cap");
-        assert!(first.hit);
+        assert!(hit(&first).0);
         drop(first);
         assert_eq!(budget.in_use(), 30);
         assert!(second.memory_growing(30, 50, None).unwrap());
         drop(second);
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn http_bodies_held_for_a_probe_count_in_its_memory_until_dropped() {
+        let budget = Arc::new(MemoryBudget::new(100));
+        let probe = cap(&budget);
+        let mut body = Reservation {
+            memory: probe.0.clone(),
+            bytes: 0,
+        };
+        body.grow(40).unwrap();
+        let mut other = Reservation {
+            memory: probe.0.clone(),
+            bytes: 0,
+        };
+        other.grow(20).unwrap();
+        assert_eq!(budget.in_use(), 60);
+        let refused = other.grow(10).unwrap_err();
+        assert!(refused.contains("memory cap"), "{refused}");
+        drop(body);
+        assert_eq!(budget.in_use(), 20);
+        other.grow(10).unwrap();
+        drop(other);
+        drop(probe);
         assert_eq!(budget.in_use(), 0);
     }
 }

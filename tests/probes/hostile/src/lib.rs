@@ -15,7 +15,7 @@ impl Probe for Hostile {
         capabilities: &["exec", "http", "log"],
     };
 
-    fn probe(host: &dyn Host, _workspace: &Workspace, config: &str) -> Result<Reply, ProbeError> {
+    fn probe(host: &dyn Host, workspace: &Workspace, config: &str) -> Result<Reply, ProbeError> {
         let config: serde_json::Value = serde_json::from_str(config).map_err(|e| ProbeError::Failure(e.to_string()))?;
         let mode = config["mode"].as_str().unwrap_or("");
         match mode {
@@ -117,6 +117,50 @@ impl Probe for Hostile {
                     let _ = host.http(&HttpRequest::get(url));
                 }
                 Ok(Reply::Json(r#"{"has_activity":false}"#.into()))
+            }
+            // Open `requests` HTTP requests to the workspace's pod and write `bytes` into each
+            // one's body without ever finishing it — or, with `responses`, take each response
+            // and never read it — so the host holds those bodies meanwhile.
+            "hold-http" => {
+                use probe_sdk::bindings::wasi::http::{outgoing_handler, types};
+                let authority = format!("{}:80", workspace.pod_ip);
+                let bytes = config["bytes"].as_u64().unwrap_or(4 << 20) as usize;
+                let responses = config["responses"].as_bool().unwrap_or(false);
+                let chunk = [b'x'; 4096];
+                let mut held: Vec<Box<dyn std::any::Any>> = Vec::new();
+                for _ in 0..config["requests"].as_u64().unwrap_or(16) {
+                    let request = types::OutgoingRequest::new(types::Fields::new());
+                    let _ = request.set_scheme(Some(&types::Scheme::Http));
+                    let _ = request.set_authority(Some(&authority));
+                    let _ = request.set_path_with_query(Some("/"));
+                    if responses {
+                        let Ok(future) = outgoing_handler::handle(request, None) else {
+                            continue;
+                        };
+                        future.subscribe().block();
+                        if let Some(Ok(Ok(response))) = future.get() {
+                            held.push(Box::new(response));
+                        }
+                        continue;
+                    }
+                    let Ok(body) = request.body() else { continue };
+                    let Ok(stream) = body.write() else { continue };
+                    let Ok(future) = outgoing_handler::handle(request, None) else {
+                        continue;
+                    };
+                    let mut written = 0;
+                    while written < bytes {
+                        let n = chunk.len().min(bytes - written);
+                        if stream.blocking_write_and_flush(&chunk[..n]).is_err() {
+                            break;
+                        }
+                        written += n;
+                    }
+                    // Dropped in this order: the stream before its body.
+                    held.push(Box::new((future, stream, body)));
+                }
+                std::hint::black_box(&held);
+                Ok(Reply::Json(r#"{"has_activity":true}"#.into()))
             }
             // Hold ever more resource handles (HTTP header maps) in the host.
             "handles" => {
