@@ -261,6 +261,28 @@ async fn rules_windows_exemptions_warnings_and_the_right_pod() {
         "{table}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The same from $KUBECONFIG naming two files, as kubectl users have it: merged.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other");
+    std::fs::write(
+        &other,
+        "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n",
+    )
+    .unwrap();
+    let list = std::env::join_paths([env.cp.kubeconfig(), other]).unwrap();
+    let merged = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
+        .arg("status")
+        .env("KUBECONFIG", &list)
+        .output()
+        .unwrap();
+    let workspaces = |table: &str| {
+        table
+            .lines()
+            .map(|l| l.split(' ').next().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(merged.status.success(), "{}", String::from_utf8_lossy(&merged.stderr));
+    assert_eq!(workspaces(&String::from_utf8_lossy(&merged.stdout)), workspaces(&table));
     let line = |workspace: &str| {
         table
             .lines()

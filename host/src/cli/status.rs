@@ -12,8 +12,9 @@ use workspace_culler_policy::{CullingPolicy, Management, Workspace, WorkspaceKin
 /// `status`'s command line.
 #[derive(Args)]
 pub struct StatusArgs {
-    /// A kubeconfig file (default: in-cluster service account, else ~/.kube/config).
-    #[arg(long, env = "KUBECONFIG")]
+    /// A kubeconfig file (default: `$KUBECONFIG` — one file or several, merged as kubectl
+    /// does — else ~/.kube/config, else the in-cluster service account).
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Only this namespace (default: all).
     #[arg(long)]

@@ -14,8 +14,9 @@ use workspace_culler_engine::{EngineConfig, ProbeEngine};
 /// The controller's command line.
 #[derive(Args)]
 pub struct ControllerArgs {
-    /// A kubeconfig file (default: in-cluster service account, else ~/.kube/config).
-    #[arg(long, env = "KUBECONFIG")]
+    /// A kubeconfig file (default: `$KUBECONFIG` — one file or several, merged as kubectl
+    /// does — else ~/.kube/config, else the in-cluster service account).
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Watch only this namespace (repeatable; default: all).
     #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
