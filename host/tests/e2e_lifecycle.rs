@@ -9,6 +9,7 @@ mod e2e;
 use e2e::{Env, exec_policy, sample_kind};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use std::time::{Duration, Instant};
+use workspace_culler_policy::CullingPolicy;
 use workspace_culler_support::kubeflow;
 
 const NS: &str = "lifecycle";
@@ -61,8 +62,31 @@ async fn restarts_concurrent_edits_and_resumes_are_safe() {
         "probes ran before the kill\n{}",
         controller.log()
     );
+    let managed = |policy: &CullingPolicy| policy.status.as_ref().map(|s| s.managed_workspaces);
+    assert_eq!(managed(&env.policy("idle").await), Some(1), "{}", controller.log());
+    // Across the restart, the policy's status never says it manages nothing: the new
+    // controller counts the workspaces once its cache holds them, not before.
+    let counts = {
+        let policies: Api<CullingPolicy> = Api::all(env.client.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..120 {
+                if let Ok(policy) = policies.get("idle").await {
+                    seen.push(policy.status.map(|s| s.managed_workspaces));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
+        })
+    };
     let restarted = env.controller("controller-2", &["--namespace", NS]);
     tokio::time::sleep(Duration::from_secs(8)).await;
+    let counts = counts.await.unwrap();
+    assert!(
+        counts.iter().all(|count| *count == Some(1)),
+        "{counts:?}\n{}",
+        restarted.log()
+    );
     let after = env.activity(NS, "ws").await;
     assert_eq!(
         after.last_activity, before.last_activity,

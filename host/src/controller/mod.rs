@@ -1129,19 +1129,27 @@ pub async fn run(
         api: policies_api,
         policies: policies.clone(),
         kinds: kinds.clone(),
-        workspaces: stores,
+        workspaces: stores.clone(),
         pauses,
         fence,
         module_dir: settings.module_dir.clone(),
         registry: settings.registry.clone(),
     };
-    let _status_task = AbortOnDrop(tokio::spawn(policy_status::run(sources, now_ms)));
-    // Ready: it leads (run is called only then) and the kinds', policies' and namespaces'
-    // caches are filled; each workspace watch fills its own cache before it reconciles.
-    readiness.set(true);
     metrics.leader.set(1);
-    tracing::info!("ready");
-    futures::future::join_all(runs).await;
+    // Ready: it leads (run is called only then), the kinds', policies' and namespaces' caches
+    // are filled, and so are the workspaces' once their watches (started by `runs`) listed.
+    // The policies' status is counted from then on: before, every policy would read as
+    // managing nothing, and say so until the next pass. (Waited for here, in the task that
+    // runs the controllers: a store wakes only the last of several tasks waiting on it.)
+    let ready = async {
+        for store in &stores {
+            store.wait_until_ready().await.ok()?;
+        }
+        readiness.set(true);
+        tracing::info!("ready");
+        Some(AbortOnDrop(tokio::spawn(policy_status::run(sources, now_ms))))
+    };
+    let (_status_task, _) = futures::future::join(ready, futures::future::join_all(runs)).await;
     metrics.leader.set(0);
     readiness.set(false);
     Ok(())
