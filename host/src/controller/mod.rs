@@ -40,8 +40,8 @@ use workspace_culler_engine::ProbeEngine;
 use workspace_culler_policy::decide::PAUSE_GRACE_MS;
 use workspace_culler_policy::{
     Activity, CullingPolicy, Due, Keep, Management, Pause, ProbeOutcome, RuleMatch, Unmanaged, Workspace,
-    WorkspaceKind, activity_after_probe, activity_patch, decode, pause_decision, pod_config_labels, probe_due,
-    select_rule,
+    WorkspaceKind, activity_after_probe, activity_patch, decode, eligible_after, pause_decision, pod_config_labels,
+    probe_due, select_rule,
 };
 
 pub use probe::{DEFAULT_CONNECT_PATH, MAIN_CONTAINER, WORKSPACE_LABEL};
@@ -457,6 +457,48 @@ impl Context {
         }
     }
 
+    /// `workspace` with its `eligibleAfter` written anew when what the rule gives now differs
+    /// from the one stored at its last probe: a resume (a new `lastRunningTime`), a keep-alive
+    /// or a rule edit moves it, and Kubeflow's UI (and the `CullingSoon` warning) read it before
+    /// the next probe. Only a stored one is brought up to date; a conflict leaves it to the
+    /// next reconcile.
+    async fn refresh_eligible_after(&self, mut workspace: Workspace, governed: &Governed) -> Result<Workspace, Error> {
+        let Some(activity) = workspace.activity() else {
+            return Ok(workspace);
+        };
+        let stored = activity.eligible_after();
+        let eligible = eligible_after(activity.last_activity, workspace.last_running_time(), &governed.rule);
+        if stored <= 0 || eligible == stored {
+            return Ok(workspace);
+        }
+        let mut refreshed = activity.clone();
+        refreshed
+            .rules
+            .get_or_insert_with(Default::default)
+            .pause_workspace
+            .get_or_insert_with(Default::default)
+            .eligible_after = eligible;
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": workspace.resource_version()},
+            "status": {"activity": {"rules": {"pauseWorkspace": {"eligibleAfter": eligible}}}},
+        });
+        self.fenced()?;
+        let key = key_of(&workspace);
+        match patch_workspace_status(&self.client, &key.0, &key.1, &patch).await {
+            Ok(_) => {
+                tracing::info!(
+                    eligible_after = eligible,
+                    was = stored,
+                    "eligibleAfter brought up to date"
+                );
+                workspace.status.get_or_insert_with(Default::default).activity = Some(refreshed);
+                Ok(workspace)
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(workspace),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// When to warn that `workspace` will be paused (UNIX ms), if it will and has not been
     /// warned about this `eligibleAfter` yet.
     fn culling_soon_at(&self, workspace: &Workspace, governed: &Governed) -> Option<(i64, i64)> {
@@ -753,6 +795,7 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
     match probe_due(&workspace, &governed.policy.spec.activity_probe, &governed.rule, now) {
         Due::Now => {}
         Due::At(at) => {
+            let workspace = ctx.refresh_eligible_after(workspace, &governed).await?;
             let wake = ctx.warn_if_soon(&workspace, &governed, now).await;
             return Ok(ctx.requeue_at(key, wake.map_or(at, |w| w.min(at)), now));
         }

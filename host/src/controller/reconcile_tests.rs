@@ -370,6 +370,37 @@ async fn a_workspace_not_due_is_requeued_for_when_it_is_without_a_probe_or_a_wri
 }
 
 #[tokio::test]
+async fn after_a_resume_eligible_after_is_written_anew_and_the_warning_comes_before_the_pause() {
+    // Paused after a probe 5 min ago (eligibleAfter then: 10 min ago), resumed a minute ago:
+    // a full window from the resume, NOW + 59 min, not the one from before the pause.
+    let mut activity = probed(5, 70 * MINUTE);
+    activity["rules"] = json!({"pauseWorkspace": {"eligibleAfter": NOW - 10 * MINUTE}});
+    let mut resumed = workspace(activity, json!({}));
+    resumed["status"]["lastRunningTime"] = json!(NOW - MINUTE);
+    let mut case = Case::new(
+        resumed,
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    Arc::get_mut(&mut case.ctx).unwrap().settings.culling_soon_seconds = 3600;
+    // Not due (probed 5 min ago, every 10 min): the stored value is brought up to date, and
+    // the warning, read from it, goes out now instead of never.
+    assert_eq!(case.reconcile().await, after_seconds(300));
+    assert_eq!(case.probes(), 0);
+    assert_eq!(case.api.summary(), ["PATCH /status", "event CullingSoon"]);
+    let stored = case.stored();
+    assert_eq!(
+        stored["status"]["activity"]["rules"]["pauseWorkspace"]["eligibleAfter"],
+        NOW + 59 * MINUTE
+    );
+    assert_eq!(stored["status"]["activity"]["lastProbe"]["startTime"], NOW - 5 * MINUTE);
+    // Up to date now: nothing more is written.
+    case.reconcile().await;
+    assert_eq!(case.api.summary().len(), 2, "{:?}", case.api.summary());
+}
+
+#[tokio::test]
 async fn a_failed_probe_is_recorded_and_evented_and_retried_after_the_minimum_interval() {
     let case = Case::idle(
         policy(false),
