@@ -140,7 +140,13 @@ pub struct Registry {
     /// The CA file's certificates, read once.
     ca: Option<Vec<u8>>,
     problems: Mutex<HashMap<String, String>>,
+    /// The longest a pull may take, all of it: the client's timeouts bound each read only,
+    /// and a registry that trickles bytes would otherwise hold every probe waiting for it.
+    pull_deadline: std::time::Duration,
 }
+
+/// [`Registry::pull_deadline`] unless set otherwise: a component of the 64-MiB cap at ~0.5 MB/s.
+pub const PULL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl std::fmt::Debug for Fetched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -224,7 +230,14 @@ impl Registry {
             settings,
             ca,
             problems: Mutex::default(),
+            pull_deadline: PULL_DEADLINE,
         })
+    }
+
+    /// The same registry with another deadline for a whole pull.
+    pub fn with_pull_deadline(mut self, deadline: std::time::Duration) -> Registry {
+        self.pull_deadline = deadline;
+        self
     }
 
     /// A client of its own for each pull or push: a client keeps the credentials it was given
@@ -299,9 +312,14 @@ impl Registry {
                 pulled: false,
             });
         }
-        let fetched = self
-            .pull(location, auth)
+        let fetched = tokio::time::timeout(self.pull_deadline, self.pull(location, auth))
             .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the registry did not serve it within {} s",
+                    self.pull_deadline.as_secs()
+                ))
+            })
             .map_err(|e| format!("pulling {}: {e}", location.text))?;
         self.keep(location, &fetched);
         Ok(fetched)
@@ -489,6 +507,51 @@ pub fn auth_from_docker_config(config: &[u8], registry: &str) -> Result<Registry
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_registry_that_trickles_its_answer_fails_the_pull_at_its_deadline() {
+        // Answers every request with a long body, one byte a second: no single read waits
+        // long enough for the client's read timeout.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                                Content-Length: 100000\r\n\r\n";
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    while socket.write_all(b" ").await.is_ok() {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                });
+            }
+        });
+        let registry = Registry::new(Settings {
+            insecure: vec![address.clone()],
+            ..Settings::default()
+        })
+        .unwrap()
+        .with_pull_deadline(std::time::Duration::from_secs(2));
+        let location = parse(&format!("oci://{address}/probe@{DIGEST}"), None).unwrap();
+        let fetched = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            registry.fetch(&location, &RegistryAuth::Anonymous),
+        )
+        .await
+        .expect("the pull outlived its deadline");
+        let problem = fetched.unwrap_err();
+        assert!(problem.contains("did not serve it within 2 s"), "{problem}");
+        assert_eq!(registry.problem(&location.text), Some(problem));
+        server.abort();
+    }
 
     const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
