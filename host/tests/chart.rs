@@ -208,6 +208,10 @@ fn chart_lints_renders_and_validates_values() {
         ok && cache.contains("--cache-max-mib=768") && cache.contains("sizeLimit: 1024Mi"),
         "{err}"
     );
+    // The CullingSoon warning's window (SPEC: configurable).
+    assert!(default.contains("--culling-soon-seconds=600"), "{default}");
+    let (ok, warned, err) = template(&helm, &["controller.cullingSoonSeconds=120"]);
+    assert!(ok && warned.contains("--culling-soon-seconds=120"), "{err}");
     let (ok, set, err) = template(&helm, &["resources.limits.memory=2Gi"]);
     assert!(
         ok && set.contains("memory: 2Gi") && !set.contains("memory: 640Mi"),
