@@ -172,6 +172,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the same request is worth sending again: the apiserver was unavailable,
+    /// overloaded or could not be reached — not a refusal (403, 404, 422) it would meet again.
+    fn retryable(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(e)) => e.code >= 500 || e.code == 429,
+            Error::Kube(_) => true,
+            Error::NotLeading => false,
+        }
+    }
+
     /// The label of this error in metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -461,8 +471,12 @@ impl Context {
     /// from the one stored at its last probe: a resume (a new `lastRunningTime`), a keep-alive
     /// or a rule edit moves it, and Kubeflow's UI (and the `CullingSoon` warning) read it before
     /// the next probe. Only a stored one is brought up to date; a conflict leaves it to the
-    /// next reconcile.
+    /// next reconcile. Not while a keep-alive is clamped: its cap is counted from the clock
+    /// until the clamp is written into the annotation, so it moves on every reconcile.
     async fn refresh_eligible_after(&self, mut workspace: Workspace, governed: &Governed) -> Result<Workspace, Error> {
+        if matches!(governed.keep_alive, workspace_culler_policy::KeepAlive::Clamped { .. }) {
+            return Ok(workspace);
+        }
         let Some(activity) = workspace.activity() else {
             return Ok(workspace);
         };
@@ -682,11 +696,15 @@ async fn record(
     let written = write_result(ctx, workspace, run, rule).await;
     let mut unwritten = lock(&ctx.unwritten);
     match &written {
-        Ok(Recorded::Written(..) | Recorded::Dropped) | Err(Error::NotLeading) => {
-            unwritten.remove(&key);
-        }
-        Ok(Recorded::GaveUp) | Err(_) => {
+        Ok(Recorded::GaveUp) => {
             unwritten.insert(key, (workspace.metadata.uid.clone(), run.clone(), rule.clone()));
+        }
+        Err(e) if e.retryable() => {
+            unwritten.insert(key, (workspace.metadata.uid.clone(), run.clone(), rule.clone()));
+        }
+        // Written, dropped, refused for good, or no longer ours to write.
+        Ok(Recorded::Written(..) | Recorded::Dropped) | Err(_) => {
+            unwritten.remove(&key);
         }
     }
     match written? {
@@ -941,6 +959,9 @@ struct Touched {
     /// The names a re-list in progress has listed so far (a watch started again): one not
     /// listed by its end was deleted meanwhile.
     relisted: Option<HashSet<String>>,
+    /// The kinds the re-list in progress touched: the cache takes a re-list in whole at its
+    /// end, so they are announced then.
+    pending: BTreeSet<String>,
 }
 
 impl Touched {
@@ -952,12 +973,13 @@ impl Touched {
             }
             watcher::Event::InitApply(object) | watcher::Event::Apply(object) => {
                 let name = object.name_any();
-                if let (watcher::Event::InitApply(_), Some(listed)) = (event, self.relisted.as_mut()) {
+                let relisting = matches!(event, watcher::Event::InitApply(_)) && self.relisted.is_some();
+                if let (true, Some(listed)) = (relisting, self.relisted.as_mut()) {
                     listed.insert(name.clone());
                 }
                 let (uid, generation) = (object.meta().uid.clone(), object.meta().generation.unwrap_or_default());
                 let kinds = kinds_of(object);
-                match self.seen.insert(name, (uid.clone(), generation, kinds.clone())) {
+                let touched: Vec<String> = match self.seen.insert(name, (uid.clone(), generation, kinds.clone())) {
                     Some((seen_uid, seen_generation, _)) if seen_uid == uid && seen_generation == generation => {
                         Vec::new()
                     }
@@ -968,7 +990,13 @@ impl Touched {
                         .into_iter()
                         .collect(),
                     None => kinds,
+                };
+                if relisting {
+                    // The cache takes a list in whole at its end: announced then.
+                    self.pending.extend(touched);
+                    return Vec::new();
                 }
+                touched
             }
             watcher::Event::Delete(object) => self
                 .seen
@@ -984,10 +1012,13 @@ impl Touched {
                     .filter(|name| !listed.contains(*name))
                     .cloned()
                     .collect();
-                gone.iter()
-                    .filter_map(|name| self.seen.remove(name))
-                    .flat_map(|(_, _, kinds)| kinds)
-                    .collect()
+                let mut touched = std::mem::take(&mut self.pending);
+                touched.extend(
+                    gone.iter()
+                        .filter_map(|name| self.seen.remove(name))
+                        .flat_map(|(_, _, kinds)| kinds),
+                );
+                touched.into_iter().collect()
             }
         }
     }
@@ -1313,9 +1344,10 @@ mod tests {
             touched.event(&event, |p: &CullingPolicy| p.spec.workspace_kinds.clone())
         };
         use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        // A list is taken into the cache in whole at its end: what it touched is announced then.
         assert_eq!(event(Init), Vec::<String>::new());
-        assert_eq!(event(InitApply(policy("u1", 1, &["jupyterlab"]))), ["jupyterlab"]);
-        assert_eq!(event(InitDone), Vec::<String>::new());
+        assert_eq!(event(InitApply(policy("u1", 1, &["jupyterlab"]))), Vec::<String>::new());
+        assert_eq!(event(InitDone), ["jupyterlab"]);
         assert_eq!(
             event(Apply(policy("u1", 1, &["jupyterlab"]))),
             Vec::<String>::new(),
@@ -1340,6 +1372,10 @@ mod tests {
             ["jupyterlab"],
             "known again"
         );
+        // Edited while the watch was down: announced when the re-list ends, not before.
+        assert_eq!(event(Init), Vec::<String>::new());
+        assert_eq!(event(InitApply(policy("u3", 2, &["rstudio"]))), Vec::<String>::new());
+        assert_eq!(event(InitDone), ["jupyterlab", "rstudio"]);
     }
 
     #[test]

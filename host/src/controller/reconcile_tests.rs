@@ -42,6 +42,8 @@ struct FakeApi {
     newer_probe_first: std::sync::atomic::AtomicBool,
     /// The next status write fails with a server error.
     fail_status_write: std::sync::atomic::AtomicBool,
+    /// The next status write is refused as invalid.
+    reject_status_write: std::sync::atomic::AtomicBool,
 }
 
 /// RFC 7386 merge of `patch` into `target`.
@@ -84,6 +86,11 @@ impl FakeApi {
                     let error = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                        "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500});
                     return (StatusCode::INTERNAL_SERVER_ERROR, error);
+                }
+                if self.reject_status_write.swap(false, Ordering::SeqCst) {
+                    let error = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                       "message": "Workspace.kubeflow.org \"ws\" is invalid", "reason": "Invalid", "code": 422});
+                    return (StatusCode::UNPROCESSABLE_ENTITY, error);
                 }
                 if self.newer_probe_first.swap(false, Ordering::SeqCst) {
                     workspace["status"]["activity"]["lastProbe"] = json!({"startTime": NOW + 1000, "endTime": NOW + 1100, "result": "Success", "message": "newer"});
@@ -575,6 +582,18 @@ async fn a_result_that_could_not_be_written_is_written_by_the_retry_not_lost() {
 }
 
 #[tokio::test]
+async fn a_result_refused_as_invalid_is_not_sent_again_and_again() {
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::ActiveNow));
+    case.api.reject_status_write.store(true, Ordering::SeqCst);
+    assert!(matches!(case.try_reconcile().await, Err(Error::Kube(_))));
+    // The same write would be refused again: the retry sends nothing, and the workspace is
+    // probed again at its next due time, as after any probe.
+    assert_eq!(case.reconcile().await, after_seconds(600));
+    assert_eq!(case.api.summary(), ["PATCH /status"]);
+    assert_eq!(case.probes(), 1);
+}
+
+#[tokio::test]
 async fn a_replica_that_no_longer_leads_writes_nothing() {
     let mut case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
     let fence = leader::Fence::closed();
@@ -606,6 +625,34 @@ async fn a_keep_alive_holds_an_idle_workspace_and_shows_in_eligible_after() {
     case.reconcile().await;
     assert_eq!(case.api.summary(), ["PATCH /status"], "no pause while kept alive");
     assert_eq!(case.status_patch()["rules"]["pauseWorkspace"]["eligibleAfter"], until);
+}
+
+#[tokio::test]
+async fn eligible_after_is_written_anew_from_a_clamped_keep_alive_once_the_clamp_is_written() {
+    // Not due; the keep-alive asks for 2099. Until the clamp is in the annotation, the cap is
+    // counted from the clock, so it moves with every reconcile: nothing is written from it.
+    let mut activity = probed(1, 2 * HOUR);
+    activity["rules"] = json!({"pauseWorkspace": {"eligibleAfter": NOW - HOUR}});
+    let case = Case::new(
+        workspace(activity, keep_alive("2099-01-01T00:00:00Z")),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    case.reconcile().await;
+    assert_eq!(case.api.summary(), ["PATCH ", "event KeepAliveClamped"]);
+    // The clamped annotation holds still: eligibleAfter is written from it, once.
+    case.reconcile().await;
+    case.reconcile().await;
+    assert_eq!(
+        case.api.summary(),
+        ["PATCH ", "event KeepAliveClamped", "PATCH /status"]
+    );
+    assert_eq!(
+        case.stored()["status"]["activity"]["rules"]["pauseWorkspace"]["eligibleAfter"],
+        NOW + 8 * HOUR
+    );
+    assert_eq!(case.probes(), 0);
 }
 
 #[tokio::test]
