@@ -377,6 +377,7 @@ impl ProbeState {
                 requests_cap: limits.http_requests,
                 exceeded: exceeded.clone(),
                 memory: memory.clone(),
+                one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)),
             },
             memory: MemoryCap(memory),
             stdout,
@@ -581,6 +582,8 @@ struct ConfinedHttp {
     exceeded: CapExceeded,
     /// The probe's memory, which holds the bodies of its requests and responses too.
     memory: Arc<ProbeMemory>,
+    /// One permit: the probe's HTTP calls reach its pod one at a time.
+    one_at_a_time: Arc<tokio::sync::Semaphore>,
 }
 
 type HttpError = wasmtime_wasi_http::Error;
@@ -631,10 +634,11 @@ impl WasiHttpHooks for ConfinedHttp {
         }
         let workspace = self.workspace.clone();
         let capabilities = self.capabilities.clone();
-        let remaining = self.deadline_at.saturating_duration_since(Instant::now());
+        let deadline_at = self.deadline_at;
         let body_cap = self.body_cap;
         let (logs, uri) = (self.logs.clone(), request.uri().clone());
         let (memory, exceeded) = (self.memory.clone(), self.exceeded.clone());
+        let one_at_a_time = self.one_at_a_time.clone();
         Box::new(async move {
             // Held against the probe's memory while the host holds it: however many requests
             // a probe opens, the bodies the host gathers for it stay within its cap.
@@ -669,6 +673,10 @@ impl WasiHttpHooks for ConfinedHttp {
                 body,
                 response_body_cap: body_cap,
             };
+            // The capability reads a response whole before it can be counted: one call at a
+            // time, so no more than one response (at most the body cap) is held uncounted.
+            let _turn = one_at_a_time.acquire_owned().await.ok();
+            let remaining = deadline_at.saturating_duration_since(Instant::now());
             let response = match tokio::time::timeout(remaining, capabilities.http(&workspace, request)).await {
                 Err(_) => return Err(HttpError::ConnectionReadTimeout),
                 Ok(Err(message)) => return Err(HttpError::InternalError(Some(message))),

@@ -216,8 +216,9 @@ fn plan(
                 } else if crate::oci::is_oci(location) {
                     Module::Oci(crate::oci::parse(location, module.sha256.as_deref())?)
                 } else {
+                    let path = module_path(module_dir, location)?;
                     unpinned_file(module).map_or(Ok(()), Err)?;
-                    Module::File(module_path(module_dir, location)?)
+                    Module::File(path)
                 },
                 sha256: module.sha256.clone(),
                 config: serde_json::Value::Object(module.config.clone().unwrap_or_default()),

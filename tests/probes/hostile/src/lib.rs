@@ -162,6 +162,31 @@ impl Probe for Hostile {
                 std::hint::black_box(&held);
                 Ok(Reply::Json(r#"{"has_activity":true}"#.into()))
             }
+            // Send `requests` GETs to the workspace's pod all at once, then wait for each.
+            "http-parallel" => {
+                use probe_sdk::bindings::wasi::http::{outgoing_handler, types};
+                let authority = format!("{}:80", workspace.pod_ip);
+                let futures: Vec<_> = (0..config["requests"].as_u64().unwrap_or(4))
+                    .filter_map(|_| {
+                        let request = types::OutgoingRequest::new(types::Fields::new());
+                        let _ = request.set_scheme(Some(&types::Scheme::Http));
+                        let _ = request.set_authority(Some(&authority));
+                        let _ = request.set_path_with_query(Some("/"));
+                        outgoing_handler::handle(request, None).ok()
+                    })
+                    .collect();
+                let answered = futures
+                    .iter()
+                    .filter(|future| {
+                        future.subscribe().block();
+                        matches!(future.get(), Some(Ok(Ok(_))))
+                    })
+                    .count();
+                Ok(Reply::Json(format!(
+                    r#"{{"has_activity":{}}}"#,
+                    answered == futures.len()
+                )))
+            }
             // Hold ever more resource handles (HTTP header maps) in the host.
             "handles" => {
                 let mut held = Vec::new();
