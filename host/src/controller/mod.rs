@@ -358,7 +358,11 @@ impl Context {
         match &governed.keep_alive {
             KeepAlive::None | KeepAlive::Until(_) => {}
             KeepAlive::Clamped { until, .. } => {
-                if lock(&self.keep_alive_reported).get(&key) == Some(&value) {
+                // Once per value and version of the object: an owner who sets the same value
+                // again is clamped again (else the cap would count from every reconcile's
+                // clock), but an object the watch has not yet brought back is not.
+                let seen = format!("{value}@{}", workspace.resource_version().unwrap_or_default());
+                if lock(&self.keep_alive_reported).get(&key) == Some(&seen) {
                     return;
                 }
                 let Some(capped) = chrono::DateTime::from_timestamp_millis(*until)
@@ -378,7 +382,7 @@ impl Context {
                     tracing::warn!(error = %e, "cannot clamp the keep-alive annotation");
                     return;
                 }
-                lock(&self.keep_alive_reported).insert(key, value.clone());
+                lock(&self.keep_alive_reported).insert(key, seen);
                 let max = governed.policy.spec.keep_alive_max_seconds();
                 self.event(
                     workspace,

@@ -686,6 +686,19 @@ async fn a_keep_alive_beyond_the_cap_is_clamped_in_the_annotation_with_an_event(
         NOW + 8 * HOUR
     );
     assert_eq!(case.stored()["spec"]["paused"], false);
+
+    // The owner sets the same value again: clamped again, not kept running from every
+    // reconcile's clock.
+    {
+        let mut stored = lock(&case.api.workspace);
+        stored["metadata"]["annotations"] = keep_alive("2099-01-01T00:00:00Z");
+        stored["metadata"]["resourceVersion"] = "100".into();
+    }
+    case.reconcile().await;
+    assert_eq!(
+        case.stored()["metadata"]["annotations"][workspace_culler_policy::KEEP_ALIVE_ANNOTATION],
+        capped.as_str()
+    );
 }
 
 #[tokio::test]
