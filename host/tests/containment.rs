@@ -530,6 +530,77 @@ async fn more_evaluations_than_pool_slots_wait_instead_of_failing() {
     );
 }
 
+/// A probe whose `info` sleeps for an hour on WASI's monotonic clock: a wait in the host,
+/// which no epoch deadline interrupts.
+const SLEEPS_IN_INFO_WAT: &str = r#"(component
+  (type $port' (record (field "id" string) (field "number" u16)))
+  (export $port "port" (type $port'))
+  (type $workspace' (record
+    (field "namespace" string) (field "name" string) (field "pod-name" string)
+    (field "pod-ip" string) (field "container" string) (field "ports" (list $port))))
+  (export $workspace "workspace" (type $workspace'))
+  (type $probe-error' (variant (case "failure" string) (case "timeout" string)))
+  (export $probe-error "probe-error" (type $probe-error'))
+  (type $probe-info' (record
+    (field "name" string) (field "version" string) (field "description" string)
+    (field "capabilities" (list string))))
+  (export $probe-info "probe-info" (type $probe-info'))
+  (type $poll-type (instance
+    (export "pollable" (type (sub resource)))
+    (type (borrow 0))
+    (type (func (param "self" 1)))
+    (export "[method]pollable.block" (func (type 2)))))
+  (import "wasi:io/poll@0.2.0" (instance $poll (type $poll-type)))
+  (alias export $poll "pollable" (type $pollable))
+  (type $clock-type (instance
+    (alias outer 1 $pollable (type))
+    (export "pollable" (type (eq 0)))
+    (type (own 1))
+    (type (func (param "when" u64) (result 2)))
+    (export "subscribe-duration" (func (type 3)))))
+  (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock (type $clock-type)))
+  (core func $block (canon lower (func $poll "[method]pollable.block")))
+  (core func $subscribe (canon lower (func $clock "subscribe-duration")))
+  (core module $m
+    (import "host" "block" (func $block (param i32)))
+    (import "host" "subscribe" (func $subscribe (param i64) (result i32)))
+    (memory (export "memory") 1)
+    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 2048))
+    (func (export "probe")
+      (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+      (i32.const 64))
+    (func (export "info") (result i32)
+      (call $block (call $subscribe (i64.const 3600000000000)))
+      (i32.const 128))
+    (data (i32.const 64) "\00\00\00\00\00\02\00\00\15\00\00\00")
+    (data (i32.const 128) "\00\03\00\00\06\00\00\00\10\03\00\00\05\00\00\00\20\03\00\00\06\00\00\00\00\00\00\00\00\00\00\00")
+    (data (i32.const 512) "{\"has_activity\":true}")
+    (data (i32.const 768) "sleepy")
+    (data (i32.const 784) "0.1.0")
+    (data (i32.const 800) "sleeps"))
+  (core instance $host (export "block" (func $block)) (export "subscribe" (func $subscribe)))
+  (core instance $i (instantiate $m (with "host" (instance $host))))
+  (func (export "info") (result $probe-info)
+    (canon lift (core func $i "info") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc"))))
+  (func (export "probe")
+    (param "workspace" $workspace) (param "config" string)
+    (result (result string (error $probe-error)))
+    (canon lift (core func $i "probe") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc"))))
+)"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_waits_in_its_info_is_stopped_at_the_info_deadline() {
+    let engine = engine(Allocation::OnDemand);
+    let probe = engine.load(&wat::parse_str(SLEEPS_IN_INFO_WAT).unwrap(), None).unwrap();
+    let started = Instant::now();
+    let info = tokio::time::timeout(Duration::from_secs(60), engine.info(&probe))
+        .await
+        .expect("info outlived its deadline");
+    let error = info.unwrap_err().to_string();
+    assert!(error.contains("did not describe itself within 5 s"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
 /// Answers every HTTP request with a body just under the response cap.
 struct BigAnswers;
 

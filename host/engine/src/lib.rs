@@ -54,6 +54,9 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Extra wall-clock time beyond a probe's deadline before the call is cut.
 const WALL_CLOCK_GRACE: Duration = Duration::from_millis(500);
 
+/// How long a probe may take to describe itself (`info`).
+pub const INFO_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Caps applied to every evaluation.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -506,23 +509,35 @@ impl ProbeEngine {
         Ok(component)
     }
 
-    /// Ask a probe to describe itself.
+    /// Ask a probe to describe itself, within [`INFO_DEADLINE`] (its own code and any host
+    /// call it waits in).
     pub async fn info(&self, probe: &LoadedProbe) -> anyhow::Result<ProbeInfo> {
         let _slot = self.slots.acquire().await.ok();
+        let deadline_at = Instant::now() + INFO_DEADLINE;
         let state = ProbeState::new(
             &self.config.limits,
             self.memory.clone(),
             Workspace::empty(),
             Arc::new(NoCapabilities),
-            Instant::now() + Duration::from_secs(5),
+            deadline_at,
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             false,
         );
-        let mut store = self.store(state, Instant::now() + Duration::from_secs(5));
-        let instance = probe.pre.instantiate_async(&mut store).await.map_err(to_anyhow)?;
-        instance.call_info(&mut store).await.map_err(to_anyhow)
+        let mut store = self.store(state, deadline_at);
+        let call = async {
+            let instance = probe.pre.instantiate_async(&mut store).await.map_err(to_anyhow)?;
+            instance.call_info(&mut store).await.map_err(to_anyhow)
+        };
+        tokio::time::timeout(INFO_DEADLINE + WALL_CLOCK_GRACE, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "the probe did not describe itself within {} s (its info waited on the host)",
+                    INFO_DEADLINE.as_secs()
+                ))
+            })
     }
 
     fn store(&self, state: ProbeState, deadline_at: Instant) -> Store<ProbeState> {
