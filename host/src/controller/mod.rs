@@ -496,10 +496,12 @@ impl Context {
             .pause_workspace
             .get_or_insert_with(Default::default)
             .eligible_after = eligible;
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": workspace.resource_version()},
+        let mut patch = serde_json::json!({
             "status": {"activity": {"rules": {"pauseWorkspace": {"eligibleAfter": eligible}}}},
         });
+        if let Some(version) = workspace.resource_version() {
+            patch["metadata"] = serde_json::json!({"resourceVersion": version});
+        }
         self.fenced()?;
         let key = key_of(&workspace);
         match patch_workspace_status(&self.client, &key.0, &key.1, &patch).await {

@@ -217,7 +217,9 @@ fn plan(
                     Module::Oci(crate::oci::parse(location, module.sha256.as_deref())?)
                 } else {
                     let path = module_path(module_dir, location)?;
-                    unpinned_file(module).map_or(Ok(()), Err)?;
+                    if let Some(problem) = unpinned_file(module) {
+                        return Err(problem);
+                    }
                     Module::File(path)
                 },
                 sha256: module.sha256.clone(),
