@@ -218,6 +218,10 @@ struct Reservation {
 }
 
 impl Reservation {
+    fn new(memory: Arc<ProbeMemory>) -> Reservation {
+        Reservation { memory, bytes: 0 }
+    }
+
     fn grow(&mut self, bytes: usize) -> Result<(), String> {
         self.memory.take(bytes)?;
         self.bytes += bytes;
@@ -647,10 +651,7 @@ impl WasiHttpHooks for ConfinedHttp {
                     push_log(&logs, LogLevel::Warn, message);
                 }
             };
-            let mut sending = Reservation {
-                memory: memory.clone(),
-                bytes: 0,
-            };
+            let mut sending = Reservation::new(memory.clone());
             let (parts, mut body) = request.into_parts();
             let mut gathered = bytes::BytesMut::new();
             while let Some(frame) = body.frame().await {
@@ -695,7 +696,7 @@ impl WasiHttpHooks for ConfinedHttp {
             for (name, value) in &response.headers {
                 builder = builder.header(name, value);
             }
-            let mut receiving = Reservation { memory, bytes: 0 };
+            let mut receiving = Reservation::new(memory);
             receiving.grow(response.body.len()).map_err(|message| {
                 refuse(message);
                 HttpError::HttpResponseBodySize(None)
@@ -777,15 +778,9 @@ mod tests {
     fn http_bodies_held_for_a_probe_count_in_its_memory_until_dropped() {
         let budget = Arc::new(MemoryBudget::new(100));
         let probe = cap(&budget);
-        let mut body = Reservation {
-            memory: probe.0.clone(),
-            bytes: 0,
-        };
+        let mut body = Reservation::new(probe.0.clone());
         body.grow(40).unwrap();
-        let mut other = Reservation {
-            memory: probe.0.clone(),
-            bytes: 0,
-        };
+        let mut other = Reservation::new(probe.0.clone());
         other.grow(20).unwrap();
         assert_eq!(budget.in_use(), 60);
         let refused = other.grow(10).unwrap_err();

@@ -700,18 +700,17 @@ async fn record(
 ) -> Result<Option<(Workspace, Activity)>, Error> {
     let key = key_of(workspace);
     let written = write_result(ctx, workspace, run, rule).await;
+    // Kept for the next reconcile unless written, dropped, refused for good, or no longer ours.
+    let retry = match &written {
+        Ok(Recorded::GaveUp) => true,
+        Err(e) => e.retryable(),
+        Ok(Recorded::Written(..) | Recorded::Dropped) => false,
+    };
     let mut unwritten = lock(&ctx.unwritten);
-    match &written {
-        Ok(Recorded::GaveUp) => {
-            unwritten.insert(key, (workspace.metadata.uid.clone(), run.clone(), rule.clone()));
-        }
-        Err(e) if e.retryable() => {
-            unwritten.insert(key, (workspace.metadata.uid.clone(), run.clone(), rule.clone()));
-        }
-        // Written, dropped, refused for good, or no longer ours to write.
-        Ok(Recorded::Written(..) | Recorded::Dropped) | Err(_) => {
-            unwritten.remove(&key);
-        }
+    if retry {
+        unwritten.insert(key, (workspace.metadata.uid.clone(), run.clone(), rule.clone()));
+    } else {
+        unwritten.remove(&key);
     }
     match written? {
         Recorded::Written(workspace, activity) => Ok(Some((*workspace, activity))),
