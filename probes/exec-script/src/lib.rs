@@ -1,7 +1,10 @@
 //! The built-in exec-script probe: runs the kind's script in the workspace's
-//! main container; the script writes the contract JSON to `OUTPUT_JSON_PATH`.
+//! main container and reads what the script wrote to `OUTPUT_JSON_PATH` as
+//! Kubeflow's `podExec` probe does (the WorkspaceKind CRD's `podExec.script`):
+//! a script reports inactivity only by writing JSON; no file, an empty one or
+//! an object with neither key means the workspace is active.
 
-use probe_sdk::{Command, ExecError, Host, Probe, ProbeError, ProbeInfo, Reply, Workspace};
+use probe_sdk::{Activity, Command, ExecError, Host, Probe, ProbeError, ProbeInfo, Reply, Workspace};
 use serde::Deserialize;
 
 /// `activityProbe.exec` of the WorkspaceKind.
@@ -33,14 +36,18 @@ const MAX_SHEBANG: usize = 255;
 /// argument over 128 KiB (MAX_ARG_STRLEN) with a bare "argument list too long".
 const MAX_SCRIPT_BYTES: usize = 128 * 1024 - 1;
 
+/// Largest result file: the contract's cap on a probe's result (a result is a small JSON
+/// object; the host may have cut a longer output already).
+const MAX_FILE_BYTES: usize = 64 * 1024;
+
 /// Marks the runner's own errors on stderr, to tell them from the script's.
 const RUNNER_MARK: &str = "activity-probe-runner:";
 
 /// Removes a stale result, stores the script (passed as an argument, so no
 /// exec implementation needs to support closing stdin) in a temporary file,
 /// runs it with its shebang's interpreter (so a `noexec` /tmp still works),
-/// and prints the result file. The script's own stdout goes to stderr so
-/// that stdout carries only the result.
+/// and prints the result file, if the script wrote one. The script's own
+/// stdout goes to stderr so that stdout carries only the result.
 const RUNNER: &str = r#"out="$1"; interp="$2"; body="$3"; arg="${4:-}"
 fail() { echo "activity-probe-runner: $*" >&2; exit 125; }
 rm -f -- "$out" || fail "cannot remove the stale output file $out"
@@ -51,7 +58,7 @@ else OUTPUT_JSON_PATH="$out" "$interp" "$script" >&2; fi
 rc=$?
 rm -f -- "$script"
 [ "$rc" -eq 0 ] || exit "$rc"
-[ -f "$out" ] || fail "the script exited 0 but wrote no file at $out"
+[ -f "$out" ] || exit 0
 cat -- "$out"
 "#;
 
@@ -140,10 +147,64 @@ impl Probe for ExecScript {
                 output.exit_code
             )));
         }
-        let json = String::from_utf8(output.stdout)
+        let text = String::from_utf8(output.stdout)
             .map_err(|_| ProbeError::Failure(format!("Exec probe failed: {} is not UTF-8 text", config.output_path)))?;
-        Ok(Reply::Json(json))
+        reply_of(&text, &config.output_path)
     }
+}
+
+/// The result the script's file gives, in Kubeflow's `podExec` meaning: `has_activity` wins
+/// when it is there (`last_activity` is then ignored); `last_activity` alone is relayed, for
+/// the host to check as any probe's; an empty file, `null` or an object with neither key is
+/// activity now; other keys are ignored. A file that is not such an object, or a key of the
+/// wrong type, is a failure naming it.
+fn reply_of(text: &str, path: &str) -> Result<Reply, ProbeError> {
+    use serde_json::Value;
+    let fail = |why: String| ProbeError::Failure(format!("Exec probe failed: {path}: {why}"));
+    let kind = |value: &Value| match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    if text.len() > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "is {} bytes or more, over the cap of {MAX_FILE_BYTES} bytes",
+            text.len()
+        )));
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Activity::active_now().into());
+    }
+    let object = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Null) => return Ok(Activity::active_now().into()),
+        Ok(Value::Object(object)) => object,
+        Ok(other) => return Err(fail(format!("must hold a JSON object, got {}", kind(&other)))),
+        Err(e) => return Err(fail(format!("is not valid JSON ({e})"))),
+    };
+    let has_activity = match object.get("has_activity") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(active)) => Some(*active),
+        Some(other) => return Err(fail(format!("has_activity must be true or false, got {}", kind(other)))),
+    };
+    let last_activity = match object.get("last_activity") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(time)) => Some(time),
+        Some(other) => {
+            return Err(fail(format!(
+                "last_activity must be a timestamp string, got {}",
+                kind(other)
+            )));
+        }
+    };
+    Ok(match (has_activity, last_activity) {
+        (Some(true), _) | (None, None) => Activity::active_now().into(),
+        (Some(false), _) => Activity::idle().into(),
+        (None, Some(time)) => Reply::Json(serde_json::json!({ "last_activity": time }).to_string()),
+    })
 }
 
 probe_sdk::export_probe!(ExecScript);
@@ -158,14 +219,14 @@ mod tests {
     }
 
     #[test]
-    fn relays_the_result_file_and_runs_the_shebang_interpreter() {
+    fn reads_the_result_file_and_runs_the_shebang_interpreter() {
         let host = FakeHost::new().exec_reply(0, r#"{"has_activity":true}"#, "");
         let reply = ExecScript::probe(
             &host,
             &Workspace::default(),
             &config("#!/usr/bin/env python3\nprint(1)"),
         );
-        assert_eq!(reply, Ok(Reply::Json(r#"{"has_activity":true}"#.into())));
+        assert_eq!(reply, Ok(Reply::Activity(Activity::ActiveNow)));
         let cmd = &host.commands()[0];
         assert_eq!(
             cmd.argv[4..],
@@ -192,12 +253,8 @@ mod tests {
                 "Exec probe failed: unexpected exit code 3 (oops)",
             ),
             (
-                FakeHost::new().exec_reply(
-                    125,
-                    "",
-                    "activity-probe-runner: the script exited 0 but wrote no file at /x",
-                ),
-                "Exec probe failed: the script exited 0 but wrote no file at /x",
+                FakeHost::new().exec_reply(125, "", "activity-probe-runner: cannot create a temporary file"),
+                "Exec probe failed: cannot create a temporary file",
             ),
         ];
         for (host, message) in cases {
@@ -210,6 +267,60 @@ mod tests {
             reply,
             Err(ProbeError::Timeout("Exec probe failed: timeout after 5000ms".into()))
         );
+    }
+
+    #[test]
+    fn reads_the_file_as_kubeflow_s_pod_exec_probe_does() {
+        let reply = |file: &str| {
+            ExecScript::probe(
+                &FakeHost::new().exec_reply(0, file, ""),
+                &Workspace::default(),
+                &config("#!/bin/sh"),
+            )
+        };
+        let active = Ok(Reply::Activity(Activity::ActiveNow));
+        // A script reports inactivity only by writing JSON: no file (the runner prints
+        // nothing), an empty one, `null` or an object with neither key is activity.
+        for file in [
+            "",
+            " \n",
+            "null",
+            "{}",
+            r#"{"last_activity": null}"#,
+            r#"{"has_activity": null}"#,
+        ] {
+            assert_eq!(reply(file), active, "{file:?}");
+        }
+        assert_eq!(reply(r#"{"has_activity": true, "note": "ignored"}"#), active);
+        // has_activity wins over last_activity, whatever that holds.
+        assert_eq!(reply(r#"{"has_activity": true, "last_activity": "soon"}"#), active);
+        assert_eq!(
+            reply(r#"{"has_activity": false, "last_activity": "2026-11-29T00:00:00Z"}"#),
+            Ok(Reply::Activity(Activity::Idle))
+        );
+        // last_activity alone goes to the host, which checks its time as any probe's.
+        assert_eq!(
+            reply(r#"{"last_activity": "2026-11-29T00:00:00Z", "x": 1}"#),
+            Ok(Reply::Json(r#"{"last_activity":"2026-11-29T00:00:00Z"}"#.into()))
+        );
+        for (file, why) in [
+            (
+                r#"{"has_activity": "yes"}"#,
+                "has_activity must be true or false, got a string",
+            ),
+            (
+                r#"{"has_activity": true, "last_activity": 5}"#,
+                "last_activity must be a timestamp string, got a number",
+            ),
+            ("[true]", "must hold a JSON object, got an array"),
+            ("has_activity=true", "is not valid JSON"),
+        ] {
+            assert!(
+                matches!(reply(file), Err(ProbeError::Failure(ref m)) if m.starts_with("Exec probe failed: /tmp/activity_probe.json: ") && m.contains(why)),
+                "{file}: {:?}",
+                reply(file)
+            );
+        }
     }
 
     #[test]
