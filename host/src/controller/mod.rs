@@ -566,8 +566,14 @@ impl Context {
 }
 
 /// Pause the workspace: a patch of `spec.paused` alone, preconditioned on the uid and
-/// resourceVersion of a fresh read that still warrants it, retried on conflict.
-async fn pause(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Result<(), Error> {
+/// resourceVersion of a fresh read that still warrants it under the policy as it was when the
+/// workspace was probed (`probed_under`), retried on conflict.
+async fn pause(
+    workspace: &Workspace,
+    probe_start_ms: i64,
+    probed_under: &CullingPolicy,
+    ctx: &Context,
+) -> Result<(), Error> {
     let namespace = workspace.namespace().unwrap_or_default();
     let name = workspace.name_any();
     let api: Api<Workspace> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -602,6 +608,13 @@ async fn pause(workspace: &Workspace, probe_start_ms: i64, ctx: &Context) -> Res
         };
         if !policy.spec.workspace_kinds.contains(&fresh.spec.kind) {
             tracing::info!(policy = %policy_name, "the policy no longer names the kind; not pausing");
+            return Ok(());
+        }
+        // An edit of the policy (its probe, its rules) or its re-creation since the probe: the
+        // probe's verdict was reached under another policy; the next probe decides.
+        let version = |p: &CullingPolicy| (p.name_any(), p.metadata.uid.clone(), p.metadata.generation);
+        if version(&policy) != version(probed_under) {
+            tracing::info!(policy = %policy_name, "the policy changed since the probe; not pausing");
             return Ok(());
         }
         let governed = ctx.with_policy(&fresh, Arc::new(policy), governed.kind);
@@ -869,7 +882,7 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
         &ctx.effective_policy(&governed.policy),
         (ctx.clock)(),
     ) {
-        Pause::Yes | Pause::WouldCull => pause(&probed, run.start_ms, &ctx).await?,
+        Pause::Yes | Pause::WouldCull => pause(&probed, run.start_ms, &governed.policy, &ctx).await?,
         Pause::No(Keep::NotYetEligible { .. } | Keep::ProbeFailed(_)) => {}
         Pause::No(keep) => tracing::debug!(%keep, "not pausing"),
     }

@@ -538,6 +538,25 @@ async fn a_policy_edit_the_cache_does_not_show_yet_is_honoured_before_a_pause() 
 }
 
 #[tokio::test]
+async fn a_policy_edited_since_the_probe_pauses_nothing_on_that_probe_s_verdict() {
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
+    // The probe ran under generation 1; the apiserver already has generation 2, whose probe
+    // (say, one that also sees terminals) might find the workspace in use.
+    let mut edited = serde_json::to_value(policy(false)).unwrap();
+    edited["metadata"]["generation"] = 2.into();
+    edited["spec"]["activityProbe"]["jupyter"]["portId"] = "lab".into();
+    *lock(&case.api.policy) = edited;
+    case.reconcile().await;
+    assert_eq!(case.api.summary(), ["PATCH /status", "GET ", "GET policy"]);
+    assert_eq!(case.stored()["spec"]["paused"], false);
+    // Re-created under the same name (a new uid) is another policy too.
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
+    lock(&case.api.policy)["metadata"]["uid"] = "re-created".into();
+    case.reconcile().await;
+    assert_eq!(case.stored()["spec"]["paused"], false);
+}
+
+#[tokio::test]
 async fn an_older_probe_never_overwrites_a_newer_one() {
     let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
     case.api.newer_probe_first.store(true, Ordering::SeqCst);
