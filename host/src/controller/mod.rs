@@ -206,6 +206,9 @@ fn patch_params() -> PatchParams {
 }
 
 /// What an `Accept` header asks for to get an object's metadata only (`PartialObjectMetadata`).
+/// How soon a `CullingSoon` warning that could not be recorded is tried again.
+const WARNING_RETRY_MS: i64 = 10_000;
+
 const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
 /// A merge patch of a Workspace's `status`, answered with the Workspace's metadata only. The
@@ -393,11 +396,19 @@ impl Context {
                 .await;
             }
             KeepAlive::Ignored(why) => {
-                if lock(&self.keep_alive_reported).insert(key, value.clone()).as_deref() == Some(value.as_str()) {
+                if lock(&self.keep_alive_reported)
+                    .insert(key.clone(), value.clone())
+                    .as_deref()
+                    == Some(value.as_str())
+                {
                     return;
                 }
-                self.event(workspace, EventType::Warning, "KeepAliveIgnored", why.clone())
-                    .await;
+                if !self
+                    .event(workspace, EventType::Warning, "KeepAliveIgnored", why.clone())
+                    .await
+                {
+                    lock(&self.keep_alive_reported).remove(&key);
+                }
             }
         }
     }
@@ -454,10 +465,12 @@ impl Context {
         spec
     }
 
-    async fn event(&self, workspace: &Workspace, type_: EventType, reason: &str, note: String) {
+    /// Record an Event on the workspace; whether it was recorded (a one-time warning that was
+    /// not is tried again).
+    async fn event(&self, workspace: &Workspace, type_: EventType, reason: &str, note: String) -> bool {
         if !self.fence.holds() {
             tracing::info!(reason, "not the leader: the event is not recorded");
-            return;
+            return false;
         }
         let event = Event {
             type_,
@@ -466,8 +479,12 @@ impl Context {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &workspace.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "cannot record event");
+        match self.recorder.publish(&event, &workspace.object_ref(&())).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, reason, "cannot record event");
+                false
+            }
         }
     }
 
@@ -546,7 +563,6 @@ impl Context {
         if now >= eligible.saturating_add(PAUSE_GRACE_MS) {
             return None;
         }
-        lock(&self.warned).insert(key_of(workspace), eligible);
         let when = chrono::DateTime::from_timestamp_millis(eligible)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_default();
@@ -560,8 +576,14 @@ impl Context {
         } else {
             format!("Idle: will be paused after {when} unless it is used before then")
         };
-        self.event(workspace, EventType::Warning, "CullingSoon", note).await;
-        None
+        if self.event(workspace, EventType::Warning, "CullingSoon", note).await {
+            lock(&self.warned).insert(key_of(workspace), eligible);
+            None
+        } else {
+            // Not recorded (a moment without the lease, an apiserver error): warned again soon,
+            // so the pause never comes unannounced for that.
+            Some(now.saturating_add(WARNING_RETRY_MS))
+        }
     }
 }
 
@@ -660,14 +682,13 @@ async fn pause(
                     return Ok(());
                 }
                 tracing::info!("dry run: would pause the workspace");
-                ctx.metrics.culls.with_label_values(&["true"]).inc();
-                ctx.event(
-                    &fresh,
-                    EventType::Normal,
-                    "WouldCull",
-                    format!("Dry run: would pause, {note}"),
-                )
-                .await;
+                let note = format!("Dry run: would pause, {note}");
+                if ctx.event(&fresh, EventType::Normal, "WouldCull", note).await {
+                    ctx.metrics.culls.with_label_values(&["true"]).inc();
+                } else {
+                    // Reported (and counted) by the next probe that finds it so.
+                    lock(&ctx.would_cull).remove(&key_of(&fresh));
+                }
                 return Ok(());
             }
             Pause::Yes => {}

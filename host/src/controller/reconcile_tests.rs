@@ -44,6 +44,8 @@ struct FakeApi {
     fail_status_write: std::sync::atomic::AtomicBool,
     /// The next status write is refused as invalid.
     reject_status_write: std::sync::atomic::AtomicBool,
+    /// How many Events to refuse with a server error first.
+    events_to_refuse: AtomicUsize,
 }
 
 /// RFC 7386 merge of `patch` into `target`.
@@ -65,6 +67,15 @@ fn merge(target: &mut Value, patch: &Value) {
 impl FakeApi {
     fn respond(&self, method: &Method, path: &str, body: &Value) -> (StatusCode, Value) {
         if path.starts_with("/apis/events.k8s.io/") {
+            if self
+                .events_to_refuse
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let error = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                   "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500});
+                return (StatusCode::INTERNAL_SERVER_ERROR, error);
+            }
             return (StatusCode::CREATED, body.clone());
         }
         let mut workspace = lock(&self.workspace);
@@ -405,6 +416,41 @@ async fn after_a_resume_eligible_after_is_written_anew_and_the_warning_comes_bef
     // Up to date now: nothing more is written.
     case.reconcile().await;
     assert_eq!(case.api.summary().len(), 2, "{:?}", case.api.summary());
+}
+
+#[tokio::test]
+async fn a_warning_that_could_not_be_recorded_is_tried_again_not_marked_as_given() {
+    // Probed 5 min ago (every 10 min), eligible in 20 min, warned 60 min ahead.
+    let mut activity = probed(5, 40 * MINUTE);
+    activity["rules"] = json!({"pauseWorkspace": {"eligibleAfter": NOW + 20 * MINUTE}});
+    let mut case = Case::new(
+        workspace(activity, json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    Arc::get_mut(&mut case.ctx).unwrap().settings.culling_soon_seconds = 3600;
+    case.api.events_to_refuse.store(1, Ordering::SeqCst);
+    assert_eq!(case.reconcile().await, after_seconds(10), "tried again soon");
+    assert_eq!(case.api.summary(), ["event CullingSoon"]);
+    assert_eq!(case.reconcile().await, after_seconds(300), "then the next probe");
+    assert_eq!(case.api.summary(), ["event CullingSoon", "event CullingSoon"]);
+    case.reconcile().await;
+    assert_eq!(case.api.summary().len(), 2, "once recorded, given once");
+}
+
+#[tokio::test]
+async fn a_would_cull_event_that_could_not_be_recorded_is_reported_by_the_next_probe() {
+    let case = Case::idle(policy(true), ProbeOutcome::Success(ProbeActivity::Idle));
+    case.api.events_to_refuse.store(1, Ordering::SeqCst);
+    case.reconcile().await;
+    assert_eq!(lock(&case.ctx.would_cull).get(&("team".into(), "ws".into())), None);
+    assert_eq!(case.ctx.metrics.culls.with_label_values(&["true"]).get(), 0);
+    lock(&case.api.workspace)["status"]["activity"] = probed(30, 2 * HOUR);
+    lock(&case.ctx.written).clear();
+    case.reconcile().await;
+    assert_eq!(case.api.summary().iter().filter(|s| *s == "event WouldCull").count(), 2);
+    assert_eq!(case.ctx.metrics.culls.with_label_values(&["true"]).get(), 1);
 }
 
 #[tokio::test]
