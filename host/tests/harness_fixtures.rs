@@ -21,7 +21,7 @@ fn run_fixture_dir(probe: &str) -> (i32, String) {
 fn jupyter_fixtures_pass() {
     let (code, text) = run_fixture_dir("jupyter");
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("6 passed, 0 failed"), "{text}");
+    assert!(text.contains("7 passed, 0 failed"), "{text}");
 }
 
 #[test]
@@ -47,7 +47,7 @@ fn a_fixture_run_against_the_wrong_probe_fails_loudly() {
         cache.path(),
     );
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("0 passed, 6 failed"), "{text}");
+    assert!(text.contains("0 passed, 7 failed"), "{text}");
 }
 
 #[test]

@@ -50,7 +50,8 @@ impl Workspace {
         self.ports.iter().find(|(p, _)| p == id).map(|(_, n)| *n)
     }
 
-    /// `http://<pod-ip>:<port>` for a port id, or a failure naming what is missing.
+    /// `http://<pod-ip>:<port>` for a port id (an IPv6 address in brackets), or a failure
+    /// naming what is missing.
     pub fn base_url(&self, port_id: &str) -> Result<String, ProbeError> {
         let port = self.port(port_id).ok_or_else(|| {
             let known: Vec<&str> = self.ports.iter().map(|(p, _)| p.as_str()).collect();
@@ -66,7 +67,11 @@ impl Workspace {
         if self.pod_ip.is_empty() {
             return Err(ProbeError::Failure("the workspace's pod has no IP yet".into()));
         }
-        Ok(format!("http://{}:{port}", self.pod_ip))
+        if self.pod_ip.contains(':') {
+            Ok(format!("http://[{}]:{port}", self.pod_ip))
+        } else {
+            Ok(format!("http://{}:{port}", self.pod_ip))
+        }
     }
 }
 
