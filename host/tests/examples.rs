@@ -255,7 +255,7 @@ fn go_code_server_is_built_with_standard_go_and_passes_its_fixtures() {
     check_example(
         "go-code-server",
         "code-server",
-        8,
+        9,
         &["wasi:http/outgoing-handler@0.2.12", "workspace-culler:probe/log@0.1.0"],
         (
             "src/export_wit_world/probe.go",
@@ -272,7 +272,7 @@ fn js_rstudio_is_built_with_componentize_js_and_passes_its_fixtures() {
     check_example(
         "js-rstudio",
         "rstudio",
-        8,
+        10,
         &["wasi:http/outgoing-handler@0.2.12", "workspace-culler:probe/log@0.1.0"],
         (
             "src/rstudio.js",

@@ -56,7 +56,9 @@ async function probeOnce(workspace, configText) {
     const known = workspace.ports.map((p) => p.id).join(', ') || 'none';
     throw new ProbeFailure(`port id "${config.portId}" does not resolve to a port of this workspace (known: ${known})`);
   }
-  const url = `http://${workspace.podIp}:${port.number}${config.pathPrefix.replace(/\/+$/, '')}/health-check`;
+  // An IPv6 address goes in brackets.
+  const host = workspace.podIp.includes(':') ? `[${workspace.podIp}]` : workspace.podIp;
+  const url = `http://${host}:${port.number}${config.pathPrefix.replace(/\/+$/, '')}/health-check`;
   let response;
   try {
     response = await fetch(url);
@@ -66,6 +68,11 @@ async function probeOnce(workspace, configText) {
   if (!response.ok) throw new ProbeFailure(`HTTP ${response.status} from ${url}`);
   const health = parseHealth(await response.text());
   log('debug', `health check: ${JSON.stringify(health)}`);
+  // rserver always reports its sessions; an answer without them (a sign-in page, another
+  // server behind a wrong pathPrefix) says nothing about activity, and must not read as idle.
+  if (!('active-sessions' in health)) {
+    throw new ProbeFailure(`${url} is not rserver's health check (no active-sessions line)`);
+  }
   const idle = Number.parseFloat(health['idle-seconds']);
   if (!Number.isFinite(idle) || idle < 0) {
     // No session yet (or an rserver that does not report it): unknown.

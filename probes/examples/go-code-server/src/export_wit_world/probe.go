@@ -77,7 +77,11 @@ func Probe(ws Workspace, rawConfig string) witTypes.Result[string, ProbeError] {
 	if port == 0 {
 		return fail("port id %q does not resolve to a port of this workspace (known: %s)", cfg.PortID, strings.Join(known, ", "))
 	}
-	authority := fmt.Sprintf("%s:%d", ws.PodIp, port)
+	host := ws.PodIp
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]" // an IPv6 address
+	}
+	authority := fmt.Sprintf("%s:%d", host, port)
 	path := strings.TrimRight(cfg.PathPrefix, "/") + "/healthz"
 	url := "http://" + authority + path
 	status, body, err := httpGet(authority, path)
