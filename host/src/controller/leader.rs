@@ -77,16 +77,15 @@ impl Elector {
         self.lease_duration * 2 / 3
     }
 
-    /// Take or renew the lease within a third of its duration (a hung request counts as not
-    /// renewed); `Ok(true)` while this candidate holds it.
-    pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
-        let limit = self.lease_duration / 3;
+    /// Take or renew the lease within a sixth of its duration (so a renewal that hangs leaves
+    /// time for another before the fence closes); `Ok(true)` while this candidate holds it,
+    /// `Ok(false)` while another does. A request that fails or hangs is an error: it says
+    /// nothing about who holds the lease.
+    pub async fn try_acquire(&self) -> Result<bool, LeaseError> {
+        let limit = self.lease_duration / 6;
         match tokio::time::timeout(limit, self.try_acquire_unbounded()).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(?limit, "the lease request did not finish in time");
-                Ok(false)
-            }
+            Ok(result) => result.map_err(LeaseError::Api),
+            Err(_) => Err(LeaseError::TimedOut(limit)),
         }
     }
 
@@ -156,16 +155,21 @@ impl Elector {
     }
 
     /// Keep renewing, extending `fence` after each renewal; returns (with the fence closed)
-    /// when the lease is lost or cannot be renewed within the fence's window.
+    /// when another replica holds the lease, or when it could not be renewed within the
+    /// fence's window. Renewals start a third of the lease apart, counted from the start of
+    /// the last one (so a slow answer does not push the next one past the fence); after a
+    /// failed one, the next follows sooner.
     pub async fn hold(&self, fence: &Fence) {
         let mut last_renewed = Instant::now();
+        let mut next = last_renewed + self.lease_duration / 3;
         loop {
-            tokio::time::sleep(self.lease_duration / 3).await;
+            tokio::time::sleep_until(next.into()).await;
             let started = Instant::now();
             match self.try_acquire().await {
                 Ok(true) => {
                     last_renewed = started;
                     fence.extend(started + self.fence_window());
+                    next = started + self.lease_duration / 3;
                 }
                 Ok(false) => {
                     tracing::warn!("lost the leader lease");
@@ -173,21 +177,98 @@ impl Elector {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot renew the leader lease");
+                    tracing::warn!(error = %e, "cannot renew the leader lease; trying again");
                     // Stop acting before another replica may take over.
                     if last_renewed.elapsed() > self.fence_window() {
+                        tracing::warn!("the leader lease was not renewed in time");
                         fence.close();
                         return;
                     }
+                    next = Instant::now() + self.lease_duration / 15;
                 }
             }
         }
     }
 }
 
+/// Why the lease could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The apiserver refused or could not be reached.
+    #[error(transparent)]
+    Api(kube::Error),
+    /// No answer within the time a renewal may take.
+    #[error("no answer from the apiserver within {0:?}")]
+    TimedOut(Duration),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An apiserver holding one Lease of `holder`, whose answer to the `stall`th request comes
+    /// only after `delay`.
+    fn lease_server(holder: &'static str, stall: usize, delay: Duration) -> (kube::Client, Arc<AtomicUsize>) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                let lease = serde_json::json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "culler", "namespace": "ns", "resourceVersion": n.to_string()},
+                    "spec": {"holderIdentity": holder, "leaseDurationSeconds": 1,
+                             "renewTime": MicroTime(k8s_openapi::jiff::Timestamp::now())},
+                });
+                let method = request.method().clone();
+                tokio::spawn(async move {
+                    if n == stall {
+                        tokio::time::sleep(delay).await;
+                    }
+                    assert!(method == http::Method::GET || method == http::Method::PUT, "{method}");
+                    let body = Body::from(serde_json::to_vec(&lease).unwrap());
+                    send.send_response(Response::builder().status(200).body(body).unwrap());
+                });
+            }
+        });
+        (kube::Client::new(service, "ns"), requests)
+    }
+
+    fn elector(client: kube::Client) -> Elector {
+        let mut elector = Elector::new(client, "ns", "culler", "me");
+        // Renewals every 0.5 s, each given 0.25 s; the fence lasts 1 s from a renewal's start.
+        elector.lease_duration = Duration::from_millis(1500);
+        elector
+    }
+
+    #[tokio::test]
+    async fn a_renewal_that_hangs_once_is_tried_again_not_taken_for_a_lost_lease() {
+        // The first renewal's read answers after 0.8 s, past its 0.25 s.
+        let (client, requests) = lease_server("me", 1, Duration::from_millis(800));
+        let elector = elector(client);
+        let fence = Fence::closed();
+        fence.extend(Instant::now() + elector.fence_window());
+        let held = tokio::time::timeout(Duration::from_secs(3), elector.hold(&fence)).await;
+        assert!(held.is_err(), "hold gave up the lease after one slow answer");
+        assert!(fence.holds(), "the renewals after it extend the fence");
+        assert!(requests.load(Ordering::SeqCst) > 4, "renewed again");
+    }
+
+    #[tokio::test]
+    async fn a_lease_another_replica_holds_ends_the_hold_and_closes_the_fence() {
+        let (client, _) = lease_server("another", 0, Duration::ZERO);
+        let elector = elector(client);
+        let fence = Fence::closed();
+        fence.extend(Instant::now() + elector.fence_window());
+        tokio::time::timeout(Duration::from_secs(3), elector.hold(&fence))
+            .await
+            .expect("hold returns once another replica holds the lease");
+        assert!(!fence.holds());
+    }
 
     #[test]
     fn a_fence_holds_only_within_its_window() {
