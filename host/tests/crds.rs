@@ -56,3 +56,40 @@ fn kubeflows_samples_parse_into_the_culler_types() {
         "cut and paste gives a valid policy"
     );
 }
+
+/// Every `int32` field of the CullingPolicy's spec, as `path` → (minimum, maximum).
+fn int32_fields(schema: &serde_json::Value, path: &str, found: &mut Vec<(String, Option<f64>, Option<f64>)>) {
+    if schema["format"] == "int32" {
+        found.push((path.into(), schema["minimum"].as_f64(), schema["maximum"].as_f64()));
+    }
+    if let Some(properties) = schema["properties"].as_object() {
+        for (name, property) in properties {
+            int32_fields(property, &format!("{path}.{name}"), found);
+        }
+    }
+    if !schema["items"].is_null() {
+        int32_fields(&schema["items"], &format!("{path}[]"), found);
+    }
+}
+
+#[test]
+fn every_int32_field_is_bounded_so_a_policy_the_apiserver_accepts_always_decodes() {
+    // The apiserver does not enforce `format: int32` on custom resources: without bounds of
+    // its own, `secondsSinceActive: 3000000000` is accepted, fails to decode, and stops the
+    // controller's whole policy cache.
+    let crd: serde_json::Value = serde_yaml::from_str(&crds_yaml()).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let mut found = Vec::new();
+    int32_fields(spec, "spec", &mut found);
+    assert!(found.len() >= 10, "{found:?}");
+    let unbounded: Vec<_> = found
+        .iter()
+        .filter(|(_, min, max)| {
+            !(min.is_some_and(|m| m >= f64::from(i32::MIN)) && max.is_some_and(|m| m <= f64::from(i32::MAX)))
+        })
+        .collect();
+    assert!(
+        unbounded.is_empty(),
+        "int32 fields the apiserver does not bound: {unbounded:?}"
+    );
+}

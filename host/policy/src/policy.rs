@@ -198,7 +198,7 @@ pub struct PodExecProbe {
     pub script: String,
     /// The maximum number of seconds the probe is allowed to run.
     #[serde(default = "default_pod_exec_timeout")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = i32::MAX))]
     pub timeout_seconds: i32,
 }
 
@@ -250,7 +250,7 @@ pub struct ModuleProbe {
     pub config: Option<serde_json::Map<String, serde_json::Value>>,
     /// The probe's whole deadline, in seconds.
     #[serde(default = "default_module_timeout")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = i32::MAX))]
     pub timeout_seconds: i32,
     /// For an `oci://` location: a `kubernetes.io/dockerconfigjson` Secret in the controller's
     /// namespace holding credentials for the registry.
@@ -288,16 +288,16 @@ pub struct ActivityRule {
 #[serde(rename_all = "camelCase")]
 pub struct RuleConfig {
     /// Seconds of inactivity before the workspace is eligible for the effect (> 15).
-    #[schemars(range(min = MIN_SECONDS_SINCE_ACTIVE))]
+    #[schemars(range(min = MIN_SECONDS_SINCE_ACTIVE, max = i32::MAX))]
     pub seconds_since_active: i32,
     /// Seconds the workspace must have been running before it can be paused.
     #[serde(default)]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = i32::MAX))]
     pub min_running_seconds: i32,
     /// Seconds after which a running workspace is paused, active or not, after a CullingSoon
     /// warning (this project's extension of Kubeflow's rule; absent: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = MIN_MAX_RUNNING_SECONDS))]
+    #[schemars(range(min = MIN_MAX_RUNNING_SECONDS, max = i32::MAX))]
     pub max_running_seconds: Option<i32>,
 }
 
