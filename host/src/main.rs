@@ -44,8 +44,10 @@ fn init_logging(command: &Command) {
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    // Colours only for a terminal: a pod's log, a file or a pipe gets plain text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // Structured (JSON) logs for clusters: LOG_FORMAT=json.
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {

@@ -37,3 +37,93 @@ current-context: x
         "{text}"
     );
 }
+
+/// An apiserver that knows none of the culler's resources: every request is a 404.
+fn apiserver_without_the_crds() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                // The request head; these requests carry no body.
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","code":404}"#;
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_resource_the_controller_cannot_list_is_named_in_its_log() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
+             current-context: x\n",
+            apiserver_without_the_crds()
+        ),
+    )
+    .unwrap();
+    let mut controller = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
+        .args([
+            "controller",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("WORKSPACE_CULLER_CACHE_DIR", dir.path().join("cache"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Without the CullingPolicy CRD (the chart's `crds.install: false`, say) nothing is ever
+    // probed: the log must say which resource, not go quiet after "starting".
+    let stderr = BufReader::new(controller.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut log = String::new();
+    let mut named = false;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("cannot list or watch") && line.contains("CullingPolicy") {
+            named = true;
+            break;
+        }
+    }
+    let _ = controller.kill();
+    let _ = controller.wait();
+    assert!(named, "no warning named the CullingPolicy resource:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "terminal colour codes in a log that goes to a pipe:\n{log}"
+    );
+    assert!(
+        !log.contains("addr=127.0.0.1:0 "),
+        "the port bound is not named:\n{log}"
+    );
+}

@@ -951,13 +951,18 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    let kind = K::kind(&dyntype).into_owned();
     let writer = reflector::store::Writer::new(dyntype);
     let store = writer.as_reader();
     // Backing off between failed watches: without it, a watch of an apiserver that refuses
     // connections is retried at once, again and again (a busy loop and a log flood).
     let task = reflector(writer, watcher(api, config).default_backoff().modify(trim)).for_each(move |event| {
-        if let Ok(event) = event {
-            on_event(&event);
+        match event {
+            Ok(event) => on_event(&event),
+            // Said at warn: until a first list succeeds, nothing is probed and the controller
+            // is not ready (a CRD not installed, a role missing, an object that cannot be
+            // decoded), and this is where the operator learns why.
+            Err(error) => tracing::warn!(%error, resource = %kind, "cannot list or watch; retrying"),
         }
         futures::future::ready(())
     });
@@ -1231,8 +1236,12 @@ pub async fn run(
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile, error_policy, ctx)
                 .for_each(|result| {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "reconcile ended with an error");
+                    match result {
+                        Err(kube::runtime::controller::Error::QueueError(error)) => {
+                            tracing::warn!(%error, resource = "Workspace", "cannot list or watch; retrying");
+                        }
+                        Err(e) => tracing::debug!(error = %e, "reconcile ended with an error"),
+                        Ok(_) => {}
                     }
                     futures::future::ready(())
                 })

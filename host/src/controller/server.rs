@@ -30,7 +30,9 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot serve /metrics, /healthz and /readyz on {addr}"))?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    // The address bound (a port 0 asked for is one the system chose).
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
     Ok(listener)
 }
 
