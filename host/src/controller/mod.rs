@@ -173,12 +173,12 @@ pub enum Error {
 
 impl Error {
     /// Whether the same request is worth sending again: the apiserver was unavailable,
-    /// overloaded or could not be reached — not a refusal (403, 404, 422) it would meet again.
+    /// overloaded or could not be reached — not a refusal (403, 404, 422) it would meet again —
+    /// or the lease was not held for a moment (a replica that lost it for good exits).
     fn retryable(&self) -> bool {
         match self {
             Error::Kube(kube::Error::Api(e)) => e.code >= 500 || e.code == 429,
-            Error::Kube(_) => true,
-            Error::NotLeading => false,
+            Error::Kube(_) | Error::NotLeading => true,
         }
     }
 

@@ -668,6 +668,28 @@ async fn a_replica_that_no_longer_leads_writes_nothing() {
     assert_eq!(case.stored()["spec"]["paused"], false);
 }
 
+#[tokio::test]
+async fn a_result_observed_while_the_lease_lapsed_is_written_once_it_is_held_again() {
+    let mut case = Case::new(
+        workspace(probed(30, 2 * HOUR), json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::ActiveNow),
+    );
+    let fence = leader::Fence::closed();
+    Arc::get_mut(&mut case.ctx).unwrap().fence = fence.clone();
+    assert!(matches!(case.try_reconcile().await, Err(Error::NotLeading)));
+    fence.extend(std::time::Instant::now() + Duration::from_secs(10));
+    case.reconcile().await;
+    assert_eq!(case.probes(), 1, "written, not probed for again");
+    assert_eq!(case.api.summary(), ["PATCH /status"]);
+    assert_eq!(
+        case.stored()["status"]["activity"]["lastActivity"],
+        NOW + 100,
+        "the activity seen"
+    );
+}
+
 fn keep_alive(value: &str) -> Value {
     json!({workspace_culler_policy::KEEP_ALIVE_ANNOTATION: value})
 }
