@@ -135,8 +135,8 @@ fn seconds_to_ms(seconds: i64) -> i64 {
 
 /// When to probe a workspace of a managed kind next: never probed → now; after a failed or
 /// timed-out probe → exactly `startTime + minProbeIntervalSeconds`; otherwise
-/// `min(startTime + probeIntervalSeconds, eligibleAfter + 5 s)`, but never before
-/// `startTime + minProbeIntervalSeconds`.
+/// `min(startTime + probeIntervalSeconds, eligibleAfter + 5 s)` (only the interval for a
+/// workspace annotated out of culling), but never before `startTime + minProbeIntervalSeconds`.
 pub fn probe_due(workspace: &Workspace, probe: &ActivityProbe, rule: &RuleMatch, now_ms: i64) -> Due {
     if workspace.spec.paused {
         return Due::NotManaged(Unmanaged::SpecPaused);
@@ -162,8 +162,9 @@ pub fn probe_due(workspace: &Workspace, probe: &ActivityProbe, rule: &RuleMatch,
             .saturating_add(seconds_to_ms(i64::from(probe.probe_interval_seconds)));
         let last_activity = activity.map_or(0, |a| a.last_activity);
         let eligible = eligible_after(last_activity, workspace.last_running_time(), rule);
-        // Probe again right when the workspace could be paused, not up to an interval later.
-        let wanted = if eligible > 0 {
+        // Probe again right when the workspace could be paused, not up to an interval later
+        // (a workspace annotated out never is: the regular interval keeps its status fresh).
+        let wanted = if eligible > 0 && !workspace.culling_disabled() {
             regular.min(eligible.saturating_add(PAUSE_GRACE_MS))
         } else {
             regular

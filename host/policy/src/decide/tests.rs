@@ -122,6 +122,21 @@ fn the_next_probe_comes_5_s_after_eligibility_when_that_is_sooner() {
 }
 
 #[test]
+fn a_workspace_annotated_out_is_probed_at_the_regular_interval_even_past_eligibility() {
+    // Eligible long ago, but never paused: probing it every minProbeIntervalSeconds (12 times
+    // as often) would serve no pause.
+    let ws = Workspace::test()
+        .running()
+        .idle_for(5 * HOUR)
+        .probed_ago(600, ProbeResult::Success)
+        .annotated_out();
+    assert_eq!(
+        probe_due(&ws, &probe(), &pausing(HOUR, 0), NOW),
+        Due::At(NOW - 600_000 + INTERVAL_MS)
+    );
+}
+
+#[test]
 fn a_probe_is_never_earlier_than_min_probe_interval() {
     // Eligible long ago, probed (successfully) 1 minute ago: wait out the minimum interval.
     let ws = Workspace::test()
