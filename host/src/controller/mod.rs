@@ -331,19 +331,30 @@ impl Context {
 
     /// `workspace` governed by `policy` (for its kind `kind`): the rule that applies.
     fn with_policy(&self, workspace: &Workspace, policy: Arc<CullingPolicy>, kind: WorkspaceKind) -> Governed {
-        let namespace_labels = self
+        let namespace = self
             .namespaces
-            .get(&ObjectRef::new(&workspace.namespace().unwrap_or_default()))
-            .and_then(|n| n.metadata.labels.clone())
-            .unwrap_or_default();
+            .get(&ObjectRef::new(&workspace.namespace().unwrap_or_default()));
         let keep_alive =
             workspace_culler_policy::keep_alive(workspace, policy.spec.keep_alive_max_seconds(), (self.clock)());
-        let rule = select_rule(
-            &policy.spec.activity_rules,
-            &namespace_labels,
-            &pod_config_labels(workspace, &kind),
-        )
-        .kept_alive_until(keep_alive.until());
+        let by_namespace = policy
+            .spec
+            .activity_rules
+            .iter()
+            .any(|r| r.match_.as_ref().is_some_and(|m| m.match_namespace.is_some()));
+        let rule = match namespace {
+            // A namespace the cache does not show yet (just created, or its watch behind): its
+            // labels are unknown, and an exempting rule could be missed. Doubt never pauses.
+            None if by_namespace => {
+                tracing::info!("the workspace's namespace is not in the cache yet; no rule applies for now");
+                RuleMatch::NoMatch
+            }
+            _ => select_rule(
+                &policy.spec.activity_rules,
+                &namespace.and_then(|n| n.metadata.labels.clone()).unwrap_or_default(),
+                &pod_config_labels(workspace, &kind),
+            )
+            .kept_alive_until(keep_alive.until()),
+        };
         Governed {
             policy,
             kind,

@@ -584,6 +584,32 @@ async fn a_policy_edit_the_cache_does_not_show_yet_is_honoured_before_a_pause() 
 }
 
 #[tokio::test]
+async fn a_namespace_the_cache_does_not_show_yet_pauses_nothing_when_a_rule_reads_its_labels() {
+    // Production namespaces are exempt; everything else pauses after an hour.
+    let mut exempting = serde_json::to_value(policy(false)).unwrap();
+    exempting["spec"]["activityRules"] = json!([
+        {"config": {"secondsSinceActive": 3600},
+         "match": {"matchNamespace": {"selector": {"matchLabels": {"tier": "production"}}}},
+         "effect": {"pauseWorkspace": false}},
+        {"config": {"secondsSinceActive": 3600}, "effect": {"pauseWorkspace": true}},
+    ]);
+    let exempting: CullingPolicy = serde_json::from_value(exempting).unwrap();
+    let mut case = Case::idle(exempting.clone(), ProbeOutcome::Success(ProbeActivity::Idle));
+    Arc::get_mut(&mut case.ctx).unwrap().namespaces = store((), Vec::new());
+    case.reconcile().await;
+    assert_eq!(
+        case.api.summary(),
+        ["PATCH /status"],
+        "labels unknown: no rule applies yet"
+    );
+    assert_eq!(case.status_patch()["rules"]["pauseWorkspace"]["eligibleAfter"], 0);
+    // Once the namespace is known (not production), the catch-all pauses it.
+    let case = Case::idle(exempting, ProbeOutcome::Success(ProbeActivity::Idle));
+    case.reconcile().await;
+    assert_eq!(case.stored()["spec"]["paused"], true);
+}
+
+#[tokio::test]
 async fn a_policy_edited_since_the_probe_pauses_nothing_on_that_probe_s_verdict() {
     let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
     // The probe ran under generation 1; the apiserver already has generation 2, whose probe
