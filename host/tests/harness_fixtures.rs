@@ -137,3 +137,140 @@ fn inspect_shows_the_contract_version_and_what_the_probe_imports() {
     assert!(text.contains(" workspace-culler:probe/types@0.1.0\n"), "{text}");
     assert!(!text.contains("warning"), "{text}");
 }
+
+/// A local HTTP server answering every request with `body` (JSON) after `delay`.
+fn http_server(body: &'static str, delay: std::time::Duration) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                std::thread::sleep(delay);
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// Records a live HTTP run of the built-in Jupyter probe against `port` from `base` (a
+/// fixture's text), then replays the recording: the texts of both runs.
+fn record_and_replay(base: &str, port: u16) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (case, recorded) = (dir.path().join("case.yaml"), dir.path().join("recorded.yaml"));
+    std::fs::write(&case, base).unwrap();
+    let port = format!("jupyterlab={port}");
+    let (code, live) = cli::run(
+        &[
+            "probe",
+            "test",
+            "jupyter",
+            "--live-http",
+            "--port",
+            &port,
+            "--fixture",
+            case.to_str().unwrap(),
+            "--record",
+            recorded.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{live}");
+    let (code, replay) = cli::run(
+        &["probe", "test", "jupyter", "--fixture", recorded.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(
+        code,
+        0,
+        "the recording does not replay to the same outcome:\n{live}\n{replay}\n{}",
+        std::fs::read_to_string(&recorded).unwrap()
+    );
+    (live, replay)
+}
+
+#[test]
+fn a_json_null_answer_is_recorded_as_the_text_it_was() {
+    // A body of `null` is JSON, but a fixture's `body: null` is no body at all.
+    let port = http_server("null", std::time::Duration::ZERO);
+    let (live, _) = record_and_replay("config: {lastActivity: true, portId: jupyterlab}\n", port);
+    assert!(live.contains("result     Failure"), "{live}");
+}
+
+#[test]
+fn a_live_call_the_deadline_cut_off_replays_as_a_timeout() {
+    // The server answers after 3 s; the probe's deadline is 1 s.
+    let port = http_server("{}", std::time::Duration::from_secs(3));
+    let (live, replay) = record_and_replay(
+        "config: {lastActivity: true, portId: jupyterlab}\ndeadlineMs: 1000\n",
+        port,
+    );
+    assert!(live.contains("result     Timeout"), "{live}");
+    assert!(replay.contains("result     Timeout"), "{replay}");
+}
+
+#[test]
+fn a_workspace_that_is_not_namespace_slash_name_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let (code, text) = cli::run(
+        &[
+            "probe",
+            "test",
+            "jupyter",
+            "--fixture",
+            &fixtures("jupyter"),
+            "--workspace",
+            "notebook",
+        ],
+        cache.path(),
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("expected namespace/name"), "{text}");
+}
+
+#[test]
+fn a_live_run_is_recorded_at_a_frozen_clock_so_a_probe_that_reads_the_time_replays_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = dir.path().join("recorded.yaml");
+    let probe = workspace_culler_support::test_probes::hostile()
+        .to_str()
+        .unwrap()
+        .to_string();
+    // The probe reports the time it reads after a command that takes a while.
+    let config = r#"{"mode": "clock", "execFirst": "sleep 0.2"}"#;
+    let (code, live) = cli::run(
+        &[
+            "probe",
+            "test",
+            &probe,
+            "--config",
+            config,
+            "--live-exec",
+            "--record",
+            recorded.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{live}");
+    let (code, replay) = cli::run(
+        &["probe", "test", &probe, "--fixture", recorded.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(
+        code,
+        0,
+        "{live}\n{replay}\n{}",
+        std::fs::read_to_string(&recorded).unwrap()
+    );
+}

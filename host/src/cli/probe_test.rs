@@ -34,8 +34,8 @@ pub struct TestArgs {
     #[arg(long = "port", value_parser = parse_port)]
     pub ports: Vec<(String, u16)>,
     /// Workspace as `namespace/name`.
-    #[arg(long)]
-    pub workspace: Option<String>,
+    #[arg(long, value_parser = parse_workspace)]
+    pub workspace: Option<(String, String)>,
     /// Write a fixture that replays this run (the replies of the live calls,
     /// the clock, and the outcome as expectation) to this file.
     #[arg(long, value_name = "FILE")]
@@ -48,6 +48,15 @@ fn parse_port(s: &str) -> Result<(String, u16), String> {
         id.to_string(),
         n.parse().map_err(|_| format!("{n:?} is not a port number"))?,
     ))
+}
+
+fn parse_workspace(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((namespace.to_string(), name.to_string()))
+        }
+        _ => Err("expected namespace/name, e.g. team-a/notebook".into()),
+    }
 }
 
 /// Runs every case; exit 1 when one differs from what it expects.
@@ -82,9 +91,9 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             fixture.workspace.pod_ip = ip.clone();
         }
         fixture.workspace.ports.extend(args.ports.iter().cloned());
-        if let Some((ns, ws)) = args.workspace.as_deref().and_then(|w| w.split_once('/')) {
-            fixture.workspace.namespace = ns.into();
-            fixture.workspace.name = ws.into();
+        if let Some((namespace, name)) = &args.workspace {
+            fixture.workspace.namespace = namespace.clone();
+            fixture.workspace.name = name.clone();
         }
         let report = harness::run_case(&engine, &probe, &name, &fixture, live).await?;
         println!("── {source}");

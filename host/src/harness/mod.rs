@@ -62,6 +62,8 @@ pub struct FixtureCapabilities {
     http: Vec<HttpReply>,
     live: LiveMode,
     exec_output_cap: usize,
+    /// The fixture's deadline: how long a live HTTP call the deadline cut off is recorded to take.
+    deadline: Duration,
     calls: Mutex<Vec<String>>,
     /// Replies of live calls, in order, to write into a fixture that replays them.
     recorded: Mutex<(Vec<ExecReply>, Vec<HttpReply>)>,
@@ -75,6 +77,7 @@ impl FixtureCapabilities {
             http: fixture.http.clone(),
             live,
             exec_output_cap: Limits::default().exec_output_bytes,
+            deadline: fixture.deadline(),
             calls: Mutex::default(),
             recorded: Mutex::default(),
         }
@@ -118,17 +121,36 @@ impl FixtureCapabilities {
         self.recorded.lock().unwrap_or_else(|p| p.into_inner()).0.push(reply);
     }
 
-    fn record_http(&self, uri: &http::Uri, result: &Result<HttpResponse, String>) {
-        let url = uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "/".into());
+    /// A live HTTP call starting: recorded at once as a reply that comes only after the whole
+    /// deadline, so a call the deadline cuts off (its result never arrives) replays as one.
+    /// The place of the reply, if this is the first call to its URL (the one replayed).
+    fn record_http_start(&self, uri: &http::Uri) -> Option<usize> {
+        let url = recorded_url(uri);
+        let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        if recorded.1.iter().any(|r| r.url == url) {
+            return None;
+        }
+        recorded.1.push(HttpReply {
+            url,
+            delay_ms: u64::try_from(self.deadline.as_millis()).unwrap_or(u64::MAX),
+            ..HttpReply::default()
+        });
+        Some(recorded.1.len() - 1)
+    }
+
+    /// The reply of the live call recorded at `place` by [`Self::record_http_start`].
+    fn record_http(&self, place: Option<usize>, uri: &http::Uri, result: &Result<HttpResponse, String>) {
+        let Some(place) = place else {
+            return;
+        };
+        let url = recorded_url(uri);
         let reply = match result {
             Ok(response) => {
                 let text = String::from_utf8_lossy(&response.body).into_owned();
-                // JSON bodies are kept as structure, so the fixture reads well.
+                // JSON bodies are kept as structure, so the fixture reads well (not `null`: a
+                // fixture's body of null is no body at all).
                 let body = match serde_json::from_str::<serde_json::Value>(&text) {
-                    Ok(json) if !json.is_string() => json,
+                    Ok(json) if !json.is_string() && !json.is_null() => json,
                     _ => serde_json::Value::String(text),
                 };
                 let headers = response
@@ -151,10 +173,8 @@ impl FixtureCapabilities {
                 ..HttpReply::default()
             },
         };
-        let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
-        // Replies are matched by URL: the first reply to a URL is the one replayed.
-        if !recorded.1.iter().any(|r| r.url == reply.url) {
-            recorded.1.push(reply);
+        if let Some(slot) = self.recorded.lock().unwrap_or_else(|p| p.into_inner()).1.get_mut(place) {
+            *slot = reply;
         }
     }
 
@@ -205,8 +225,9 @@ impl Capabilities for FixtureCapabilities {
         self.record(format!("http {} {}", request.method, request.uri));
         if self.live.http {
             let uri = request.uri.clone();
+            let place = self.record_http_start(&uri);
             let result = crate::transport::http(request).await;
-            self.record_http(&uri, &result);
+            self.record_http(place, &uri, &result);
             return result;
         }
         let Some(reply) = self.http.iter().find(|r| r.matches(&request.uri.to_string())) else {
@@ -225,6 +246,14 @@ impl Capabilities for FixtureCapabilities {
             body: reply.body_bytes().into(),
         })
     }
+}
+
+/// How a recorded reply names its URL: the path and query (replies are matched by URL, the
+/// first reply to a URL being the one replayed).
+fn recorded_url(uri: &http::Uri) -> String {
+    uri.path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "/".into())
 }
 
 /// A reply's scripted delay (none at all for 0: even a zero sleep waits for
@@ -273,8 +302,9 @@ pub async fn run_case(
         deadline: fixture.deadline(),
         capabilities: capabilities.clone(),
         probe_name: probe_name.to_string(),
-        // A fixture that sets the clock gets the same time on every replay.
-        frozen_clock: fixture.now.is_some(),
+        // A fixture that sets the clock gets the same time on every replay; so does a live run,
+        // which a recording replays at the time it started.
+        frozen_clock: fixture.now.is_some() || live.exec || live.http,
     };
     let now_ms = fixture.now_ms().map_err(anyhow::Error::msg)?;
     let evaluation = engine.evaluate(probe, request, now_ms).await;

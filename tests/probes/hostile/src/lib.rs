@@ -76,13 +76,17 @@ impl Probe for Hostile {
                     Err(e) => Err(ProbeError::Failure(e.to_string())),
                 }
             }
-            // Return whatever JSON text the config carries, for contract tests.
+            // The time (after running `execFirst`, if given, as a shell command).
             "clock" => {
+                if let Some(command) = config["execFirst"].as_str() {
+                    let _ = host.exec(&Command::new(["/bin/sh", "-c", command]));
+                }
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_err(|e| ProbeError::Failure(e.to_string()))?;
                 Ok(Activity::last_at(now.as_millis() as i64).into())
             }
+            // Return whatever JSON text the config carries, for contract tests.
             "echo" => Ok(Reply::Json(config["json"].as_str().unwrap_or("").to_string())),
             "log" => {
                 host.log(probe_sdk::LogLevel::Warn, "hello from the probe");
