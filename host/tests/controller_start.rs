@@ -115,9 +115,21 @@ fn a_resource_the_controller_cannot_list_is_named_in_its_log() {
             break;
         }
     }
+    // Stuck there, it still stops when asked (a rolling update, or a lost lease).
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &controller.id().to_string()])
+        .status();
+    let stopped = (0..100).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        controller.try_wait().ok().flatten()
+    });
     let _ = controller.kill();
     let _ = controller.wait();
     assert!(named, "no warning named the CullingPolicy resource:\n{log}");
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "SIGTERM did not stop a controller waiting for its caches ({stopped:?})"
+    );
     assert!(
         !log.contains('\u{1b}'),
         "terminal colour codes in a log that goes to a pipe:\n{log}"
@@ -125,5 +137,102 @@ fn a_resource_the_controller_cannot_list_is_named_in_its_log() {
     assert!(
         !log.contains("addr=127.0.0.1:0 "),
         "the port bound is not named:\n{log}"
+    );
+}
+
+/// An apiserver where every list is empty and every watch stays open without news, except
+/// that listing pods in namespace `b` is forbidden; the paths it was asked for.
+fn apiserver_forbidding_pods_in_b() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let paths = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let paths = paths.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let target = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                paths.lock().unwrap().push(target.clone());
+                let mut stream = stream;
+                if target.contains("watch=") {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    );
+                    std::thread::sleep(std::time::Duration::from_secs(60));
+                    return;
+                }
+                let (status, body) = if target.starts_with("/api/v1/namespaces/b/pods") {
+                    (
+                        "403 Forbidden",
+                        r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403,"message":"pods is forbidden"}"#,
+                    )
+                } else {
+                    (
+                        "200 OK",
+                        r#"{"kind":"List","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[]}"#,
+                    )
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[test]
+fn a_namespace_whose_pods_cannot_be_listed_holds_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, seen) = apiserver_forbidding_pods_in_b();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\"}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
+             current-context: x\n"
+        ),
+    )
+    .unwrap();
+    // `b` first: the namespaces' caches used to be waited for one after another.
+    let mut controller = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
+        .args([
+            "controller",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--namespace", "b", "--namespace", "a"])
+        .env("WORKSPACE_CULLER_CACHE_DIR", dir.path().join("cache"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let watched_a = (0..150).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.starts_with("/apis/kubeflow.org/v1beta1/namespaces/a/workspaces"))
+    });
+    let _ = controller.kill();
+    let _ = controller.wait();
+    assert!(
+        watched_a,
+        "namespace a's workspaces were never listed: {:?}",
+        seen.lock().unwrap()
     );
 }

@@ -1143,16 +1143,24 @@ pub async fn run(
         without_managed_fields,
         |_| {},
     );
-    kinds.wait_until_ready().await?;
-    policies.wait_until_ready().await?;
-    namespaces.wait_until_ready().await?;
-    secrets.wait_until_ready().await?;
+    // Shutdown (a signal, or the lease lost) is heard while waiting for the caches too: one that
+    // cannot be listed (a CRD missing, a role missing) must not hold the process.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let synced = async {
+        kinds.wait_until_ready().await?;
+        policies.wait_until_ready().await?;
+        namespaces.wait_until_ready().await?;
+        secrets.wait_until_ready().await
+    };
+    tokio::select! {
+        synced = synced => synced?,
+        () = shutdown.clone() => return Ok(()),
+    }
 
     let recorder = Recorder::new(client.clone(), reporter());
     let prober: Arc<dyn probe::Prober> = Arc::new(probe::EngineProber::new(engine));
     let pauses: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
     let due: Arc<Mutex<HashSet<Key>>> = Arc::default();
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
     } else {
@@ -1173,8 +1181,6 @@ pub async fn run(
         let (pods, pods_task) = cache(pods, (), labelled, pods::trim, move |event| observer.observe(event));
         let pods = pods::WorkspacePods::new(pods, index);
         let (statefulsets, statefulsets_task) = cache(statefulsets, (), Default::default(), trim_statefulset, |_| {});
-        pods.wait_until_ready().await?;
-        statefulsets.wait_until_ready().await?;
         pod_caches.push((pods, statefulsets, [pods_task, statefulsets_task]));
     }
     let runs: Vec<_> = scopes
@@ -1242,7 +1248,7 @@ pub async fn run(
                     Err(RecvError::Closed) => None,
                 }
             });
-            controller
+            let runs = controller
                 .reconcile_on(announcements.flat_map(workspaces_of_kinds))
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile, error_policy, ctx)
@@ -1255,7 +1261,20 @@ pub async fn run(
                         Ok(_) => {}
                     }
                     futures::future::ready(())
-                })
+                });
+            // Each namespace starts once its own pods and StatefulSets are listed: one that
+            // cannot be (its role missing) holds only itself.
+            let (pods, statefulsets, shutdown) = (pods.clone(), statefulsets.clone(), shutdown.clone());
+            async move {
+                let listed = async {
+                    let _ = pods.wait_until_ready().await;
+                    let _ = statefulsets.wait_until_ready().await;
+                };
+                tokio::select! {
+                    () = listed => runs.await,
+                    () = shutdown => {}
+                }
+            }
         })
         .collect();
     let sources = policy_status::Sources {
@@ -1275,8 +1294,15 @@ pub async fn run(
     // managing nothing, and say so until the next pass. (Waited for here, in the task that
     // runs the controllers: a store wakes only the last of several tasks waiting on it.)
     let ready = async {
-        for store in &stores {
-            store.wait_until_ready().await.ok()?;
+        let listed = async {
+            for store in &stores {
+                store.wait_until_ready().await.ok()?;
+            }
+            Some(())
+        };
+        tokio::select! {
+            listed = listed => listed?,
+            () = shutdown.clone() => return None,
         }
         readiness.set(true);
         tracing::info!("ready");
