@@ -168,7 +168,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
     let holder = elector.clone();
     let holder_fence = fence.clone();
-    tokio::spawn(async move {
+    let holding = tokio::spawn(async move {
         holder.hold(&holder_fence).await;
         let _ = lost_tx.send(());
     });
@@ -180,9 +180,17 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             _ = lost_rx => flag.store(true, std::sync::atomic::Ordering::SeqCst),
         }
     };
-    super::run(client, engine, settings, metrics, readiness, fence, stop).await?;
+    super::run(client, engine, settings, metrics, readiness, fence.clone(), stop).await?;
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!("lost the leader lease; exiting so that only the new leader acts");
+    }
+    // Stopped cleanly (a rolling update): no more writes, and the lease goes to a standby now
+    // rather than once it expires.
+    holding.abort();
+    fence.close();
+    match elector.release().await {
+        Ok(()) => tracing::info!("released the leader lease"),
+        Err(error) => tracing::warn!(%error, "cannot release the leader lease; it expires on its own"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -132,6 +132,34 @@ impl Elector {
         }
     }
 
+    /// Give the lease up (a clean shutdown), so a standby takes over in about a second instead
+    /// of waiting for it to expire; only while this candidate still holds it. Called once this
+    /// replica has stopped writing.
+    pub async fn release(&self) -> Result<(), LeaseError> {
+        let release = async {
+            let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
+                return Ok(());
+            };
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(());
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+            match self.leases.replace(&self.name, &PostParams::default(), &lease).await {
+                Ok(_) => Ok(()),
+                // Someone else wrote it meanwhile: it is not ours to release.
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        match tokio::time::timeout(self.lease_duration / 6, release).await {
+            Ok(result) => result.map_err(LeaseError::Api),
+            Err(_) => Err(LeaseError::TimedOut(self.lease_duration / 6)),
+        }
+    }
+
     /// Wait until this candidate holds the lease; opens `fence` for its window.
     pub async fn acquire(&self, fence: &Fence) {
         let mut logged = false;
@@ -209,15 +237,28 @@ mod tests {
     use kube::client::Body;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// The Lease as written by each PUT.
+    type Written = Arc<Mutex<Vec<serde_json::Value>>>;
+
     /// An apiserver holding one Lease of `holder`, whose answer to the `stall`th request comes
     /// only after `delay`.
-    fn lease_server(holder: &'static str, stall: usize, delay: Duration) -> (kube::Client, Arc<AtomicUsize>) {
+    fn lease_server(holder: &'static str, stall: usize, delay: Duration) -> (kube::Client, Arc<AtomicUsize>, Written) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = requests.clone();
+        let written = Written::default();
+        let puts = written.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                if request.method() == http::Method::PUT {
+                    let bytes = request.into_body().collect_bytes().await.unwrap();
+                    puts.lock().unwrap().push(serde_json::from_slice(&bytes).unwrap());
+                    let lease = puts.lock().unwrap().last().cloned().unwrap();
+                    let body = Body::from(serde_json::to_vec(&lease).unwrap());
+                    send.send_response(Response::builder().status(200).body(body).unwrap());
+                    continue;
+                }
                 let lease = serde_json::json!({
                     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": "culler", "namespace": "ns", "resourceVersion": n.to_string()},
@@ -229,13 +270,13 @@ mod tests {
                     if n == stall {
                         tokio::time::sleep(delay).await;
                     }
-                    assert!(method == http::Method::GET || method == http::Method::PUT, "{method}");
+                    assert_eq!(method, http::Method::GET);
                     let body = Body::from(serde_json::to_vec(&lease).unwrap());
                     send.send_response(Response::builder().status(200).body(body).unwrap());
                 });
             }
         });
-        (kube::Client::new(service, "ns"), requests)
+        (kube::Client::new(service, "ns"), requests, written)
     }
 
     fn elector(client: kube::Client) -> Elector {
@@ -248,7 +289,7 @@ mod tests {
     #[tokio::test]
     async fn a_renewal_that_hangs_once_is_tried_again_not_taken_for_a_lost_lease() {
         // The first renewal's read answers after 0.8 s, past its 0.25 s.
-        let (client, requests) = lease_server("me", 1, Duration::from_millis(800));
+        let (client, requests, _) = lease_server("me", 1, Duration::from_millis(800));
         let elector = elector(client);
         let fence = Fence::closed();
         fence.extend(Instant::now() + elector.fence_window());
@@ -260,7 +301,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lease_another_replica_holds_ends_the_hold_and_closes_the_fence() {
-        let (client, _) = lease_server("another", 0, Duration::ZERO);
+        let (client, _, _) = lease_server("another", 0, Duration::ZERO);
         let elector = elector(client);
         let fence = Fence::closed();
         fence.extend(Instant::now() + elector.fence_window());
@@ -282,5 +323,18 @@ mod tests {
         fence.extend(Instant::now() + Duration::from_secs(10));
         fence.close();
         assert!(!fence.holds(), "closed when the lease is lost");
+    }
+
+    #[tokio::test]
+    async fn a_clean_stop_releases_the_lease_it_holds_and_no_other() {
+        let (client, _, written) = lease_server("me", 0, Duration::ZERO);
+        elector(client).release().await.unwrap();
+        let released = written.lock().unwrap().clone();
+        assert_eq!(released.len(), 1, "{released:?}");
+        assert!(released[0]["spec"]["holderIdentity"].is_null(), "{released:?}");
+        assert_eq!(released[0]["spec"]["leaseDurationSeconds"], 1);
+        let (client, _, written) = lease_server("another", 0, Duration::ZERO);
+        elector(client).release().await.unwrap();
+        assert!(written.lock().unwrap().is_empty(), "released another replica's lease");
     }
 }
