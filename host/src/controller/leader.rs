@@ -72,6 +72,12 @@ impl Elector {
         }
     }
 
+    /// How often the holder renews: a fifth of the lease, so a renewal has time to be slow
+    /// and to be tried again before the fence closes.
+    fn renew_period(&self) -> Duration {
+        self.lease_duration / 5
+    }
+
     /// How long after the start of a successful renewal this replica may act.
     pub fn fence_window(&self) -> Duration {
         self.lease_duration * 2 / 3
@@ -82,17 +88,21 @@ impl Elector {
     /// `Ok(false)` while another does. A request that fails or hangs is an error: it says
     /// nothing about who holds the lease.
     pub async fn try_acquire(&self) -> Result<bool, LeaseError> {
-        let limit = self.lease_duration / 6;
+        self.try_acquire_within(self.lease_duration / 6).await
+    }
+
+    /// [`Self::try_acquire`] given `limit` to finish.
+    async fn try_acquire_within(&self, limit: Duration) -> Result<bool, LeaseError> {
         match tokio::time::timeout(limit, self.try_acquire_unbounded()).await {
-            Ok(result) => result.map_err(LeaseError::Api),
+            Ok(result) => result,
             Err(_) => Err(LeaseError::TimedOut(limit)),
         }
     }
 
-    async fn try_acquire_unbounded(&self) -> Result<bool, kube::Error> {
+    async fn try_acquire_unbounded(&self) -> Result<bool, LeaseError> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let seconds = i32::try_from(self.lease_duration.as_secs()).unwrap_or(15);
-        let mut lease = match self.leases.get_opt(&self.name).await? {
+        let mut lease = match self.leases.get_opt(&self.name).await.map_err(LeaseError::Api)? {
             Some(lease) => lease,
             None => {
                 let lease: Lease = serde_json::from_value(serde_json::json!({
@@ -100,11 +110,11 @@ impl Elector {
                     "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": seconds,
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0},
                 }))
-                .map_err(kube::Error::SerdeError)?;
+                .map_err(|e| LeaseError::Api(kube::Error::SerdeError(e)))?;
                 return match self.leases.create(&PostParams::default(), &lease).await {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                    Err(e) => Err(e),
+                    Err(e) => Err(LeaseError::Api(e)),
                 };
             }
         };
@@ -125,10 +135,12 @@ impl Elector {
         spec.renew_time = Some(now);
         spec.lease_duration_seconds = Some(seconds);
         // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
+        // Taking the lease, that writer won it; renewing it, the writer may be this replica's
+        // own earlier renewal that landed late: read again before giving up.
         match self.leases.replace(&self.name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
+            Err(kube::Error::Api(e)) if e.code == 409 && !ours => Ok(false),
+            Err(e) => Err(LeaseError::Api(e)),
         }
     }
 
@@ -184,20 +196,27 @@ impl Elector {
 
     /// Keep renewing, extending `fence` after each renewal; returns (with the fence closed)
     /// when another replica holds the lease, or when it could not be renewed within the
-    /// fence's window. Renewals start a third of the lease apart, counted from the start of
+    /// fence's window. Renewals start a fifth of the lease apart, counted from the start of
     /// the last one (so a slow answer does not push the next one past the fence); after a
     /// failed one, the next follows sooner.
     pub async fn hold(&self, fence: &Fence) {
         let mut last_renewed = Instant::now();
-        let mut next = last_renewed + self.lease_duration / 3;
+        let mut next = last_renewed + self.renew_period();
         loop {
             tokio::time::sleep_until(next.into()).await;
             let started = Instant::now();
-            match self.try_acquire().await {
+            // A renewal may take the time left before the fence closes but for a sixth of the
+            // lease, kept for one more try (so a slow apiserver that still answers keeps the
+            // lease, and one request that hangs does not lose it); at least a sixth.
+            let limit = (last_renewed + self.fence_window())
+                .saturating_duration_since(started)
+                .saturating_sub(self.lease_duration / 6)
+                .max(self.lease_duration / 6);
+            match self.try_acquire_within(limit).await {
                 Ok(true) => {
                     last_renewed = started;
                     fence.extend(started + self.fence_window());
-                    next = started + self.lease_duration / 3;
+                    next = started + self.renew_period();
                 }
                 Ok(false) => {
                     tracing::warn!("lost the leader lease");
@@ -240,36 +259,61 @@ mod tests {
     /// The Lease as written by each PUT.
     type Written = Arc<Mutex<Vec<serde_json::Value>>>;
 
-    /// An apiserver holding one Lease of `holder`, whose answer to the `stall`th request comes
-    /// only after `delay`.
-    fn lease_server(holder: &'static str, stall: usize, delay: Duration) -> (kube::Client, Arc<AtomicUsize>, Written) {
+    /// How the test apiserver behaves: it holds one Lease of `holder`; its answer to the
+    /// `stall`th request comes only after `delay`, every read takes `each_read`, and the first
+    /// `conflicts` writes are refused with a 409 (applied nonetheless: a write that landed
+    /// late).
+    #[derive(Default)]
+    struct LeaseServer {
+        holder: &'static str,
+        stall: usize,
+        delay: Duration,
+        each_read: Duration,
+        conflicts: usize,
+    }
+
+    fn lease_server(server: LeaseServer) -> (kube::Client, Arc<AtomicUsize>, Written) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = requests.clone();
         let written = Written::default();
         let puts = written.clone();
+        let conflicts = Arc::new(AtomicUsize::new(server.conflicts));
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
                 if request.method() == http::Method::PUT {
                     let bytes = request.into_body().collect_bytes().await.unwrap();
                     puts.lock().unwrap().push(serde_json::from_slice(&bytes).unwrap());
-                    let lease = puts.lock().unwrap().last().cloned().unwrap();
-                    let body = Body::from(serde_json::to_vec(&lease).unwrap());
-                    send.send_response(Response::builder().status(200).body(body).unwrap());
+                    let refused = conflicts
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    let (status, body) = if refused {
+                        (
+                            409,
+                            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                 "reason": "Conflict", "code": 409, "message": "modified"}),
+                        )
+                    } else {
+                        (200, puts.lock().unwrap().last().cloned().unwrap())
+                    };
+                    let body = Body::from(serde_json::to_vec(&body).unwrap());
+                    send.send_response(Response::builder().status(status).body(body).unwrap());
                     continue;
                 }
                 let lease = serde_json::json!({
                     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": "culler", "namespace": "ns", "resourceVersion": n.to_string()},
-                    "spec": {"holderIdentity": holder, "leaseDurationSeconds": 1,
+                    "spec": {"holderIdentity": server.holder, "leaseDurationSeconds": 1,
                              "renewTime": MicroTime(k8s_openapi::jiff::Timestamp::now())},
                 });
                 let method = request.method().clone();
+                let (stall, delay, each_read) = (server.stall, server.delay, server.each_read);
                 tokio::spawn(async move {
                     if n == stall {
                         tokio::time::sleep(delay).await;
                     }
+                    tokio::time::sleep(each_read).await;
                     assert_eq!(method, http::Method::GET);
                     let body = Body::from(serde_json::to_vec(&lease).unwrap());
                     send.send_response(Response::builder().status(200).body(body).unwrap());
@@ -279,29 +323,73 @@ mod tests {
         (kube::Client::new(service, "ns"), requests, written)
     }
 
+    /// Whether `hold` keeps the lease for 3 s against `server`.
+    async fn keeps_holding(server: LeaseServer) -> (bool, Fence, usize) {
+        let (client, requests, _) = lease_server(server);
+        let elector = elector(client);
+        let fence = Fence::closed();
+        fence.extend(Instant::now() + elector.fence_window());
+        let held = tokio::time::timeout(Duration::from_secs(3), elector.hold(&fence)).await;
+        (held.is_err(), fence, requests.load(Ordering::SeqCst))
+    }
+
     fn elector(client: kube::Client) -> Elector {
         let mut elector = Elector::new(client, "ns", "culler", "me");
-        // Renewals every 0.5 s, each given 0.25 s; the fence lasts 1 s from a renewal's start.
+        // Renewals every 0.3 s, each given 0.25 s or more; the fence lasts 1 s from a
+        // renewal's start.
         elector.lease_duration = Duration::from_millis(1500);
         elector
     }
 
     #[tokio::test]
     async fn a_renewal_that_hangs_once_is_tried_again_not_taken_for_a_lost_lease() {
-        // The first renewal's read answers after 0.8 s, past its 0.25 s.
-        let (client, requests, _) = lease_server("me", 1, Duration::from_millis(800));
-        let elector = elector(client);
-        let fence = Fence::closed();
-        fence.extend(Instant::now() + elector.fence_window());
-        let held = tokio::time::timeout(Duration::from_secs(3), elector.hold(&fence)).await;
-        assert!(held.is_err(), "hold gave up the lease after one slow answer");
+        // The first renewal's read answers after 0.8 s, past its 0.45 s.
+        let (held, fence, requests) = keeps_holding(LeaseServer {
+            holder: "me",
+            stall: 1,
+            delay: Duration::from_millis(800),
+            ..LeaseServer::default()
+        })
+        .await;
+        assert!(held, "hold gave up the lease after one slow answer");
         assert!(fence.holds(), "the renewals after it extend the fence");
-        assert!(requests.load(Ordering::SeqCst) > 4, "renewed again");
+        assert!(requests > 4, "renewed again");
+    }
+
+    #[tokio::test]
+    async fn an_apiserver_slow_on_every_renewal_still_keeps_the_lease() {
+        // Every read takes 0.3 s: more than a sixth of the lease, well within the fence.
+        let (held, fence, _) = keeps_holding(LeaseServer {
+            holder: "me",
+            each_read: Duration::from_millis(300),
+            ..LeaseServer::default()
+        })
+        .await;
+        assert!(held && fence.holds(), "a slow apiserver cost the lease");
+    }
+
+    #[tokio::test]
+    async fn a_renewal_refused_as_a_conflict_reads_the_lease_again() {
+        // This replica's own earlier renewal landed late: the next write conflicts, and the
+        // lease is still its own.
+        let (held, fence, _) = keeps_holding(LeaseServer {
+            holder: "me",
+            conflicts: 1,
+            ..LeaseServer::default()
+        })
+        .await;
+        assert!(
+            held && fence.holds(),
+            "a conflict on its own lease was taken for a lost lease"
+        );
     }
 
     #[tokio::test]
     async fn a_lease_another_replica_holds_ends_the_hold_and_closes_the_fence() {
-        let (client, _, _) = lease_server("another", 0, Duration::ZERO);
+        let (client, _, _) = lease_server(LeaseServer {
+            holder: "another",
+            ..LeaseServer::default()
+        });
         let elector = elector(client);
         let fence = Fence::closed();
         fence.extend(Instant::now() + elector.fence_window());
@@ -327,13 +415,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_clean_stop_releases_the_lease_it_holds_and_no_other() {
-        let (client, _, written) = lease_server("me", 0, Duration::ZERO);
+        let (client, _, written) = lease_server(LeaseServer {
+            holder: "me",
+            ..LeaseServer::default()
+        });
         elector(client).release().await.unwrap();
         let released = written.lock().unwrap().clone();
         assert_eq!(released.len(), 1, "{released:?}");
         assert!(released[0]["spec"]["holderIdentity"].is_null(), "{released:?}");
         assert_eq!(released[0]["spec"]["leaseDurationSeconds"], 1);
-        let (client, _, written) = lease_server("another", 0, Duration::ZERO);
+        let (client, _, written) = lease_server(LeaseServer {
+            holder: "another",
+            ..LeaseServer::default()
+        });
         elector(client).release().await.unwrap();
         assert!(written.lock().unwrap().is_empty(), "released another replica's lease");
     }
