@@ -190,20 +190,21 @@ fn reply_of(text: &str, path: &str) -> Result<Reply, ProbeError> {
         Some(Value::Bool(active)) => Some(*active),
         Some(other) => return Err(fail(format!("has_activity must be true or false, got {}", kind(other)))),
     };
-    let last_activity = match object.get("last_activity") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(time)) => Some(time),
+    // With has_activity there, last_activity is "totally ignored (the probe does not fail)".
+    match has_activity {
+        Some(true) => return Ok(Activity::active_now().into()),
+        Some(false) => return Ok(Activity::idle().into()),
+        None => {}
+    }
+    Ok(match object.get("last_activity") {
+        None | Some(Value::Null) => Activity::active_now().into(),
+        Some(Value::String(time)) => Reply::Json(serde_json::json!({ "last_activity": time }).to_string()),
         Some(other) => {
             return Err(fail(format!(
                 "last_activity must be a timestamp string, got {}",
                 kind(other)
             )));
         }
-    };
-    Ok(match (has_activity, last_activity) {
-        (Some(true), _) | (None, None) => Activity::active_now().into(),
-        (Some(false), _) => Activity::idle().into(),
-        (None, Some(time)) => Reply::Json(serde_json::json!({ "last_activity": time }).to_string()),
     })
 }
 
@@ -294,6 +295,7 @@ mod tests {
         assert_eq!(reply(r#"{"has_activity": true, "note": "ignored"}"#), active);
         // has_activity wins over last_activity, whatever that holds.
         assert_eq!(reply(r#"{"has_activity": true, "last_activity": "soon"}"#), active);
+        assert_eq!(reply(r#"{"has_activity": true, "last_activity": 0}"#), active);
         assert_eq!(
             reply(r#"{"has_activity": false, "last_activity": "2026-11-29T00:00:00Z"}"#),
             Ok(Reply::Activity(Activity::Idle))
@@ -309,7 +311,7 @@ mod tests {
                 "has_activity must be true or false, got a string",
             ),
             (
-                r#"{"has_activity": true, "last_activity": 5}"#,
+                r#"{"last_activity": 5}"#,
                 "last_activity must be a timestamp string, got a number",
             ),
             ("[true]", "must hold a JSON object, got an array"),
