@@ -210,10 +210,11 @@ fn a_json_null_answer_is_recorded_as_the_text_it_was() {
 
 #[test]
 fn a_live_call_the_deadline_cut_off_replays_as_a_timeout() {
-    // The server answers after 3 s; the probe's deadline is 1 s.
-    let port = http_server("{}", std::time::Duration::from_secs(3));
+    // The server answers after 10 s; the probe's deadline is 3 s (time enough, on a busy
+    // machine, to instantiate the probe and send its first call).
+    let port = http_server("{}", std::time::Duration::from_secs(10));
     let (live, replay) = record_and_replay(
-        "config: {lastActivity: true, portId: jupyterlab}\ndeadlineMs: 1000\n",
+        "config: {lastActivity: true, portId: jupyterlab}\ndeadlineMs: 3000\n",
         port,
     );
     assert!(live.contains("result     Timeout"), "{live}");
