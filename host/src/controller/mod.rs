@@ -111,6 +111,8 @@ pub struct Context {
     warned: Mutex<HashMap<Key, i64>>,
     /// The ignored keep-alive value each workspace was last told about (once per value).
     keep_alive_reported: Mutex<HashMap<Key, String>>,
+    /// `Culled` Events not recorded yet (the pause was made): the paused workspace and the note.
+    culled_unsent: Mutex<HashMap<Key, (Box<Workspace>, String)>>,
     /// The `eligibleAfter` each workspace was last reported as a dry-run pause for
     /// (`WouldCull` and its count once, not on every probe).
     would_cull: Mutex<HashMap<Key, i64>>,
@@ -205,10 +207,13 @@ fn patch_params() -> PatchParams {
     }
 }
 
-/// What an `Accept` header asks for to get an object's metadata only (`PartialObjectMetadata`).
 /// How soon a `CullingSoon` warning that could not be recorded is tried again.
 const WARNING_RETRY_MS: i64 = 10_000;
 
+/// How soon a workspace whose namespace the cache does not show yet is looked at again.
+const NAMESPACE_RECHECK_MS: i64 = 5_000;
+
+/// What an `Accept` header asks for to get an object's metadata only (`PartialObjectMetadata`).
 const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
 /// A merge patch of a Workspace's `status`, answered with the Workspace's metadata only. The
@@ -464,6 +469,13 @@ impl Context {
 
     /// Requeue a workspace for `at` (UNIX ms), keeping the due-queue metric.
     fn requeue_at(&self, key: Key, at: i64, now: i64) -> Action {
+        // Its rule may wait on the namespace's labels (no rule applies until the cache shows
+        // the namespace): looked at again soon, not an interval later.
+        let at = if self.namespaces.get(&ObjectRef::new(&key.0)).is_none() {
+            at.min(now.saturating_add(NAMESPACE_RECHECK_MS))
+        } else {
+            at
+        };
         let mut due = lock(&self.due);
         due.insert(key);
         self.metrics.due_queue.set(i64::try_from(due.len()).unwrap_or(i64::MAX));
@@ -714,8 +726,11 @@ async fn pause(
                 tracing::info!(policy = %policy_name, "paused the idle workspace");
                 ctx.metrics.culls.with_label_values(&["false"]).inc();
                 *lock(&ctx.pauses).entry(policy_name).or_default() += 1;
-                ctx.event(&fresh, EventType::Normal, "Culled", format!("Paused: {note}"))
-                    .await;
+                let note = format!("Paused: {note}");
+                if !ctx.event(&fresh, EventType::Normal, "Culled", note.clone()).await {
+                    // Every pause has its Event: recorded by the workspace's next reconcile.
+                    lock(&ctx.culled_unsent).insert(key_of(&fresh), (Box::new(fresh), note));
+                }
                 return Ok(());
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -841,6 +856,12 @@ async fn reconcile(object: Arc<CachedWorkspace>, ctx: Arc<Context>) -> Result<Ac
 async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = key_of(&workspace);
     let now = (ctx.clock)();
+    let unsent = lock(&ctx.culled_unsent).remove(&key);
+    if let Some((paused, note)) = unsent
+        && !ctx.event(&paused, EventType::Normal, "Culled", note.clone()).await
+    {
+        lock(&ctx.culled_unsent).insert(key.clone(), (paused, note));
+    }
     let unwritten = lock(&ctx.unwritten)
         .get(&key)
         .filter(|(uid, ..)| *uid == workspace.metadata.uid)
@@ -970,14 +991,24 @@ where
     let task = reflector(writer, watcher(api, config).default_backoff().modify(trim)).for_each(move |event| {
         match event {
             Ok(event) => on_event(&event),
-            // Said at warn: until a first list succeeds, nothing is probed and the controller
-            // is not ready (a CRD not installed, a role missing, an object that cannot be
-            // decoded), and this is where the operator learns why.
-            Err(error) => tracing::warn!(%error, resource = %kind, "cannot list or watch; retrying"),
+            Err(error) => watch_failed(&error, &kind),
         }
         futures::future::ready(())
     });
     (store, AbortOnDrop(tokio::spawn(task)))
+}
+
+/// Say why a watch of `kind` failed: at warn, since until a first list succeeds nothing is
+/// probed and the controller is not ready (a CRD not installed, a role missing), and this is
+/// where the operator learns why; a watch the apiserver ended as too old (410 Gone: the
+/// watcher lists again, routine on a healthy cluster) only at debug.
+fn watch_failed(error: &watcher::Error, kind: &str) {
+    match error {
+        watcher::Error::WatchError(status) if status.code == 410 => {
+            tracing::debug!(%error, resource = %kind, "watch expired; listing again");
+        }
+        _ => tracing::warn!(%error, resource = %kind, "cannot list or watch; retrying"),
+    }
 }
 
 /// Keep everything (small objects, or ones read whole).
@@ -1219,6 +1250,7 @@ pub async fn run(
                 warned: Default::default(),
                 would_cull: Default::default(),
                 keep_alive_reported: Default::default(),
+                culled_unsent: Default::default(),
                 pauses: pauses.clone(),
                 fence: fence.clone(),
                 management: Mutex::default(),
@@ -1255,7 +1287,7 @@ pub async fn run(
                 .for_each(|result| {
                     match result {
                         Err(kube::runtime::controller::Error::QueueError(error)) => {
-                            tracing::warn!(%error, resource = "Workspace", "cannot list or watch; retrying");
+                            watch_failed(&error, "Workspace");
                         }
                         Err(e) => tracing::debug!(error = %e, "reconcile ended with an error"),
                         Ok(_) => {}

@@ -330,6 +330,7 @@ impl Case {
             warned: Default::default(),
             would_cull: Default::default(),
             keep_alive_reported: Default::default(),
+            culled_unsent: Default::default(),
             pauses: Default::default(),
             fence: leader::Fence::always(),
             management: Default::default(),
@@ -437,6 +438,28 @@ async fn a_warning_that_could_not_be_recorded_is_tried_again_not_marked_as_given
     assert_eq!(case.api.summary(), ["event CullingSoon", "event CullingSoon"]);
     case.reconcile().await;
     assert_eq!(case.api.summary().len(), 2, "once recorded, given once");
+}
+
+#[tokio::test]
+async fn a_culled_event_that_could_not_be_recorded_is_recorded_by_the_next_reconcile() {
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
+    case.api.events_to_refuse.store(1, Ordering::SeqCst);
+    case.reconcile().await;
+    assert_eq!(case.stored()["spec"]["paused"], true);
+    // The pause's own change brings the workspace back: its Event goes out then.
+    assert_eq!(case.reconcile().await, Action::await_change());
+    assert_eq!(
+        case.api.summary(),
+        [
+            "PATCH /status",
+            "GET ",
+            "GET policy",
+            "PATCH ",
+            "event Culled",
+            "event Culled"
+        ]
+    );
+    assert!(lock(&case.ctx.culled_unsent).is_empty());
 }
 
 #[tokio::test]
@@ -595,14 +618,21 @@ async fn a_namespace_the_cache_does_not_show_yet_pauses_nothing_when_a_rule_read
     ]);
     let exempting: CullingPolicy = serde_json::from_value(exempting).unwrap();
     let mut case = Case::idle(exempting.clone(), ProbeOutcome::Success(ProbeActivity::Idle));
-    Arc::get_mut(&mut case.ctx).unwrap().namespaces = store((), Vec::new());
-    case.reconcile().await;
+    let known = std::mem::replace(
+        &mut Arc::get_mut(&mut case.ctx).unwrap().namespaces,
+        store((), Vec::new()),
+    );
+    assert_eq!(case.reconcile().await, after_seconds(5), "looked at again soon");
     assert_eq!(
         case.api.summary(),
         ["PATCH /status"],
         "labels unknown: no rule applies yet"
     );
     assert_eq!(case.status_patch()["rules"]["pauseWorkspace"]["eligibleAfter"], 0);
+    // The namespace arrives: the next probe comes when the rule allows a pause (after the
+    // minimum interval), not a whole interval (600 s) later.
+    Arc::get_mut(&mut case.ctx).unwrap().namespaces = known;
+    assert_eq!(case.reconcile().await, after_seconds(60));
     // Once the namespace is known (not production), the catch-all pauses it.
     let case = Case::idle(exempting, ProbeOutcome::Success(ProbeActivity::Idle));
     case.reconcile().await;
