@@ -207,8 +207,9 @@ fn patch_params() -> PatchParams {
     }
 }
 
-/// How soon a `CullingSoon` warning that could not be recorded is tried again.
-const WARNING_RETRY_MS: i64 = 10_000;
+/// How soon a `CullingSoon` warning that could not be recorded is tried again (a minute: an
+/// apiserver refusing every Event, a role missing, is not asked every few seconds).
+const WARNING_RETRY_MS: i64 = 60_000;
 
 /// How soon a workspace whose namespace the cache does not show yet is looked at again.
 const NAMESPACE_RECHECK_MS: i64 = 5_000;
