@@ -98,8 +98,15 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(secs * 1000 + millis)
 }
 
-/// Format Unix milliseconds as RFC 3339 UTC with millisecond precision.
+/// The latest time RFC 3339 can write (9999-12-31T23:59:59.999Z), in Unix milliseconds.
+const LATEST_RFC3339_MS: i64 = 253_402_300_799_999;
+
+/// Format Unix milliseconds as RFC 3339 UTC with millisecond precision. A time outside the
+/// years 0000–9999 (microseconds passed for milliseconds, say) is written as the nearest one
+/// inside: still a timestamp, which the host then refuses as in the future or accepts as
+/// long ago, rather than text it cannot read.
 pub fn format_rfc3339(unix_ms: i64) -> String {
+    let unix_ms = unix_ms.clamp(-62_167_219_200_000, LATEST_RFC3339_MS);
     let secs = unix_ms.div_euclid(1000);
     let ms = unix_ms.rem_euclid(1000);
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -159,6 +166,16 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_time_beyond_year_9999_is_still_a_timestamp() {
+        // Microseconds where milliseconds were meant: year 58 900-something, which RFC 3339
+        // cannot write; the nearest time it can is the host's to refuse as in the future.
+        let micros = Activity::last_at(1_795_951_704_123_000).to_json();
+        assert_eq!(micros, r#"{"last_activity":"9999-12-31T23:59:59.999Z"}"#);
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59.999Z"), Some(LATEST_RFC3339_MS));
+        assert_eq!(format_rfc3339(i64::MIN), "0000-01-01T00:00:00.000Z");
     }
 
     #[test]
