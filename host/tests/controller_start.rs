@@ -116,9 +116,8 @@ fn a_resource_the_controller_cannot_list_is_named_in_its_log() {
         }
     }
     // Stuck there, it still stops when asked (a rolling update, or a lost lease).
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &controller.id().to_string()])
-        .status();
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(controller.id() as i32, libc::SIGTERM) };
     let stopped = (0..100).find_map(|_| {
         std::thread::sleep(std::time::Duration::from_millis(100));
         controller.try_wait().ok().flatten()

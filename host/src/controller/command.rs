@@ -94,16 +94,30 @@ pub async fn kube_client(kubeconfig: Option<&Path>, metrics: &metrics::Metrics) 
         .build())
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// the future is first polled: a signal that comes while the controller starts is neither lost
+/// nor a kill without its shutdown.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (term, interrupt) = (
+        signal(SignalKind::terminate()).ok(),
+        signal(SignalKind::interrupt()).ok(),
+    );
+    async move {
+        let received = |handler: Option<tokio::signal::unix::Signal>| async move {
+            match handler {
+                Some(mut handler) => {
+                    handler.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = received(term) => {}
+            () = received(interrupt) => {}
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
 
 /// Runs the controller until a shutdown signal, or until it loses its Lease.
