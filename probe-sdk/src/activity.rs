@@ -24,7 +24,9 @@ impl Activity {
         Activity::Idle
     }
 
-    /// Last active at `unix_ms` (milliseconds since the Unix epoch).
+    /// Last active at `unix_ms` (milliseconds since the Unix epoch). A time outside the years
+    /// 0000–9999 (microseconds passed by mistake) is written as the nearest one inside, which
+    /// the host refuses as in the future.
     pub fn last_at(unix_ms: i64) -> Self {
         Activity::LastAt(unix_ms)
     }

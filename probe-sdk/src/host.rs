@@ -87,7 +87,8 @@ impl std::fmt::Display for ExecError {
 pub struct HttpRequest {
     /// Method, e.g. "GET".
     pub method: String,
-    /// Full URL, `http://<pod-ip>:<port>/path?query`.
+    /// Full URL, `http://<pod-ip>:<port>/path?query` (an IPv6 pod IP in brackets: build it
+    /// with `Workspace::base_url`).
     pub url: String,
     /// Request headers.
     pub headers: Vec<(String, String)>,

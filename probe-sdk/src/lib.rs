@@ -36,7 +36,8 @@ pub struct Workspace {
     pub name: String,
     /// Name of its pod.
     pub pod_name: String,
-    /// IP of its pod: the only host HTTP may reach.
+    /// IP of its pod: the only host HTTP may reach. It may be IPv6: use `base_url` rather
+    /// than writing `http://{pod_ip}:…` yourself.
     pub pod_ip: String,
     /// The container exec runs in.
     pub container: String,
