@@ -40,47 +40,26 @@ current-context: x
 
 /// An apiserver that knows none of the culler's resources: every request is a 404.
 fn apiserver_without_the_crds() -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                // The request head; these requests carry no body.
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","code":404}"#;
-                let mut stream = stream;
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    format!("http://{addr}")
+    let not_found = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","code":404}"#;
+    format!(
+        "http://{}",
+        cli::serve(move |_| cli::Answer::json("404 Not Found", not_found))
+    )
 }
 
-#[test]
-fn a_resource_the_controller_cannot_list_is_named_in_its_log() {
-    use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
+/// The controller against the apiserver at `server`, with `args` more; its stderr piped.
+fn controller_against(server: &str, dir: &std::path::Path, args: &[&str]) -> std::process::Child {
+    let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\"}}}}]\n\
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\"}}}}]\n\
              users: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
-             current-context: x\n",
-            apiserver_without_the_crds()
+             current-context: x\n"
         ),
     )
     .unwrap();
-    let mut controller = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
+    std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
         .args([
             "controller",
             "--kubeconfig",
@@ -88,11 +67,19 @@ fn a_resource_the_controller_cannot_list_is_named_in_its_log() {
             "--metrics-addr",
             "127.0.0.1:0",
         ])
-        .env("WORKSPACE_CULLER_CACHE_DIR", dir.path().join("cache"))
+        .args(args)
+        .env("WORKSPACE_CULLER_CACHE_DIR", dir.join("cache"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_resource_the_controller_cannot_list_is_named_in_its_log() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut controller = controller_against(&apiserver_without_the_crds(), dir.path(), &[]);
     // Without the CullingPolicy CRD (the chart's `crds.install: false`, say) nothing is ever
     // probed: the log must say which resource, not go quiet after "starting".
     let stderr = BufReader::new(controller.stderr.take().unwrap());
@@ -142,50 +129,25 @@ fn a_resource_the_controller_cannot_list_is_named_in_its_log() {
 /// An apiserver where every list is empty and every watch stays open without news, except
 /// that listing pods in namespace `b` is forbidden; the paths it was asked for.
 fn apiserver_forbidding_pods_in_b() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let paths = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let paths = paths.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request = String::new();
-                let _ = reader.read_line(&mut request);
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                let target = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-                paths.lock().unwrap().push(target.clone());
-                let mut stream = stream;
-                if target.contains("watch=") {
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    );
-                    std::thread::sleep(std::time::Duration::from_secs(60));
-                    return;
-                }
-                let (status, body) = if target.starts_with("/api/v1/namespaces/b/pods") {
-                    (
-                        "403 Forbidden",
-                        r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403,"message":"pods is forbidden"}"#,
-                    )
-                } else {
-                    (
-                        "200 OK",
-                        r#"{"kind":"List","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[]}"#,
-                    )
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
+    let addr = cli::serve(move |target| {
+        paths.lock().unwrap().push(target.to_string());
+        if target.contains("watch=") {
+            cli::Answer {
+                hold_open: true,
+                ..cli::Answer::json("200 OK", "")
+            }
+        } else if target.starts_with("/api/v1/namespaces/b/pods") {
+            cli::Answer::json(
+                "403 Forbidden",
+                r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403,"message":"pods is forbidden"}"#,
+            )
+        } else {
+            cli::Answer::json(
+                "200 OK",
+                r#"{"kind":"List","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[]}"#,
+            )
         }
     });
     (format!("http://{addr}"), seen)
@@ -195,31 +157,8 @@ fn apiserver_forbidding_pods_in_b() -> (String, std::sync::Arc<std::sync::Mutex<
 fn a_namespace_whose_pods_cannot_be_listed_holds_only_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (server, seen) = apiserver_forbidding_pods_in_b();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\"}}}}]\n\
-             users: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
-             current-context: x\n"
-        ),
-    )
-    .unwrap();
     // `b` first: the namespaces' caches used to be waited for one after another.
-    let mut controller = std::process::Command::new(env!("CARGO_BIN_EXE_workspace-culler"))
-        .args([
-            "controller",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--namespace", "b", "--namespace", "a"])
-        .env("WORKSPACE_CULLER_CACHE_DIR", dir.path().join("cache"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut controller = controller_against(&server, dir.path(), &["--namespace", "b", "--namespace", "a"]);
     let watched_a = (0..150).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(100));
         seen.lock()

@@ -138,30 +138,13 @@ fn inspect_shows_the_contract_version_and_what_the_probe_imports() {
     assert!(!text.contains("warning"), "{text}");
 }
 
-/// A local HTTP server answering every request with `body` (JSON) after `delay`.
+/// A local HTTP server answering every request with `body` (JSON) after `delay`; its port.
 fn http_server(body: &'static str, delay: std::time::Duration) -> u16 {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                std::thread::sleep(delay);
-                let mut stream = stream;
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    port
+    cli::serve(move |_| cli::Answer {
+        delay,
+        ..cli::Answer::json("200 OK", body)
+    })
+    .port()
 }
 
 /// Records a live HTTP run of the built-in Jupyter probe against `port` from `base` (a
