@@ -47,8 +47,13 @@ fn apiserver_without_the_crds() -> String {
     )
 }
 
-/// The controller against the apiserver at `server`, with `args` more; its stderr piped.
-fn controller_against(server: &str, dir: &std::path::Path, args: &[&str]) -> std::process::Child {
+/// The controller against the apiserver at `server`, with `args` more; its log to `stderr`.
+fn controller_against(
+    server: &str,
+    dir: &std::path::Path,
+    args: &[&str],
+    stderr: std::process::Stdio,
+) -> std::process::Child {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -70,7 +75,7 @@ fn controller_against(server: &str, dir: &std::path::Path, args: &[&str]) -> std
         .args(args)
         .env("WORKSPACE_CULLER_CACHE_DIR", dir.join("cache"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap()
 }
@@ -79,7 +84,12 @@ fn controller_against(server: &str, dir: &std::path::Path, args: &[&str]) -> std
 fn a_resource_the_controller_cannot_list_is_named_in_its_log() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut controller = controller_against(&apiserver_without_the_crds(), dir.path(), &[]);
+    let mut controller = controller_against(
+        &apiserver_without_the_crds(),
+        dir.path(),
+        &[],
+        std::process::Stdio::piped(),
+    );
     // Without the CullingPolicy CRD (the chart's `crds.install: false`, say) nothing is ever
     // probed: the log must say which resource, not go quiet after "starting".
     let stderr = BufReader::new(controller.stderr.take().unwrap());
@@ -158,7 +168,12 @@ fn a_namespace_whose_pods_cannot_be_listed_holds_only_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (server, seen) = apiserver_forbidding_pods_in_b();
     // `b` first: the namespaces' caches used to be waited for one after another.
-    let mut controller = controller_against(&server, dir.path(), &["--namespace", "b", "--namespace", "a"]);
+    let mut controller = controller_against(
+        &server,
+        dir.path(),
+        &["--namespace", "b", "--namespace", "a"],
+        std::process::Stdio::null(),
+    );
     let watched_a = (0..150).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(100));
         seen.lock()

@@ -95,8 +95,7 @@ pub async fn kube_client(kubeconfig: Option<&Path>, metrics: &metrics::Metrics) 
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
-/// the future is first polled: a signal that comes while the controller starts is neither lost
-/// nor a kill without its shutdown.
+/// the future is first polled, so a signal that comes before then is not lost.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let (term, interrupt) = (
@@ -122,6 +121,9 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + Sync + 's
 
 /// Runs the controller until a shutdown signal, or until it loses its Lease.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    // One set of handlers for the whole run, installed before anything else: no signal is lost
+    // between waiting for the lease and running, nor kills the process by its default action.
+    let signal = futures::FutureExt::shared(Box::pin(shutdown_signal()));
     let metrics = metrics::Metrics::new()?;
     let client = kube_client(args.kubeconfig.as_deref(), &metrics).await?;
     let cache_dir = args
@@ -162,7 +164,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(dry_run = settings.dry_run, http_mode = ?settings.http_mode, "starting the culling controller");
     if !args.leader_elect {
         let fence = leader::Fence::always();
-        super::run(client, engine, settings, metrics, readiness, fence, shutdown_signal()).await?;
+        super::run(client, engine, settings, metrics, readiness, fence, signal).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("workspace-culler-{}", std::process::id()));
@@ -177,7 +179,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let fence = leader::Fence::closed();
     tokio::select! {
         _ = elector.acquire(&fence) => {}
-        _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+        _ = signal.clone() => return Ok(ExitCode::SUCCESS),
     }
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
     let holder = elector.clone();
@@ -190,7 +192,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let flag = lost.clone();
     let stop = async move {
         tokio::select! {
-            _ = shutdown_signal() => {}
+            _ = signal => {}
             _ = lost_rx => flag.store(true, std::sync::atomic::Ordering::SeqCst),
         }
     };
