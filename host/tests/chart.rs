@@ -152,6 +152,49 @@ fn chart_lints_renders_and_validates_values() {
     assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 5));
     assert!(kinds(&monitoring).contains(&"PrometheusRule/culler-workspace-culler".to_string()));
 
+    // The CRD outlives the release: deleting it would delete every CullingPolicy.
+    let crd = docs(&default)
+        .into_iter()
+        .find(|d| d["kind"] == "CustomResourceDefinition")
+        .unwrap();
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+        "{:?}",
+        crd["metadata"]
+    );
+    assert_eq!(crd["metadata"]["name"], "cullingpolicies.workspace-culler.io");
+
+    // The alerts hold where they matter: no leader also when no replica is scraped, and a
+    // stuck queue also before any probe has finished (the probes' series do not exist yet).
+    // Checked as text: no PromQL engine runs here.
+    let rules = docs(&monitoring)
+        .into_iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .unwrap();
+    let expr = |alert: &str| -> String {
+        rules["spec"]["groups"][0]["rules"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == alert)
+            .unwrap_or_else(|| panic!("no alert {alert}"))["expr"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        expr("WorkspaceCullerNoLeader").contains("absent(workspace_culler_leader)"),
+        "{}",
+        expr("WorkspaceCullerNoLeader")
+    );
+    let stuck = expr("WorkspaceCullerDueQueueStuck");
+    assert!(
+        stuck.contains("workspace_culler_probes_waiting")
+            && !stuck.contains("workspace_culler_due_workspaces")
+            && stuck.contains("or vector(0)"),
+        "{stuck}"
+    );
+
     let (ok, no_crds, err) = template(&helm, &["crds.install=false"]);
     assert!(ok, "{err}");
     assert!(!no_crds.contains("kind: CustomResourceDefinition"));
@@ -246,6 +289,17 @@ fn chart_lints_renders_and_validates_values() {
     assert!(err.contains("concurrency") && err.contains("integer"), "{err}");
     let (ok, _, err) = template(&helm, &["controller.httpMode=carrier-pigeon"]);
     assert!(!ok && err.contains("httpMode"), "{err}");
+    // A misspelt value is refused, not ignored: `dryrun` would leave pauses on.
+    let (ok, _, err) = template(&helm, &["controller.dryrun=true"]);
+    assert!(!ok && err.contains("dryrun"), "{err}");
+    let (ok, _, err) = template(&helm, &["metrics.serviceMonitor.enable=true"]);
+    assert!(!ok && err.contains("enable"), "{err}");
+    // The cache's size is a number of MiB (`int` of "1Gi" would be 0: no size limit).
+    let (ok, _, err) = template(&helm, &["controller.cacheSizeMiB=1Gi"]);
+    assert!(!ok && err.contains("cacheSizeMiB"), "{err}");
+    // A parent chart's globals are let through.
+    let (ok, _, err) = template(&helm, &["global.imageRegistry=mirror.local"]);
+    assert!(ok, "{err}");
 }
 
 /// Server-side apply of every rendered object, each validated by the apiserver
@@ -388,6 +442,25 @@ async fn the_charts_service_account_is_enough_and_no_more() {
     match own.get("no-such-secret").await {
         Err(kube::Error::Api(e)) => assert_eq!(e.code, 404, "its own namespace's secrets are readable: {e:?}"),
         other => panic!("expected not found, got {other:?}"),
+    }
+    // Events go through events.k8s.io only; the core API's are not granted.
+    let core_events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(sa_client.clone(), "team-a");
+    let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "culler-test"},
+        "involvedObject": {"kind": "Pod", "name": "ws-ws-0", "namespace": "team-a"},
+        "reason": "Test", "message": "x", "type": "Normal"
+    }))
+    .unwrap();
+    match core_events.create(&PostParams::default(), &event).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "creating a core Event: {e:?}"),
+        other => panic!("creating a core Event as the culler should be forbidden, got {other:?}"),
+    }
+    // A policy's status is patched, never replaced.
+    let policies: Api<workspace_culler_policy::CullingPolicy> = Api::all(sa_client.clone());
+    let current = policies.get("idle").await.unwrap();
+    match policies.replace_status("idle", &PostParams::default(), &current).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "replacing a policy's status: {e:?}"),
+        other => panic!("replacing a policy's status as the culler should be forbidden, got {other:?}"),
     }
     let kinds: Api<DynamicObject> = Api::all_with(sa_client, &workspace_culler_support::kubeflow::kind_resource());
     match kinds.delete("idle", &DeleteParams::default()).await {

@@ -48,7 +48,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["pods/portforward"]
   verbs: ["create", "get"]
 {{- end }}
-- apiGroups: ["", "events.k8s.io"]
+# Events through the events.k8s.io API only (kube's Recorder).
+- apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}
