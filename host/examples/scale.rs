@@ -183,6 +183,7 @@ async fn metrics(port: u16) -> String {
         headers: Default::default(),
         body: Default::default(),
         response_body_cap: 16 << 20,
+        response_memory: Default::default(),
     };
     match workspace_culler::transport::http(request).await {
         Ok(response) => String::from_utf8_lossy(&response.body).into_owned(),

@@ -92,6 +92,7 @@ async fn jupyter_get(port: u16, workspace: &str, path: &str) -> anyhow::Result<u
         headers,
         body: Default::default(),
         response_body_cap: 1 << 20,
+        response_memory: Default::default(),
     };
     Ok(crate::transport::http(request)
         .await

@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Full};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use workspace_culler_engine::{ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse};
+use workspace_culler_engine::{BodyMemory, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse};
 
 /// Read a stream to its end, keeping at most `cap` bytes.
 async fn read_capped(stream: Option<impl AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
@@ -223,9 +223,13 @@ impl Connection {
             .iter()
             .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        let (body, complete) = read_body_capped(response.into_body(), request.response_body_cap)
-            .await
-            .map_err(Failed::Other)?;
+        let (body, complete) = read_body_capped(
+            response.into_body(),
+            request.response_body_cap,
+            &request.response_memory,
+        )
+        .await
+        .map_err(Failed::Other)?;
         Ok((HttpResponse { status, headers, body }, complete))
     }
 }
@@ -244,14 +248,21 @@ where
 
 /// Read a response body frame by frame, stopping as soon as it holds more
 /// than `cap` bytes: a body over the cap comes back cut at `cap + 1` bytes
-/// (for the engine to refuse), never read to its end. With whether it was read to its end.
-async fn read_body_capped(mut body: hyper::body::Incoming, cap: usize) -> Result<(bytes::Bytes, bool), String> {
+/// (for the engine to refuse), never read to its end. Each frame is taken from the probe's
+/// `memory` before it is kept. With whether it was read to its end.
+async fn read_body_capped(
+    mut body: hyper::body::Incoming,
+    cap: usize,
+    memory: &BodyMemory,
+) -> Result<(bytes::Bytes, bool), String> {
     let mut kept = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("reading body: {e}"))?;
         if let Ok(data) = frame.into_data() {
             let room = (cap + 1).saturating_sub(kept.len());
-            kept.extend_from_slice(&data[..data.len().min(room)]);
+            let data = &data[..data.len().min(room)];
+            memory.take(data.len())?;
+            kept.extend_from_slice(data);
             if kept.len() > cap {
                 return Ok((kept.freeze(), false));
             }
@@ -317,6 +328,7 @@ mod tests {
             headers: Default::default(),
             body: Default::default(),
             response_body_cap: cap,
+            response_memory: Default::default(),
         }
     }
 

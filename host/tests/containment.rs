@@ -619,6 +619,24 @@ impl Capabilities for BigAnswers {
     }
 }
 
+/// Answers every HTTP request with a body one byte over the response cap.
+struct OverTheCap;
+
+#[async_trait]
+impl Capabilities for OverTheCap {
+    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+        Err(ExecError::Refused("no exec".into()))
+    }
+
+    async fn http(&self, _: &Workspace, request: HttpRequest) -> Result<HttpResponse, String> {
+        Ok(HttpResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: vec![b'x'; request.response_body_cap + 1].into(),
+        })
+    }
+}
+
 /// Answers HTTP after a pause, counting the calls in progress at once.
 #[derive(Default)]
 struct Overlapping {
@@ -647,8 +665,7 @@ impl Capabilities for Overlapping {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_s_http_calls_reach_its_pod_one_at_a_time() {
-    // Four requests sent at once: each is answered, one after the other (the host reads a
-    // response whole before counting it in the probe's memory).
+    // Four requests sent at once: each is answered, one after the other.
     let engine = engine(Allocation::OnDemand);
     let probe = engine.load(hostile(), None).unwrap();
     let pod = Arc::new(Overlapping::default());
@@ -692,6 +709,26 @@ async fn http_bodies_the_host_holds_for_a_probe_count_in_its_memory_cap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_a_probe_never_sends_hold_a_few_kib_of_the_host_s_memory_each() {
+    // The host buffers a body's writes until the request is sent, and counts them then; a
+    // probe that never sends holds only what one body buffers, per request handle (of 1 024).
+    let engine = engine(Allocation::OnDemand);
+    let probe = engine.load(hostile(), None).unwrap();
+    let config = serde_json::json!({"mode": "unsent-bodies", "requests": 4});
+    let (outcome, _) = run(&engine, &probe, config, Duration::from_secs(10), Arc::new(BigAnswers)).await;
+    let ProbeOutcome::Failure(message) = &outcome else {
+        panic!("expected the probe's report, got {outcome:?}")
+    };
+    let took: usize = message
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("no figure in {message:?}"));
+    assert!(took > 0, "{message}");
+    assert!(took <= 16 << 10, "{message}");
+    assert_still_works(&engine, &probe).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_probe_says_is_cut_to_a_line_before_it_is_logged_or_kept() {
     let engine = engine(Allocation::OnDemand);
     let probe = engine.load(hostile(), None).unwrap();
@@ -715,6 +752,25 @@ async fn what_a_probe_says_is_cut_to_a_line_before_it_is_logged_or_kept() {
             );
         }
         other => panic!("expected a Failure, got {other:?}"),
+    }
+    // A long path to a pod that answers past the body cap: the host's own warning names the
+    // path, and is cut too.
+    let url = format!("http://10.0.0.7:8888/{}", "p".repeat(60_000));
+    let config = serde_json::json!({"mode": "http", "url": url});
+    let evaluation = engine
+        .evaluate(
+            &probe,
+            request(config, Duration::from_secs(10), Arc::new(OverTheCap)),
+            NOW_MS,
+        )
+        .await;
+    assert!(
+        evaluation.logs.iter().any(|(_, line)| line.contains("over the cap")),
+        "{:?}",
+        evaluation.logs
+    );
+    for (_, line) in &evaluation.logs {
+        assert!(line.len() < 4200, "a log line of {} bytes", line.len());
     }
     // Half a MiB on stdout in one line, within the stdout cap.
     let flood = serde_json::json!({"mode": "flood-stdout", "bytes": 512 << 10});
@@ -859,6 +915,11 @@ async fn every_per_evaluation_allowance_is_capped_and_named() {
         ),
         (
             serde_json::json!({"mode": "exec-big", "bytes": 1 << 20}),
+            format!("over its cap of {} bytes", limits.exec_input_bytes),
+        ),
+        // Empty arguments are bytes too: each costs the host a string, and a copy or two.
+        (
+            serde_json::json!({"mode": "exec-big", "args": 1_000_000}),
             format!("over its cap of {} bytes", limits.exec_input_bytes),
         ),
         (

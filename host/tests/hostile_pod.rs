@@ -61,6 +61,7 @@ async fn an_endless_response_body_is_cut_at_the_cap_not_read_to_its_end() {
         headers: Default::default(),
         body: Default::default(),
         response_body_cap: CAP,
+        response_memory: Default::default(),
     };
     let response = workspace_culler::transport::http(request).await.unwrap();
     assert_eq!(
@@ -123,4 +124,83 @@ async fn the_jupyter_probe_against_an_endless_body_fails_naming_the_cap() {
         sent < 64 << 20,
         "the body was read on past the cap: the server sent {sent} bytes"
     );
+}
+
+/// A server that sends `body` bytes of a longer body, then holds the connection open without
+/// sending more; its port.
+async fn stalling_server(body: usize) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body + 1
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&vec![b' '; body]).await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    port
+}
+
+/// A pod that sends most of a body within the body cap and then stalls holds memory of the
+/// probe's while the host reads it: the body is taken from the probe's memory as it arrives,
+/// so a probe whose memory cannot hold it fails there and then, naming its cap. (Before, the
+/// body was counted only once read whole: with 64 probes in flight against such pods, the
+/// controller held 64 bodies that its memory budget did not see, until each probe's deadline.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_is_taken_from_the_probe_s_memory_as_it_arrives() {
+    let port = stalling_server(3 << 20).await;
+    let engine = ProbeEngine::new(EngineConfig {
+        allocation: Allocation::OnDemand,
+        limits: Limits {
+            http_body_bytes: CAP,
+            memory_bytes: 2 << 20,
+            ..Limits::default()
+        },
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let probe = engine.load(builtin("jupyter").unwrap().component, None).unwrap();
+    let fixture = Fixture {
+        workspace: FixtureWorkspace {
+            namespace: "ns".into(),
+            name: "ws".into(),
+            ports: [("jupyterlab".to_string(), port)].into(),
+            ..FixtureWorkspace::default()
+        },
+        config: serde_json::json!({"lastActivity": true, "portId": "jupyterlab"}),
+        deadline_ms: Some(30_000),
+        ..Fixture::default()
+    };
+    let live = LiveMode {
+        exec: false,
+        http: true,
+    };
+    let run = harness::run_case(&engine, &probe, "jupyter", &fixture, live);
+    let evaluation = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the probe did not end")
+        .unwrap()
+        .evaluation;
+    match &evaluation.outcome {
+        ProbeOutcome::Failure(message) => assert!(
+            message.contains("memory cap of 2 MiB"),
+            "the failure does not name the memory cap: {message}"
+        ),
+        other => panic!("expected a Failure naming the memory cap, got {other:?} (held until the deadline)"),
+    }
+    assert_eq!(engine.memory_in_use(), 0, "every byte is given back");
 }

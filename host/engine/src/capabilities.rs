@@ -34,6 +34,43 @@ pub struct HttpRequest {
     /// reading once the body is longer and returns what it has (over the
     /// cap), so an endless body costs no more than this much memory.
     pub response_body_cap: usize,
+    /// Where a capability takes the memory of the response body from, as it reads it.
+    pub response_memory: BodyMemory,
+}
+
+/// The probe's memory (its cap, and the budget of all probes), for a response body while a
+/// capability reads it: each chunk is taken before it is kept, so a pod that stops just short
+/// of the body cap, or sends its body slowly, holds no memory the probe may not hold. A
+/// capability that does not take it has the whole body taken when it returns.
+#[derive(Clone, Default)]
+pub struct BodyMemory(Option<std::sync::Arc<TakeMemory>>);
+
+/// Takes bytes of a probe's memory, or says why not.
+type TakeMemory = dyn Fn(usize) -> Result<(), String> + Send + Sync;
+
+impl BodyMemory {
+    /// Memory taken by `take`, which says why when it refuses.
+    pub fn new(take: impl Fn(usize) -> Result<(), String> + Send + Sync + 'static) -> BodyMemory {
+        BodyMemory(Some(std::sync::Arc::new(take)))
+    }
+
+    /// Take `bytes` more, or say why not (the read then stops with that message).
+    pub fn take(&self, bytes: usize) -> Result<(), String> {
+        match &self.0 {
+            Some(take) => take(bytes),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for BodyMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BodyMemory(counted)"
+        } else {
+            "BodyMemory(uncounted)"
+        })
+    }
 }
 
 /// The response handed back to the probe.

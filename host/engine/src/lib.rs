@@ -11,7 +11,8 @@ pub use workspace_culler_contract::ProbeOutcome;
 mod state;
 
 pub use capabilities::{
-    Capabilities, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, NoCapabilities, Port, Workspace,
+    BodyMemory, Capabilities, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, NoCapabilities, Port,
+    Workspace,
 };
 use sha2::{Digest, Sha256};
 use state::ProbeState;

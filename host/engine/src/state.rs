@@ -3,7 +3,7 @@
 
 use super::Limits;
 use super::bindings::workspace_culler::probe::{exec, log, types};
-use super::capabilities::{Capabilities, HttpRequest, Workspace};
+use super::capabilities::{BodyMemory, Capabilities, HttpRequest, Workspace};
 use http_body_util::{BodyExt, Full};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,6 +68,12 @@ impl CapExceeded {
 
 /// Bytes of one HTTP header map (a `fields` handle) a probe may fill.
 const HTTP_FIELDS_BYTES: usize = 16 << 10;
+
+/// Bytes of one write into a request's body. The host buffers a body's writes (two at most)
+/// until the request is sent, and counts them in the probe's memory only then: small writes
+/// keep what a probe can leave in bodies it never sends to a few KiB per request handle, where
+/// wasmtime's default of 1 MiB let one evaluation hold 2 MiB per handle, 2 GiB in all.
+const HTTP_BODY_WRITE_BYTES: usize = 4 << 10;
 
 /// Lines of one evaluation that also reach the controller's own log; the
 /// rest are kept with the evaluation only, so a chatty probe cannot flood it.
@@ -261,7 +267,10 @@ impl http_body::Body for Reserved {
     }
 }
 
-/// The store's limiter: each linear memory's growth taken from the probe's memory.
+/// Bytes of host memory one table element holds.
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+
+/// The store's limiter: each linear memory's and table's growth taken from the probe's memory.
 pub(crate) struct MemoryCap(Arc<ProbeMemory>);
 
 impl wasmtime::ResourceLimiter for MemoryCap {
@@ -273,8 +282,17 @@ impl wasmtime::ResourceLimiter for MemoryCap {
             .map_err(|message| wasmtime::format_err!("{message}"))
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > 100_000 {
+            return Ok(false);
+        }
+        // A table's elements are the host's memory too (a pointer each, allocated when the
+        // table is made or grown): taken from the probe's memory like its linear memories', so
+        // no number of tables adds up past the cap.
+        self.0
+            .take(desired.saturating_sub(current).saturating_mul(TABLE_ELEMENT_BYTES))
+            .map(|()| true)
+            .map_err(|message| wasmtime::format_err!("{message}"))
     }
 }
 
@@ -540,7 +558,13 @@ impl exec::Host for ProbeState {
             self.exceeded.record(message.clone());
             return Err(exec::Error::Refused(message));
         }
-        let input = command.argv.iter().map(String::len).sum::<usize>() + command.stdin.len();
+        // Each argument costs the host a `String` besides its bytes (an empty one too).
+        let input = command
+            .argv
+            .iter()
+            .map(|arg| arg.len() + std::mem::size_of::<String>())
+            .sum::<usize>()
+            + command.stdin.len();
         if input > self.limits.exec_input_bytes {
             let message = format!(
                 "probe passed a command {input} bytes of argv and stdin, over its cap of {} bytes",
@@ -600,6 +624,10 @@ fn host_of(uri: &http::Uri) -> &str {
 }
 
 impl WasiHttpHooks for ConfinedHttp {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        HTTP_BODY_WRITE_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -646,10 +674,13 @@ impl WasiHttpHooks for ConfinedHttp {
         Box::new(async move {
             // Held against the probe's memory while the host holds it: however many requests
             // a probe opens, the bodies the host gathers for it stay within its cap.
-            let refuse = |message: String| {
-                if exceeded.record(message.clone()) {
-                    push_log(&logs, LogLevel::Warn, message);
-                }
+            let refuse = {
+                let (exceeded, logs) = (exceeded.clone(), logs.clone());
+                Arc::new(move |message: String| {
+                    if exceeded.record(message.clone()) {
+                        push_log(&logs, LogLevel::Warn, message);
+                    }
+                })
             };
             let mut sending = Reservation::new(memory.clone());
             let (parts, mut body) = request.into_parts();
@@ -667,15 +698,24 @@ impl WasiHttpHooks for ConfinedHttp {
                 gathered.extend_from_slice(&data);
             }
             let body = gathered.freeze();
+            // The response's body is taken from the probe's memory as the capability reads it.
+            let reading = Arc::new(Mutex::new(Reservation::new(memory.clone())));
+            let response_memory = {
+                let (reading, refuse) = (reading.clone(), refuse.clone());
+                BodyMemory::new(move |bytes| {
+                    let grown = reading.lock().unwrap_or_else(|p| p.into_inner()).grow(bytes);
+                    grown.inspect_err(|message| refuse(message.clone()))
+                })
+            };
             let request = HttpRequest {
                 method: parts.method,
                 uri: parts.uri,
                 headers: parts.headers,
                 body,
                 response_body_cap: body_cap,
+                response_memory,
             };
-            // The capability reads a response whole before it can be counted: one call at a
-            // time, so no more than one response (at most the body cap) is held uncounted.
+            // One call at a time: a probe's calls reach its pod in turn.
             let _turn = one_at_a_time.acquire_owned().await.ok();
             let remaining = deadline_at.saturating_duration_since(Instant::now());
             let response = match tokio::time::timeout(remaining, capabilities.http(&workspace, request)).await {
@@ -687,7 +727,9 @@ impl WasiHttpHooks for ConfinedHttp {
                 push_log(
                     &logs,
                     LogLevel::Warn,
-                    format!("the response body from {uri} is over the cap of {body_cap} bytes: cut off"),
+                    one_line(&format!(
+                        "the response body is over the cap of {body_cap} bytes: cut off ({uri})"
+                    )),
                 );
                 return Err(HttpError::HttpResponseBodySize(None));
             }
@@ -696,11 +738,17 @@ impl WasiHttpHooks for ConfinedHttp {
             for (name, value) in &response.headers {
                 builder = builder.header(name, value);
             }
-            let mut receiving = Reservation::new(memory);
-            receiving.grow(response.body.len()).map_err(|message| {
-                refuse(message);
-                HttpError::HttpResponseBodySize(None)
-            })?;
+            // What the capability took as it read, and the rest of the body if it took less.
+            let mut receiving = std::mem::replace(
+                &mut *reading.lock().unwrap_or_else(|p| p.into_inner()),
+                Reservation::new(memory),
+            );
+            receiving
+                .grow(response.body.len().saturating_sub(receiving.bytes))
+                .map_err(|message| {
+                    refuse(message);
+                    HttpError::HttpResponseBodySize(None)
+                })?;
             let body = Reserved {
                 body: Full::new(response.body),
                 _reservation: receiving,
@@ -753,6 +801,20 @@ mod tests {
         assert_eq!(hit(&probe), (true, false));
         assert!(probe.memory_growing(0, 24, None).unwrap(), "up to the cap");
         assert_eq!(budget.in_use(), 64);
+    }
+
+    #[test]
+    fn tables_count_in_the_probe_s_memory_cap_however_many_there_are() {
+        let budget = Arc::new(MemoryBudget::new(1000));
+        let mut probe = cap(&budget);
+        // Eight bytes an element, against the cap of 64: four tables of two, then no more.
+        for _ in 0..4 {
+            assert!(probe.table_growing(0, 2, None).unwrap());
+        }
+        assert!(probe.table_growing(0, 1, None).is_err(), "a fifth table past the cap");
+        assert_eq!(hit(&probe), (true, false));
+        assert_eq!(budget.in_use(), 64);
+        assert!(!probe.table_growing(0, 100_001, None).unwrap(), "one table's own bound");
     }
 
     #[test]

@@ -379,6 +379,7 @@ impl Controller {
             headers: Default::default(),
             body: Default::default(),
             response_body_cap: 16 << 20,
+            response_memory: Default::default(),
         };
         let response = workspace_culler::transport::http(request).await.unwrap();
         (response.status, String::from_utf8_lossy(&response.body).into_owned())

@@ -113,6 +113,7 @@ impl Jupyter {
                 Default::default()
             },
             response_body_cap: 16 << 20,
+            response_memory: Default::default(),
         };
         let response = local::http(request).await?;
         let json = serde_json::from_slice(&response.body).unwrap_or(serde_json::Value::Null);

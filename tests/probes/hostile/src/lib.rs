@@ -108,10 +108,16 @@ impl Probe for Hostile {
                 }
                 Ok(Reply::Json(r#"{"has_activity":false}"#.into()))
             }
-            // Run one command whose argv is `bytes` long.
+            // Run one command whose argv is `bytes` long, or has `args` empty arguments.
             "exec-big" => {
-                let arg = "x".repeat(config["bytes"].as_u64().unwrap_or(1 << 20) as usize);
-                let _ = host.exec(&Command::new(["echo", arg.as_str()]));
+                let command = match config["args"].as_u64() {
+                    Some(args) => Command::new(std::iter::once("true").chain((0..args).map(|_| ""))),
+                    None => {
+                        let arg = "x".repeat(config["bytes"].as_u64().unwrap_or(1 << 20) as usize);
+                        Command::new(["echo", arg.as_str()])
+                    }
+                };
+                let _ = host.exec(&command);
                 Ok(Reply::Json(r#"{"has_activity":false}"#.into()))
             }
             // Send `requests` HTTP requests to `url`, going on past refusals.
@@ -165,6 +171,37 @@ impl Probe for Hostile {
                 }
                 std::hint::black_box(&held);
                 Ok(Reply::Json(r#"{"has_activity":true}"#.into()))
+            }
+            // Write into `requests` request bodies as much as the host takes, never sending
+            // them (no `handle`): the host holds what it took. Fails with the most one took.
+            "unsent-bodies" => {
+                use probe_sdk::bindings::wasi::http::types;
+                let mut held = Vec::new();
+                let mut most = 0u64;
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..config["requests"].as_u64().unwrap_or(4) {
+                    let request = types::OutgoingRequest::new(types::Fields::new());
+                    let Ok(body) = request.body() else { break };
+                    let Ok(stream) = body.write() else { break };
+                    let mut taken = 0u64;
+                    while let Ok(permit) = stream.check_write() {
+                        if permit == 0 || taken > 64 << 20 {
+                            break;
+                        }
+                        let n = usize::try_from(permit).unwrap_or(usize::MAX).min(chunk.len());
+                        if stream.write(&chunk[..n]).is_err() {
+                            break;
+                        }
+                        taken += n as u64;
+                    }
+                    most = most.max(taken);
+                    // Dropped in this order: the stream, its body, their request.
+                    held.push((stream, body, request));
+                }
+                std::hint::black_box(&held);
+                Err(ProbeError::Failure(format!(
+                    "the host took up to {most} bytes of an unsent body"
+                )))
             }
             // Send `requests` GETs to the workspace's pod all at once, then wait for each.
             "http-parallel" => {
