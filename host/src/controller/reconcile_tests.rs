@@ -46,6 +46,8 @@ struct FakeApi {
     reject_status_write: std::sync::atomic::AtomicBool,
     /// How many Events to refuse with a server error first.
     events_to_refuse: AtomicUsize,
+    /// Someone else's edit (a merge patch) that lands just before the next read of the workspace.
+    edit_before_read: Mutex<Option<Value>>,
 }
 
 /// RFC 7386 merge of `patch` into `target`.
@@ -90,7 +92,13 @@ impl FakeApi {
         let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                               "message": "the object has been modified", "reason": "Conflict", "code": 409});
         match (method.as_str(), path) {
-            ("GET", WORKSPACE_PATH) => (StatusCode::OK, workspace.clone()),
+            ("GET", WORKSPACE_PATH) => {
+                if let Some(edit) = lock(&self.edit_before_read).take() {
+                    merge(&mut workspace, &edit);
+                    bump(&mut workspace);
+                }
+                (StatusCode::OK, workspace.clone())
+            }
             ("GET", POLICY_PATH) => (StatusCode::OK, lock(&self.policy).clone()),
             ("PATCH", p) if p == format!("{WORKSPACE_PATH}/status") => {
                 if self.fail_status_write.swap(false, Ordering::SeqCst) {
@@ -528,6 +536,49 @@ async fn an_idle_workspace_past_eligible_after_is_paused_once_after_a_fresh_read
     assert_eq!(case.stored()["spec"]["paused"], true);
     assert_eq!(case.ctx.metrics.culls.with_label_values(&["false"]).get(), 1);
     assert_eq!(lock(&case.ctx.pauses).get("notebooks"), Some(&1));
+}
+
+#[tokio::test]
+async fn what_changed_since_the_probe_is_checked_on_the_fresh_read_before_a_pause() {
+    // Each edit lands between the probe's status write and the pause's fresh read; each
+    // means the probe's verdict no longer holds, and nothing is paused.
+    let edits = [
+        (
+            "re-created under the same name",
+            json!({"metadata": {"uid": "another"}}),
+        ),
+        ("no longer Running", json!({"status": {"state": "Terminating"}})),
+        (
+            "a newer probe recorded",
+            json!({"status": {"activity": {"lastProbe": {"startTime": NOW + 500, "endTime": NOW + 600,
+                                                           "result": "Success"}}}}),
+        ),
+        (
+            "activity recorded since (Kubeflow's own probe, say)",
+            json!({"status": {"activity": {"lastActivity": NOW + 150}}}),
+        ),
+        (
+            "opted out meanwhile",
+            json!({"metadata": {"annotations": {"workspace-culler.io/disable-culling": "true"}}}),
+        ),
+        ("paused by someone else", json!({"spec": {"paused": true}})),
+        ("moved to another kind", json!({"spec": {"kind": "other"}})),
+    ];
+    for (what, edit) in edits {
+        let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
+        *lock(&case.api.edit_before_read) = Some(edit);
+        case.reconcile().await;
+        let summary = case.api.summary();
+        assert!(
+            !summary.iter().any(|s| s == "PATCH " || s == "event Culled"),
+            "{what}: {summary:?}"
+        );
+        assert_eq!(case.ctx.metrics.culls.with_label_values(&["false"]).get(), 0, "{what}");
+    }
+    // Without an edit, the same case pauses (the edits above are what stopped it).
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
+    case.reconcile().await;
+    assert_eq!(case.stored()["spec"]["paused"], true);
 }
 
 #[tokio::test]
