@@ -92,7 +92,15 @@ fn case() -> impl Strategy<Value = Case> {
         prop::bool::weighted(0.1),
         time(),
         time(),
-        prop::option::weighted(0.9, (result(), time(), -120_000i64..120_000)),
+        // The start near now as often as not: within the longest minimum interval generated.
+        prop::option::weighted(
+            0.9,
+            (
+                result(),
+                prop_oneof![time(), (NOW - 8_000_000)..(NOW + 1)],
+                -120_000i64..120_000,
+            ),
+        ),
     )
         .prop_map(|(state, spec_paused, opted_out, lrt, la, probe)| Case {
             state,
@@ -208,6 +216,39 @@ proptest! {
             other => Some(other),
         };
         prop_assert_eq!(got, expected);
+    }
+
+    /// Around the moment itself: a fresh successful probe pauses from `eligibleAfter` + 5 s
+    /// on (SPEC §4), never a millisecond before — with or without a minimum running time, and
+    /// whether the last activity or the last start sets `eligibleAfter`.
+    #[test]
+    fn a_pause_comes_exactly_five_seconds_after_eligible_after(
+        seconds_since_active in 16i64..100_000,
+        from_eligible in -10_000i64..10_000,
+        started_later in prop::bool::ANY,
+        min_running_seconds in prop_oneof![Just(0i64), 1i64..16],
+    ) {
+        const SPEC_GRACE_MS: i64 = 5_000;
+        let rule = RuleMatch::Pauses {
+            rule: 0,
+            window: PauseWindow { seconds_since_active, min_running_seconds, keep_alive_until: 0, max_running_seconds: 0 },
+        };
+        // The moment `eligibleAfter` falls at, set by the last activity or by a later start.
+        let eligible = NOW - SPEC_GRACE_MS - from_eligible;
+        let since = eligible - seconds_since_active * 1000;
+        let (last_activity, last_running_time) = if started_later { (since - 1000, since) } else { (since, since - 1000) };
+        let mut ws = Workspace::test().running();
+        let activity = Activity {
+            last_activity,
+            last_update: 0,
+            last_probe: Some(LastProbe { start_time: NOW - 200, end_time: NOW - 100, result: ProbeResult::Success, message: String::new() }),
+            rules: None,
+        };
+        let status = ws.status.get_or_insert_with(Default::default);
+        status.last_running_time = last_running_time;
+        status.activity = Some(activity.clone());
+        let decision = pause_decision(&ws, &activity, &rule, &spec(false), NOW);
+        prop_assert_eq!(decision == Pause::Yes, NOW >= eligible + SPEC_GRACE_MS, "{:?}", decision);
     }
 
     /// The next probe is never sooner than `minProbeIntervalSeconds` after the last one started,
