@@ -139,7 +139,9 @@ pub struct Registry {
     settings: Settings,
     /// The CA file's certificates, read once.
     ca: Option<Vec<u8>>,
-    problems: Mutex<HashMap<String, String>>,
+    /// By location and the component's pin: two policies may pin the same location differently,
+    /// and one's wrong pin is not the other's problem.
+    problems: Mutex<HashMap<(String, Option<String>), String>>,
     /// The longest a pull may take, all of it: the client's timeouts bound each read only,
     /// and a registry that trickles bytes would otherwise hold every probe waiting for it.
     pull_deadline: std::time::Duration,
@@ -259,12 +261,13 @@ impl Registry {
         Client::new(config)
     }
 
-    /// The last problem fetching `location` (`None` after a success, or before any fetch).
-    pub fn problem(&self, location: &str) -> Option<String> {
+    /// The last problem fetching `location` pinned to `sha256` (`None` after a success, or
+    /// before any fetch).
+    pub fn problem(&self, location: &str, sha256: Option<&str>) -> Option<String> {
         self.problems
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(location)
+            .get(&(location.to_owned(), sha256.map(str::to_owned)))
             .cloned()
     }
 
@@ -293,9 +296,10 @@ impl Registry {
     pub async fn fetch(&self, location: &Location, auth: &RegistryAuth) -> Result<Fetched, String> {
         let result = self.fetch_unrecorded(location, auth).await;
         let mut problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (location.text.clone(), location.sha256.clone());
         match &result {
-            Ok(_) => problems.remove(&location.text),
-            Err(problem) => problems.insert(location.text.clone(), problem.clone()),
+            Ok(_) => problems.remove(&key),
+            Err(problem) => problems.insert(key, problem.clone()),
         };
         result
     }
@@ -549,8 +553,27 @@ mod tests {
         .expect("the pull outlived its deadline");
         let problem = fetched.unwrap_err();
         assert!(problem.contains("did not serve it within 2 s"), "{problem}");
-        assert_eq!(registry.problem(&location.text), Some(problem));
+        assert_eq!(registry.problem(&location.text, None), Some(problem));
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_problem_is_kept_for_the_pin_it_was_met_with_not_every_pin_of_the_location() {
+        // Nothing listens there: every pull fails at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let registry = Registry::new(Settings {
+            insecure: vec![address.clone()],
+            ..Settings::default()
+        })
+        .unwrap();
+        let text = format!("oci://{address}/probe:v1");
+        let (wrong, right) = ("a".repeat(64), "b".repeat(64));
+        let location = parse(&text, Some(&wrong)).unwrap();
+        assert!(registry.fetch(&location, &RegistryAuth::Anonymous).await.is_err());
+        assert!(registry.problem(&text, Some(&wrong)).is_some());
+        assert_eq!(registry.problem(&text, Some(&right)), None, "another policy's pin");
     }
 
     const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

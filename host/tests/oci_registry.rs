@@ -157,7 +157,10 @@ async fn a_pulled_component_is_verified_and_kept_so_it_is_pulled_once() {
         let registry = fresh();
         async move {
             let error = registry.fetch(&location, &RegistryAuth::Anonymous).await.unwrap_err();
-            assert_eq!(registry.problem(&location.text).as_deref(), Some(error.as_str()));
+            assert_eq!(
+                registry.problem(&location.text, location.sha256.as_deref()).as_deref(),
+                Some(error.as_str())
+            );
             error
         }
     };

@@ -15,21 +15,34 @@ pub fn touch(path: &Path) {
     }
 }
 
+/// A temporary file written into the cache older than this was left by a write that never
+/// finished (the process killed, the disk full): no write takes this long.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether `path` is being written: a compiled file's `<name>.tmp<pid>`, or a pulled
+/// module's `.tmp<random>`.
+fn is_temporary(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    name.starts_with(".tmp") || path.extension().is_some_and(|e| e.to_string_lossy().starts_with("tmp"))
+}
+
 /// Delete the least recently used files under `dir` until what is left takes at most
 /// `max_bytes`, never one of `keep` (what was just written). Returns the bytes freed. Files
-/// being written (temporary names) are counted but never deleted; errors only log.
+/// being written (temporary names) are counted but never deleted, unless a write left them
+/// behind long ago; errors only log.
 pub fn bound(dir: &Path, max_bytes: u64, keep: &[&Path]) -> u64 {
     let mut files = Vec::new();
     collect(dir, &mut files);
     let mut total: u64 = files.iter().map(|(_, size, _)| size).sum();
     files.sort_by_key(|(_, _, used)| *used);
     let mut freed = 0;
-    for (path, size, _) in files {
-        if total <= max_bytes {
-            break;
+    for (path, size, used) in files {
+        let temporary = is_temporary(&path);
+        let stale = temporary && used.elapsed().is_ok_and(|age| age > STALE_TEMPORARY);
+        if total <= max_bytes && !stale {
+            continue;
         }
-        let temporary = path.extension().is_some_and(|e| e.to_string_lossy().starts_with("tmp"));
-        if temporary || keep.iter().any(|k| *k == path) {
+        if (temporary && !stale) || keep.iter().any(|k| *k == path) {
             continue;
         }
         match std::fs::remove_file(&path) {
@@ -101,7 +114,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let written = file(dir.path(), "a.cwasm", 400, 300);
         let writing = file(dir.path(), "b.tmp123", 400, 400);
+        let pulling = file(dir.path(), "oci/sha256/.tmpAbC123", 400, 400);
         assert_eq!(bound(dir.path(), 100, &[&written]), 0);
-        assert!(written.exists() && writing.exists());
+        assert!(written.exists() && writing.exists() && pulling.exists());
+    }
+
+    #[test]
+    fn a_temporary_file_a_write_left_behind_long_ago_is_deleted_even_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let left = file(dir.path(), "b.tmp123", 400, 3600);
+        let left_by_a_pull = file(dir.path(), "oci/sha256/.tmpAbC123", 400, 3600);
+        let cached = file(dir.path(), "a.cwasm", 400, 3600);
+        assert_eq!(bound(dir.path(), 10_000, &[]), 800);
+        assert!(!left.exists() && !left_by_a_pull.exists() && cached.exists());
     }
 }

@@ -675,11 +675,16 @@ fn write_cache(
     // Write to temporary names and rename, so a reader never sees half a file.
     let tmp_code = code_path.with_extension(format!("tmp{}", std::process::id()));
     let tmp_sum = sum_path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp_code, &code)?;
-    std::fs::write(&tmp_sum, sha256_hex(&code))?;
-    std::fs::rename(&tmp_code, code_path)?;
-    std::fs::rename(&tmp_sum, sum_path)?;
-    Ok(())
+    let written = std::fs::write(&tmp_code, &code)
+        .and_then(|()| std::fs::write(&tmp_sum, sha256_hex(&code)))
+        .and_then(|()| std::fs::rename(&tmp_code, code_path))
+        .and_then(|()| std::fs::rename(&tmp_sum, sum_path));
+    if written.is_err() {
+        // A full disk, say: what was written would only take room from the cache's bound.
+        let _ = std::fs::remove_file(&tmp_code);
+        let _ = std::fs::remove_file(&tmp_sum);
+    }
+    Ok(written?)
 }
 
 /// Where what a probe declares it uses (`info().capabilities`) and what it

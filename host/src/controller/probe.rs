@@ -244,7 +244,7 @@ pub fn module_problem(probe: &ActivityProbe, module_dir: &Path, registry: &crate
             if crate::oci::is_oci(&module.location) {
                 return crate::oci::parse(&module.location, module.sha256.as_deref())
                     .err()
-                    .or_else(|| registry.problem(&module.location));
+                    .or_else(|| registry.problem(&module.location, module.sha256.as_deref()));
             }
             let path = match module_path(module_dir, &module.location) {
                 Ok(path) => path,
