@@ -120,6 +120,10 @@ pub struct Context {
     pauses: Arc<Mutex<BTreeMap<String, i64>>>,
     /// Every write checks it first: only a replica that (still) leads writes.
     fence: leader::Fence,
+    /// True once the controller stops (a signal, the lease lost): a probe in flight then ends
+    /// at once, its result not written, so the replica releases its lease before the kubelet's
+    /// grace period runs out rather than waiting for a minute-long exec.
+    stopping: tokio::sync::watch::Receiver<bool>,
     /// Who manages what and the decoded kinds, computed again only when a kind or a policy
     /// changed (not on every reconcile: a kind is a large object to decode).
     management: Mutex<Option<(Vec<Revision>, Arc<Managed>)>>,
@@ -897,16 +901,21 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
     }
 
     let kind_name = governed.kind.name_any();
-    let run = ctx
-        .prober
-        .probe(
-            &ctx,
-            &workspace,
-            &governed.kind,
-            &governed.policy.spec.activity_probe,
-            now,
-        )
-        .await;
+    let probe = ctx.prober.probe(
+        &ctx,
+        &workspace,
+        &governed.kind,
+        &governed.policy.spec.activity_probe,
+        now,
+    );
+    let mut stopping = ctx.stopping.clone();
+    let run = tokio::select! {
+        run = probe => run,
+        Ok(_) = stopping.wait_for(|stopping| *stopping) => {
+            tracing::info!("stopping: the probe in flight ends here, its result not written");
+            return Ok(Action::await_change());
+        }
+    };
     let result = workspace_culler_policy::ProbeResult::of(&run.outcome);
     ctx.metrics
         .probes
@@ -1188,6 +1197,14 @@ pub async fn run(
         synced = synced => synced?,
         () = shutdown.clone() => return Ok(()),
     }
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        }
+    });
 
     let recorder = Recorder::new(client.clone(), reporter());
     let prober: Arc<dyn probe::Prober> = Arc::new(probe::EngineProber::new(engine));
@@ -1254,6 +1271,7 @@ pub async fn run(
                 culled_unsent: Default::default(),
                 pauses: pauses.clone(),
                 fence: fence.clone(),
+                stopping: stopping.clone(),
                 management: Mutex::default(),
             });
             // The workspaces of the kinds a policy's or a kind's change touches (all of them

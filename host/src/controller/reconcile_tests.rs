@@ -204,16 +204,20 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
     }
 }
 
-/// Probes end 100 ms after they start, with the outcome given.
+/// Probes end 100 ms after they start, with the outcome given (or never, if told to hang).
 struct Scripted {
     outcome: ProbeOutcome,
     calls: AtomicUsize,
+    hang: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
 impl Prober for Scripted {
     async fn probe(&self, _: &Context, _: &Workspace, _: &WorkspaceKind, _: &ActivityProbe, start_ms: i64) -> ProbeRun {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         ProbeRun {
             start_ms,
             end_ms: start_ms + 100,
@@ -286,6 +290,8 @@ struct Case {
     api: Arc<FakeApi>,
     prober: Arc<Scripted>,
     ctx: Arc<Context>,
+    /// Tells the controller it stops.
+    stop: tokio::sync::watch::Sender<bool>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -307,7 +313,9 @@ impl Case {
         let prober = Arc::new(Scripted {
             outcome,
             calls: AtomicUsize::new(0),
+            hang: Default::default(),
         });
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
         let ctx = Arc::new(Context {
             client: client.clone(),
@@ -341,12 +349,14 @@ impl Case {
             culled_unsent: Default::default(),
             pauses: Default::default(),
             fence: leader::Fence::always(),
+            stopping,
             management: Default::default(),
         });
         Case {
             api,
             prober,
             ctx,
+            stop,
             _server: server,
         }
     }
@@ -579,6 +589,30 @@ async fn what_changed_since_the_probe_is_checked_on_the_fresh_read_before_a_paus
     let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
     case.reconcile().await;
     assert_eq!(case.stored()["spec"]["paused"], true);
+}
+
+#[tokio::test]
+async fn a_probe_in_flight_ends_when_the_controller_stops_and_nothing_is_written() {
+    // A probe that would take its whole minute (an exec's timeout): the controller stops
+    // (SIGTERM in a rolling update) and its reconcile ends at once, so the lease is released
+    // within the kubelet's grace period.
+    let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
+    case.prober.hang.store(true, Ordering::SeqCst);
+    let reconcile = case.reconcile();
+    tokio::pin!(reconcile);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut reconcile)
+            .await
+            .is_err(),
+        "the probe is in flight"
+    );
+    case.stop.send(true).unwrap();
+    let action = tokio::time::timeout(Duration::from_secs(10), reconcile)
+        .await
+        .expect("the reconcile ended when the controller stopped");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(case.probes(), 1);
+    assert!(case.api.sent().is_empty(), "{:?}", case.api.summary());
 }
 
 #[tokio::test]
