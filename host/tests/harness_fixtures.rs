@@ -51,6 +51,40 @@ fn a_fixture_run_against_the_wrong_probe_fails_loudly() {
 }
 
 #[test]
+fn a_fixture_of_a_folder_without_expect_fails_as_unchecked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(&fixtures("jupyter")).join("01-idle-server.yaml"),
+        dir.path().join("01-idle-server.yaml"),
+    )
+    .unwrap();
+    // A case that says nothing of what should come of it: it would pass whatever the probe did.
+    std::fs::write(dir.path().join("02-unchecked.yaml"), "workspace: {podIp: 10.0.0.7}\n").unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (code, text) = cli::run(
+        &["probe", "test", "jupyter", "--fixture", dir.path().to_str().unwrap()],
+        cache.path(),
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("UNCHECKED") && text.contains("1 passed, 1 failed"),
+        "{text}"
+    );
+    // Given on the command line, an expectation checks it.
+    let (code, text) = cli::run(
+        &[
+            "probe",
+            "test",
+            "jupyter",
+            "--fixture",
+            dir.path().join("02-unchecked.yaml").to_str().unwrap(),
+        ],
+        cache.path(),
+    );
+    assert_eq!(code, 0, "one file on its own is a look at what the probe does: {text}");
+}
+
+#[test]
 fn a_malformed_fixture_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");

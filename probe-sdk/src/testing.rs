@@ -194,7 +194,8 @@ mod fixtures {
     }
 
     /// Run every fixture of `dir` against `P`; `Err` lists each failing case
-    /// with its differences (also when the directory holds no fixture).
+    /// with its differences (also when the directory holds no fixture, or a fixture
+    /// without `expect`, which would check nothing).
     ///
     /// ```ignore
     /// #[test]
@@ -206,6 +207,13 @@ mod fixtures {
         let cases = Fixture::from_dir(dir.as_ref())?;
         let mut report = String::new();
         for (path, fixture) in &cases {
+            if fixture.expect.is_none() {
+                report.push_str(&format!(
+                    "{}:\n  no `expect`: nothing would be compared\n",
+                    path.display()
+                ));
+                continue;
+            }
             let mismatches = run_fixture::<P>(fixture);
             if !mismatches.is_empty() {
                 report.push_str(&format!("{}:\n", path.display()));
@@ -244,6 +252,42 @@ mod fixtures {
                 None => Outcome::Failure(format!("invalid probe result: {t:?} is not an RFC 3339 time")),
             },
             _ => Outcome::Failure(format!("invalid probe result: {text}")),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use crate::{Host, Probe, ProbeError, ProbeInfo, Reply, Workspace};
+
+        /// Always idle.
+        struct Idle;
+
+        impl Probe for Idle {
+            const INFO: ProbeInfo = ProbeInfo {
+                name: "idle",
+                version: "0",
+                description: "always idle",
+                capabilities: &[],
+            };
+
+            fn probe(_: &dyn Host, _: &Workspace, _: &str) -> Result<Reply, ProbeError> {
+                Ok(Reply::Activity(crate::Activity::Idle))
+            }
+        }
+
+        #[test]
+        fn a_fixture_without_expect_fails_the_folder_as_it_checks_nothing() {
+            let dir = std::env::temp_dir().join(format!("probe-sdk-fixtures-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("01-idle.yaml"), "expect: {result: Success, activity: idle}\n").unwrap();
+            assert_eq!(super::run_fixtures::<Idle>(&dir), Ok(1));
+            std::fs::write(dir.join("02-unchecked.yaml"), "workspace: {podIp: 10.0.0.7}\n").unwrap();
+            let report = super::run_fixtures::<Idle>(&dir).unwrap_err();
+            assert!(
+                report.contains("02-unchecked.yaml") && report.contains("no `expect`"),
+                "{report}"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
         }
     }
 }

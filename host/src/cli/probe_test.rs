@@ -4,7 +4,7 @@
 use super::probe::{ProbeArg, fixtures, load};
 use anyhow::{Context, bail};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use workspace_culler::harness::{self, Expectation, LiveMode};
 
@@ -78,6 +78,8 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     if args.record.is_some() && !args.live_exec && !args.live_http {
         bail!("--record records live calls; add --live-exec and/or --live-http");
     }
+    // A folder is a test suite: each of its fixtures must say what should come of it.
+    let suite = args.fixture.as_deref().is_some_and(Path::is_dir);
     let (mut passed, mut failed) = (0, 0);
     for (source, mut fixture) in cases {
         if let Some(config) = &args.config {
@@ -115,7 +117,10 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                 path.display()
             );
         }
-        if report.mismatches.is_empty() {
+        if suite && fixture.expect.is_none() {
+            println!("UNCHECKED  it has no `expect`, so nothing was compared (add one, or --expect)");
+            failed += 1;
+        } else if report.mismatches.is_empty() {
             passed += 1;
         } else {
             failed += 1;
