@@ -68,7 +68,7 @@ async fn a_probe_pulled_by_digest_pauses_and_a_restart_pulls_nothing() {
     )
     .await;
     // Two more artifacts, never pulled with credentials before they are asked for.
-    let (other_digest, _) = push(
+    let (other_digest, other_sha256) = push(
         &registry,
         "probes/other",
         read(workspace_culler_support::test_probes::hostile()),
@@ -108,13 +108,20 @@ async fn a_probe_pulled_by_digest_pauses_and_a_restart_pulls_nothing() {
             None,
             Some("registry-pull"),
         ),
+        // Its pull Secret does not exist: nothing can be pulled, and the policy is not Ready.
+        policy(
+            "no-secret",
+            &at(&format!("probes/other@{other_digest}")),
+            Some(&other_sha256),
+            Some("absent"),
+        ),
     ] {
         env.apply_policy(policy).await;
     }
-    for kind in ["pulled", "unauthorised", "wrong-pin", "missing", "down"] {
+    for kind in ["pulled", "unauthorised", "wrong-pin", "missing", "no-secret", "down"] {
         env.apply_kind(sample_kind(kind)).await;
     }
-    for kind in ["pulled", "unauthorised", "wrong-pin", "missing"] {
+    for kind in ["pulled", "unauthorised", "wrong-pin", "missing", "no-secret"] {
         env.running_workspace(NS, kind, kind, serde_json::json!({})).await;
     }
     let insecure = ["--insecure-registry", host.as_str()];
@@ -129,6 +136,7 @@ async fn a_probe_pulled_by_digest_pauses_and_a_restart_pulls_nothing() {
             &format!("digest mismatch: the artifact's component is sha256:{sha256}"),
         ),
         ("missing", "not found in the registry"),
+        ("no-secret", "/absent: not found"),
     ] {
         let status = env.activity(NS, name).await;
         let probe = status.last_probe.unwrap();

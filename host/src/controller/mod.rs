@@ -1337,6 +1337,8 @@ pub async fn run(
         fence,
         module_dir: settings.module_dir.clone(),
         registry: settings.registry.clone(),
+        secrets: secrets.clone(),
+        own_namespace: settings.own_namespace.clone(),
     };
     metrics.leader.set(1);
     // Ready: it leads (run is called only then), the kinds', policies' and namespaces' caches

@@ -75,6 +75,10 @@ pub struct Sources {
     pub module_dir: std::path::PathBuf,
     /// The last problem pulling each `oci://` module.
     pub registry: Arc<crate::oci::Registry>,
+    /// The Secrets of the controller's namespace, where policies' Secrets must be.
+    pub secrets: Store<k8s_openapi::api::core::v1::Secret>,
+    /// The controller's namespace.
+    pub own_namespace: String,
 }
 
 /// Keep every policy's status current until the task is dropped.
@@ -88,6 +92,8 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
         fence,
         module_dir,
         registry,
+        secrets,
+        own_namespace,
     } = sources;
     let params = PatchParams {
         field_manager: Some(MANAGER.into()),
@@ -115,7 +121,9 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
             let name = policy.name_any();
             let new_pauses = lock(&pauses).get(&name).copied().unwrap_or(0);
             let before = totals.get(&name).copied().unwrap_or(0);
-            let problem = super::probe::module_problem(&policy.spec.activity_probe, &module_dir, &registry);
+            let probe = &policy.spec.activity_probe;
+            let problem = super::probe::module_problem(probe, &module_dir, &registry)
+                .or_else(|| super::probe::secret_problem(probe, &secrets, &own_namespace));
             let status = status_of(policy, &management, &by_kind, before, new_pauses, problem, clock());
             if policy.status.as_ref() == Some(&status) || !fence.holds() {
                 continue;

@@ -8,6 +8,7 @@ use super::pods::{CachedPod, CachedStatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::runtime::reflector::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,6 +259,27 @@ pub fn module_problem(probe: &ActivityProbe, module_dir: &Path, registry: &crate
         })
 }
 
+/// What is wrong with the Jupyter token Secret `probe` names in the controller's namespace
+/// `namespace`, seen in the watch cache (`None`: nothing): every probe would fail for it, so
+/// the policy is not `Ready`. (A module's pull Secret is needed only to pull, and a pull that
+/// cannot use it is the registry's problem with that module.)
+pub fn secret_problem(
+    probe: &ActivityProbe,
+    secrets: &Store<k8s_openapi::api::core::v1::Secret>,
+    namespace: &str,
+) -> Option<String> {
+    probe
+        .jupyter
+        .iter()
+        .chain(probe.any_of.iter().flatten().filter_map(|p| p.jupyter.as_ref()))
+        .filter_map(|j| j.token_secret_ref.as_ref())
+        .find_map(|s| {
+            secret_bytes(secrets, namespace, &s.name, &s.key)
+                .err()
+                .map(|problem| format!("jupyter.tokenSecretRef: {problem}"))
+        })
+}
+
 /// Why a module file is not run: it names no `sha256`. Whoever can write to the module
 /// directory (a ConfigMap, a volume) could otherwise swap the code a policy runs.
 fn unpinned_file(module: &workspace_culler_policy::policy::ModuleProbe) -> Option<String> {
@@ -358,10 +380,17 @@ fn read_secret(ctx: &Context, secret: &SecretKeyRef) -> Result<String, String> {
 /// The bytes under `key` of Secret `name` in the controller's own namespace (from the watch
 /// cache: no request to the apiserver).
 fn secret_data(ctx: &Context, name: &str, key: &str) -> Result<Vec<u8>, String> {
+    secret_bytes(&ctx.secrets, &ctx.settings.own_namespace, name, key)
+}
+
+fn secret_bytes(
+    secrets: &Store<k8s_openapi::api::core::v1::Secret>,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Vec<u8>, String> {
     use kube::runtime::reflector::ObjectRef;
-    let namespace = &ctx.settings.own_namespace;
-    let found = ctx
-        .secrets
+    let found = secrets
         .get(&ObjectRef::new(name).within(namespace))
         .ok_or_else(|| format!("cannot read Secret {namespace}/{name}: not found"))?;
     found
@@ -630,11 +659,14 @@ async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Result<Arc<L
             prober
                 .pulled
                 .get_or_load(key, || async {
+                    let registry = &ctx.settings.registry;
                     let auth = match &plan.pull_secret {
-                        Some(name) => registry_auth(ctx, name, location.reference.registry())?,
+                        // The policy's Ready condition says so too.
+                        Some(name) => registry_auth(ctx, name, location.reference.registry())
+                            .map_err(|problem| registry.note_problem(location, problem))?,
                         None => oci_client::secrets::RegistryAuth::Anonymous,
                     };
-                    let fetched = ctx.settings.registry.fetch(location, &auth).await?;
+                    let fetched = registry.fetch(location, &auth).await?;
                     if fetched.pulled {
                         tracing::info!(location = %location.text, sha256 = %fetched.sha256, "pulled a probe module");
                     }
@@ -851,6 +883,49 @@ mod tests {
 
     fn probe(value: serde_json::Value) -> ActivityProbe {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_secret_a_policy_names_must_be_in_the_controller_s_namespace_with_its_key() {
+        use k8s_openapi::api::core::v1::Secret;
+        let secret = |namespace: &str, name: &str, key: &str| -> Secret {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": namespace},
+                "data": {key: "dG9rZW4="}
+            }))
+            .unwrap()
+        };
+        let mut writer = kube::runtime::reflector::store::Writer::default();
+        for s in [
+            secret("culler-system", "jupyter", "token"),
+            secret("team-a", "elsewhere", "token"),
+        ] {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(s));
+        }
+        let secrets = writer.as_reader();
+        let token = |name: &str, key: &str| {
+            probe(serde_json::json!({"jupyter": {"lastActivity": true, "portId": "lab",
+                                                 "tokenSecretRef": {"name": name, "key": key}}}))
+        };
+        let problem = |probe: &ActivityProbe| secret_problem(probe, &secrets, "culler-system");
+        assert_eq!(problem(&token("jupyter", "token")), None);
+        let missing = problem(&token("elsewhere", "token")).unwrap();
+        assert!(
+            missing.contains("jupyter.tokenSecretRef") && missing.contains("culler-system/elsewhere: not found"),
+            "{missing}"
+        );
+        let no_key = problem(&token("jupyter", "password")).unwrap();
+        assert!(no_key.contains("no key \"password\""), "{no_key}");
+        // Inside anyOf too.
+        let any_of = probe(serde_json::json!({"anyOf": [
+            {"module": {"location": "oci://r.example/p:v1", "sha256": "a".repeat(64)}},
+            {"jupyter": {"lastActivity": true, "portId": "lab",
+                         "tokenSecretRef": {"name": "gone", "key": "token"}}}
+        ]}));
+        assert!(
+            problem(&any_of).unwrap().contains("culler-system/gone: not found"),
+            "{any_of:?}"
+        );
     }
 
     fn only_plan(probe: &ActivityProbe, workspace: &Workspace, kind: &WorkspaceKind) -> Result<Plan, String> {
