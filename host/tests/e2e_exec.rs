@@ -158,6 +158,15 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
         logs()
     );
     assert_eq!(env.events_at_least(NS, "exec-idle", "Culled", 1).await, 1, "{}", logs());
+    // SPEC §4: not before eligibleAfter + 5 s. The Event is recorded right after the pause,
+    // so a pause that came early shows in its time.
+    let culled_at = env.first_event_ms(NS, "exec-idle", "Culled").await.unwrap();
+    assert!(
+        culled_at >= idle.eligible_after() + 5000,
+        "Culled at {culled_at}, {} ms after eligibleAfter\n{}",
+        culled_at - idle.eligible_after(),
+        logs()
+    );
 
     // The custom module decides like the built-in: idle, so paused too (started together).
     env.wait_paused(NS, "module-idle", Duration::from_secs(30), logs).await;

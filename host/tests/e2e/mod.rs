@@ -274,6 +274,19 @@ impl Env {
             .sum()
     }
 
+    /// When the first `reason` Event of workspace `namespace/name` was recorded (its
+    /// `eventTime`, UNIX ms), if it was.
+    pub async fn first_event_ms(&self, namespace: &str, name: &str, reason: &str) -> Option<i64> {
+        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), namespace);
+        let events = api.list(&Default::default()).await.unwrap().items;
+        events
+            .iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.event_time.as_ref())
+            .map(|t| t.0.as_millisecond())
+            .min()
+    }
+
     /// How many `reason` Events workspace `namespace/name` has, once it has at least
     /// `at_least` (waiting up to 15 s: an Event is recorded just after what it reports).
     pub async fn events_at_least(&self, namespace: &str, name: &str, reason: &str, at_least: usize) -> usize {
