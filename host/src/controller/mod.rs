@@ -1339,6 +1339,7 @@ pub async fn run(
         registry: settings.registry.clone(),
         secrets: secrets.clone(),
         own_namespace: settings.own_namespace.clone(),
+        dry_run: settings.dry_run,
     };
     metrics.leader.set(1);
     // Ready: it leads (run is called only then), the kinds', policies' and namespaces' caches

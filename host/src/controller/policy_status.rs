@@ -57,6 +57,21 @@ pub fn status_of(
     }
 }
 
+/// Say in `policy`'s `Ready` condition that nothing is paused whatever the policy says, when
+/// the controller runs with `--dry-run` (the chart's `controller.dryRun`): the policy's own
+/// `spec.dryRun` (and the `Dry-Run` column) does not show it.
+pub fn note_controller_dry_run(status: &mut CullingPolicyStatus, policy: &CullingPolicy, controller_dry_run: bool) {
+    if !controller_dry_run || policy.spec.dry_run {
+        return;
+    }
+    if let Some(ready) = status.conditions.iter_mut().find(|c| c.type_ == "Ready") {
+        ready.message = format!(
+            "dry run: the controller runs with --dry-run, so nothing is paused; {}",
+            ready.message
+        );
+    }
+}
+
 /// What the policies' status is computed from.
 pub struct Sources {
     /// Where the status is written.
@@ -79,6 +94,8 @@ pub struct Sources {
     pub secrets: Store<k8s_openapi::api::core::v1::Secret>,
     /// The controller's namespace.
     pub own_namespace: String,
+    /// The controller runs with `--dry-run`.
+    pub dry_run: bool,
 }
 
 /// Keep every policy's status current until the task is dropped.
@@ -94,6 +111,7 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
         registry,
         secrets,
         own_namespace,
+        dry_run,
     } = sources;
     let params = PatchParams {
         field_manager: Some(MANAGER.into()),
@@ -124,7 +142,8 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
             let probe = &policy.spec.activity_probe;
             let problem = super::probe::module_problem(probe, &module_dir, &registry)
                 .or_else(|| super::probe::secret_problem(probe, &secrets, &own_namespace));
-            let status = status_of(policy, &management, &by_kind, before, new_pauses, problem, clock());
+            let mut status = status_of(policy, &management, &by_kind, before, new_pauses, problem, clock());
+            note_controller_dry_run(&mut status, policy, dry_run);
             if policy.status.as_ref() == Some(&status) || !fence.holds() {
                 continue;
             }
@@ -184,6 +203,31 @@ mod tests {
         // A total this process wrote, not yet in the cached policy, is never lost.
         let status = status_of(&notebooks, &management, &by_kind, 9, 1, None, 1_780_000_000_000);
         assert_eq!(status.paused_total, 10);
+    }
+
+    #[test]
+    fn a_controller_run_with_dry_run_says_so_in_each_policy_s_ready_condition() {
+        let notebooks = policy("notebooks", &["jupyterlab"]);
+        let management = Management::compute(std::slice::from_ref(&notebooks), &[kind("jupyterlab")]);
+        let status = status_of(&notebooks, &management, &BTreeMap::new(), 0, 0, None, 1_780_000_000_000);
+        let noted = |policy: &CullingPolicy, controller_dry_run: bool| {
+            let mut status = status.clone();
+            note_controller_dry_run(&mut status, policy, controller_dry_run);
+            status
+        };
+        assert_eq!(noted(&notebooks, false), status, "not in a dry run");
+        let mut dry = notebooks.clone();
+        dry.spec.dry_run = true;
+        assert_eq!(noted(&dry, true), status, "the policy's own dry run shows in its spec");
+        let status = noted(&notebooks, true);
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "True");
+        assert!(
+            ready.message.starts_with("dry run: the controller runs with --dry-run")
+                && ready.message.contains("manages jupyterlab"),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]
