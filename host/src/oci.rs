@@ -304,15 +304,6 @@ impl Registry {
         result
     }
 
-    /// Record `problem`, met before any fetch of `location` (its pull Secret, say), as its
-    /// last problem; returns it.
-    pub fn note_problem(&self, location: &Location, problem: String) -> String {
-        let key = (location.text.clone(), location.sha256.clone());
-        let mut problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
-        problems.insert(key, problem.clone());
-        problem
-    }
-
     async fn fetch_unrecorded(&self, location: &Location, auth: &RegistryAuth) -> Result<Fetched, String> {
         let known = location.sha256.clone().or_else(|| {
             let path = self.manifest_path(location.reference.digest()?)?;

@@ -709,6 +709,17 @@ async fn http_bodies_the_host_holds_for_a_probe_count_in_its_memory_cap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_of_up_to_32_kib_may_be_written_before_the_request_is_sent() {
+    // wasmtime's own helpers write the whole body, then send: a body the host buffers until
+    // then must fit what it buffers, or the write waits until the deadline.
+    let engine = engine(Allocation::OnDemand);
+    let probe = engine.load(hostile(), None).unwrap();
+    let config = serde_json::json!({"mode": "post-first", "bytes": 30 << 10});
+    let (outcome, _) = run(&engine, &probe, config, Duration::from_secs(10), Arc::new(BigAnswers)).await;
+    assert_eq!(outcome, ProbeOutcome::Success(ProbeActivity::ActiveNow));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_a_probe_never_sends_hold_a_few_kib_of_the_host_s_memory_each() {
     // The host buffers a body's writes until the request is sent, and counts them then; a
     // probe that never sends holds only what one body buffers, per request handle (of 1 024).
@@ -724,7 +735,7 @@ async fn request_bodies_a_probe_never_sends_hold_a_few_kib_of_the_host_s_memory_
         .find_map(|word| word.parse().ok())
         .unwrap_or_else(|| panic!("no figure in {message:?}"));
     assert!(took > 0, "{message}");
-    assert!(took <= 16 << 10, "{message}");
+    assert!(took <= 32 << 10, "{message}");
     assert_still_works(&engine, &probe).await;
 }
 

@@ -70,7 +70,21 @@ fn a_fixture_of_a_folder_without_expect_fails_as_unchecked() {
         text.contains("UNCHECKED") && text.contains("1 passed, 1 failed"),
         "{text}"
     );
-    // Given on the command line, an expectation checks it.
+    // Given on the command line, an expectation is one for every case, so none is unchecked.
+    let (_, text) = cli::run(
+        &[
+            "probe",
+            "test",
+            "jupyter",
+            "--fixture",
+            dir.path().to_str().unwrap(),
+            "--expect",
+            "Failure",
+        ],
+        cache.path(),
+    );
+    assert!(!text.contains("UNCHECKED"), "{text}");
+    // One file on its own, without an expectation, is a look at what the probe does.
     let (code, text) = cli::run(
         &[
             "probe",

@@ -70,10 +70,11 @@ impl CapExceeded {
 const HTTP_FIELDS_BYTES: usize = 16 << 10;
 
 /// Bytes of one write into a request's body. The host buffers a body's writes (two at most)
-/// until the request is sent, and counts them in the probe's memory only then: small writes
-/// keep what a probe can leave in bodies it never sends to a few KiB per request handle, where
-/// wasmtime's default of 1 MiB let one evaluation hold 2 MiB per handle, 2 GiB in all.
-const HTTP_BODY_WRITE_BYTES: usize = 4 << 10;
+/// until the request is sent, and counts them in the probe's memory only then: a body written
+/// before the request is sent may be up to 32 KiB (a larger one is sent first and streamed),
+/// and a probe that never sends holds at most that per request handle (32 MiB at its cap of
+/// handles), where wasmtime's default of 1 MiB writes let one evaluation hold 2 GiB.
+const HTTP_BODY_WRITE_BYTES: usize = 16 << 10;
 
 /// Lines of one evaluation that also reach the controller's own log; the
 /// rest are kept with the evaluation only, so a chatty probe cannot flood it.
@@ -702,9 +703,11 @@ impl WasiHttpHooks for ConfinedHttp {
             let reading = Arc::new(Mutex::new(Reservation::new(memory.clone())));
             let response_memory = {
                 let (reading, refuse) = (reading.clone(), refuse.clone());
+                let from: String = uri.to_string().chars().take(200).collect();
                 BodyMemory::new(move |bytes| {
                     let grown = reading.lock().unwrap_or_else(|p| p.into_inner()).grow(bytes);
-                    grown.inspect_err(|message| refuse(message.clone()))
+                    // Said so: the pod's answer took it, not the probe's own allocations.
+                    grown.inspect_err(|message| refuse(format!("{message}, reading the response body from {from}")))
                 })
             };
             let request = HttpRequest {

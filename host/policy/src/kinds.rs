@@ -20,7 +20,7 @@ pub const READY: &str = "Ready";
 pub const KINDS_MANAGED: &str = "KindsManaged";
 
 /// The apiserver's cap on a condition message, in bytes.
-const MAX_CONDITION_MESSAGE_BYTES: usize = 32_768;
+pub const MAX_CONDITION_MESSAGE_BYTES: usize = 32_768;
 
 /// Why a kind a policy names is not managed by it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ pub struct Metrics {
     pub due_queue: IntGauge,
     /// Reconcile errors by kind.
     pub errors: IntCounterVec,
-    /// Probes waiting for a free slot.
+    /// Probes under way: waiting for a free evaluation slot, or running in one.
     pub probes_waiting: IntGauge,
     /// Pause patches retried after a conflict.
     pub conflicts: IntCounter,
@@ -47,7 +47,10 @@ impl Metrics {
         )?;
         let due_queue = IntGauge::new("due_workspaces", "Workspaces scheduled for a later probe")?;
         let errors = IntCounterVec::new(Opts::new("reconcile_errors_total", "Reconcile errors"), &["error"])?;
-        let probes_waiting = IntGauge::new("probes_waiting", "Probes waiting for a free evaluation slot")?;
+        let probes_waiting = IntGauge::new(
+            "probes_waiting",
+            "Probes under way: waiting for a free evaluation slot, or running in one",
+        )?;
         let conflicts = IntCounter::new("cull_conflicts_total", "Cull patches retried after a conflict")?;
         registry.register(Box::new(probes.clone()))?;
         registry.register(Box::new(probe_seconds.clone()))?;

@@ -65,9 +65,13 @@ pub fn note_controller_dry_run(status: &mut CullingPolicyStatus, policy: &Cullin
         return;
     }
     if let Some(ready) = status.conditions.iter_mut().find(|c| c.type_ == "Ready") {
-        ready.message = format!(
+        let message = format!(
             "dry run: the controller runs with --dry-run, so nothing is paused; {}",
             ready.message
+        );
+        ready.message = workspace_culler_policy::record::cap_message(
+            &message,
+            workspace_culler_policy::kinds::MAX_CONDITION_MESSAGE_BYTES,
         );
     }
 }
@@ -228,6 +232,12 @@ mod tests {
             "{}",
             ready.message
         );
+        // Still within the CRD's bound on a condition's message.
+        let max = workspace_culler_policy::kinds::MAX_CONDITION_MESSAGE_BYTES;
+        let mut long = status.clone();
+        long.conditions[0].message = "x".repeat(max);
+        note_controller_dry_run(&mut long, &notebooks, true);
+        assert!(long.conditions[0].message.len() <= max);
     }
 
     #[test]

@@ -259,25 +259,30 @@ pub fn module_problem(probe: &ActivityProbe, module_dir: &Path, registry: &crate
         })
 }
 
-/// What is wrong with the Jupyter token Secret `probe` names in the controller's namespace
-/// `namespace`, seen in the watch cache (`None`: nothing): every probe would fail for it, so
-/// the policy is not `Ready`. (A module's pull Secret is needed only to pull, and a pull that
-/// cannot use it is the registry's problem with that module.)
+/// What is wrong with a Secret `probe` names (a Jupyter token, a module's pull Secret) in the
+/// controller's namespace `namespace`, seen in the watch cache (`None`: nothing): its probes
+/// fail for it (a module not pulled yet cannot be), so the policy is not `Ready`. Checked per
+/// policy: another policy naming the same module with its own Secret is not concerned.
 pub fn secret_problem(
     probe: &ActivityProbe,
     secrets: &Store<k8s_openapi::api::core::v1::Secret>,
     namespace: &str,
 ) -> Option<String> {
-    probe
+    let tokens = probe
         .jupyter
         .iter()
         .chain(probe.any_of.iter().flatten().filter_map(|p| p.jupyter.as_ref()))
         .filter_map(|j| j.token_secret_ref.as_ref())
-        .find_map(|s| {
-            secret_bytes(secrets, namespace, &s.name, &s.key)
-                .err()
-                .map(|problem| format!("jupyter.tokenSecretRef: {problem}"))
-        })
+        .map(|s| (s.name.as_str(), s.key.as_str(), "jupyter.tokenSecretRef"));
+    let pulls = probe
+        .modules()
+        .filter_map(|m| m.pull_secret_ref.as_ref())
+        .map(|s| (s.name.as_str(), ".dockerconfigjson", "module.pullSecretRef"));
+    tokens.chain(pulls).find_map(|(name, key, field)| {
+        secret_bytes(secrets, namespace, name, key)
+            .err()
+            .map(|problem| format!("{field}: {problem}"))
+    })
 }
 
 /// Why a module file is not run: it names no `sha256`. Whoever can write to the module
@@ -659,14 +664,11 @@ async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Result<Arc<L
             prober
                 .pulled
                 .get_or_load(key, || async {
-                    let registry = &ctx.settings.registry;
                     let auth = match &plan.pull_secret {
-                        // The policy's Ready condition says so too.
-                        Some(name) => registry_auth(ctx, name, location.reference.registry())
-                            .map_err(|problem| registry.note_problem(location, problem))?,
+                        Some(name) => registry_auth(ctx, name, location.reference.registry())?,
                         None => oci_client::secrets::RegistryAuth::Anonymous,
                     };
-                    let fetched = registry.fetch(location, &auth).await?;
+                    let fetched = ctx.settings.registry.fetch(location, &auth).await?;
                     if fetched.pulled {
                         tracing::info!(location = %location.text, sha256 = %fetched.sha256, "pulled a probe module");
                     }
@@ -898,6 +900,7 @@ mod tests {
         let mut writer = kube::runtime::reflector::store::Writer::default();
         for s in [
             secret("culler-system", "jupyter", "token"),
+            secret("culler-system", "pull", ".dockerconfigjson"),
             secret("team-a", "elsewhere", "token"),
         ] {
             writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(s));
@@ -916,7 +919,7 @@ mod tests {
         );
         let no_key = problem(&token("jupyter", "password")).unwrap();
         assert!(no_key.contains("no key \"password\""), "{no_key}");
-        // Inside anyOf too.
+        // Inside anyOf too, and a module's pull Secret.
         let any_of = probe(serde_json::json!({"anyOf": [
             {"module": {"location": "oci://r.example/p:v1", "sha256": "a".repeat(64)}},
             {"jupyter": {"lastActivity": true, "portId": "lab",
@@ -926,6 +929,12 @@ mod tests {
             problem(&any_of).unwrap().contains("culler-system/gone: not found"),
             "{any_of:?}"
         );
+        let pull = |name: &str| {
+            probe(serde_json::json!({"module": {"location": "oci://r.example/p:v1",
+                "sha256": "a".repeat(64), "pullSecretRef": {"name": name}}}))
+        };
+        assert!(problem(&pull("gone")).unwrap().contains("module.pullSecretRef"));
+        assert_eq!(problem(&pull("pull")), None);
     }
 
     fn only_plan(probe: &ActivityProbe, workspace: &Workspace, kind: &WorkspaceKind) -> Result<Plan, String> {

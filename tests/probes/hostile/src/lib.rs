@@ -172,6 +172,47 @@ impl Probe for Hostile {
                 std::hint::black_box(&held);
                 Ok(Reply::Json(r#"{"has_activity":true}"#.into()))
             }
+            // Write a body of `bytes` into a request, finish it, and only then send it (as
+            // wasmtime's own request helpers do); active if it is answered.
+            "post-first" => {
+                use probe_sdk::bindings::wasi::http::{outgoing_handler, types};
+                let request = types::OutgoingRequest::new(types::Fields::new());
+                let _ = request.set_method(&types::Method::Post);
+                let _ = request.set_scheme(Some(&types::Scheme::Http));
+                let _ = request.set_authority(Some(&format!("{}:80", workspace.pod_ip)));
+                let _ = request.set_path_with_query(Some("/"));
+                let body = request.body().map_err(|()| ProbeError::Failure("no body".into()))?;
+                let stream = body.write().map_err(|()| ProbeError::Failure("no stream".into()))?;
+                // As much as each write may take (`check-write`), waiting when it takes none.
+                let mut left = config["bytes"].as_u64().unwrap_or(30 << 10) as usize;
+                let chunk = vec![b'x'; 1 << 20];
+                while left > 0 {
+                    let permit = stream
+                        .check_write()
+                        .map_err(|e| ProbeError::Failure(format!("writing the body: {e:?}")))?;
+                    if permit == 0 {
+                        stream.subscribe().block();
+                        continue;
+                    }
+                    let n = left.min(usize::try_from(permit).unwrap_or(usize::MAX)).min(chunk.len());
+                    stream
+                        .write(&chunk[..n])
+                        .map_err(|e| ProbeError::Failure(format!("writing the body: {e:?}")))?;
+                    left -= n;
+                }
+                drop(stream);
+                types::OutgoingBody::finish(body, None).map_err(|e| ProbeError::Failure(format!("{e:?}")))?;
+                let future =
+                    outgoing_handler::handle(request, None).map_err(|e| ProbeError::Failure(format!("{e:?}")))?;
+                future.subscribe().block();
+                match future.get() {
+                    Some(Ok(Ok(response))) => Ok(Reply::Json(format!(
+                        r#"{{"has_activity":{}}}"#,
+                        response.status() == 200
+                    ))),
+                    other => Err(ProbeError::Failure(format!("{other:?}"))),
+                }
+            }
             // Write into `requests` request bodies as much as the host takes, never sending
             // them (no `handle`): the host holds what it took. Fails with the most one took.
             "unsent-bodies" => {
