@@ -179,13 +179,20 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
             assert!(!env.workspace(NS, name).await.spec.paused, "{name} was paused\n{log}");
         }
     }
-    let kept = env.activity(NS, "kept").await;
-    assert_eq!(
-        kept.last_probe.as_ref().unwrap().result,
-        ProbeResult::Success,
-        "the opt-out is still probed"
-    );
-    assert!(kept.eligible_after() > 0);
+    // The opt-out is still probed, and a probe past its eligibleAfter + 5 s (when it would
+    // be paused but for the annotation) pauses nothing.
+    let kept = e2e::eventually(
+        Duration::from_secs(20),
+        "a probe of kept past eligibleAfter + 5 s",
+        || async {
+            let kept = env.activity(NS, "kept").await;
+            let start = kept.last_probe.as_ref()?.start_time;
+            (kept.eligible_after() > 0 && start >= kept.eligible_after() + 5000).then_some(kept)
+        },
+    )
+    .await;
+    assert_eq!(kept.last_probe.as_ref().unwrap().result, ProbeResult::Success);
+    assert!(!env.workspace(NS, "kept").await.spec.paused, "{}", logs());
 
     let failing = env.activity(NS, "exec-failing").await;
     let probe = failing.last_probe.unwrap();

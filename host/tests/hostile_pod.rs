@@ -76,14 +76,18 @@ async fn an_endless_response_body_is_cut_at_the_cap_not_read_to_its_end() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_jupyter_probe_against_an_endless_body_fails_naming_the_cap() {
-    let (port, sent) = endless_body_server().await;
+/// The built-in Jupyter probe, on an engine with `limits` and the body cap of `CAP`, run live
+/// against a server on `port`: the engine, and the evaluation.
+async fn jupyter_against(
+    port: u16,
+    limits: Limits,
+    deadline_ms: Option<u64>,
+) -> (ProbeEngine, workspace_culler_engine::Evaluation) {
     let engine = ProbeEngine::new(EngineConfig {
         allocation: Allocation::OnDemand,
         limits: Limits {
             http_body_bytes: CAP,
-            ..Limits::default()
+            ..limits
         },
         ..EngineConfig::default()
     })
@@ -97,6 +101,7 @@ async fn the_jupyter_probe_against_an_endless_body_fails_naming_the_cap() {
             ..FixtureWorkspace::default()
         },
         config: serde_json::json!({"lastActivity": true, "portId": "jupyterlab"}),
+        deadline_ms,
         ..Fixture::default()
     };
     let live = LiveMode {
@@ -109,6 +114,13 @@ async fn the_jupyter_probe_against_an_endless_body_fails_naming_the_cap() {
         .expect("the probe did not end")
         .unwrap()
         .evaluation;
+    (engine, evaluation)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jupyter_probe_against_an_endless_body_fails_naming_the_cap() {
+    let (port, sent) = endless_body_server().await;
+    let (_, evaluation) = jupyter_against(port, Limits::default(), None).await;
     assert!(
         matches!(evaluation.outcome, ProbeOutcome::Failure(_)),
         "expected a Failure, got {:?}",
@@ -163,38 +175,11 @@ async fn stalling_server(body: usize) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_is_taken_from_the_probe_s_memory_as_it_arrives() {
     let port = stalling_server(3 << 20).await;
-    let engine = ProbeEngine::new(EngineConfig {
-        allocation: Allocation::OnDemand,
-        limits: Limits {
-            http_body_bytes: CAP,
-            memory_bytes: 2 << 20,
-            ..Limits::default()
-        },
-        ..EngineConfig::default()
-    })
-    .unwrap();
-    let probe = engine.load(builtin("jupyter").unwrap().component, None).unwrap();
-    let fixture = Fixture {
-        workspace: FixtureWorkspace {
-            namespace: "ns".into(),
-            name: "ws".into(),
-            ports: [("jupyterlab".to_string(), port)].into(),
-            ..FixtureWorkspace::default()
-        },
-        config: serde_json::json!({"lastActivity": true, "portId": "jupyterlab"}),
-        deadline_ms: Some(30_000),
-        ..Fixture::default()
+    let limits = Limits {
+        memory_bytes: 2 << 20,
+        ..Limits::default()
     };
-    let live = LiveMode {
-        exec: false,
-        http: true,
-    };
-    let run = harness::run_case(&engine, &probe, "jupyter", &fixture, live);
-    let evaluation = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("the probe did not end")
-        .unwrap()
-        .evaluation;
+    let (engine, evaluation) = jupyter_against(port, limits, Some(30_000)).await;
     match &evaluation.outcome {
         ProbeOutcome::Failure(message) => assert!(
             message.contains("memory cap of 2 MiB"),
