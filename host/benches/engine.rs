@@ -36,7 +36,12 @@ struct Instant0;
 
 #[async_trait]
 impl Capabilities for Instant0 {
-    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(
+        &self,
+        _: &Workspace,
+        _: ExecCommand,
+        _: workspace_culler_engine::ReadMemory,
+    ) -> Result<ExecOutput, ExecError> {
         Ok(ExecOutput {
             exit_code: 0,
             stdout: br#"{"has_activity": true}"#.to_vec(),
@@ -348,7 +353,12 @@ impl probe_sdk::Host for JupyterHttp {
 
 #[async_trait]
 impl Capabilities for JupyterHttp {
-    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(
+        &self,
+        _: &Workspace,
+        _: ExecCommand,
+        _: workspace_culler_engine::ReadMemory,
+    ) -> Result<ExecOutput, ExecError> {
         Err(ExecError::Refused("no exec here".into()))
     }
     async fn http(&self, _: &Workspace, request: HttpRequest) -> Result<HttpResponse, String> {

@@ -7,36 +7,47 @@ use http_body_util::{BodyExt, Full};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use workspace_culler_engine::{BodyMemory, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse};
+use workspace_culler_engine::{ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, ReadMemory};
 
-/// Read a stream to its end, keeping at most `cap` bytes.
-async fn read_capped(stream: Option<impl AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
-    let Some(mut stream) = stream else { return Vec::new() };
+/// Read a stream to its end, keeping at most `cap` bytes, each taken from the probe's
+/// `memory` before it is kept; or why the memory was refused.
+async fn read_capped(
+    stream: Option<impl AsyncRead + Unpin>,
+    cap: usize,
+    memory: &ReadMemory,
+) -> Result<Vec<u8>, String> {
+    let Some(mut stream) = stream else {
+        return Ok(Vec::new());
+    };
     let mut kept = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
         match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
+            Ok(0) | Err(_) => return Ok(kept),
             Ok(n) => {
                 let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
+                let data = &buf[..n.min(room)];
+                memory.take(data.len())?;
+                kept.extend_from_slice(data);
             }
         }
     }
 }
 
 /// Read a command's stdout and stderr together (neither may block the
-/// other), each to its end and capped at `cap` bytes.
+/// other), each to its end and capped at `cap` bytes, taken from the probe's `memory`.
 pub async fn read_outputs(
     stdout: Option<impl AsyncRead + Unpin>,
     stderr: Option<impl AsyncRead + Unpin>,
     cap: usize,
-) -> (Vec<u8>, Vec<u8>) {
-    tokio::join!(read_capped(stdout, cap), read_capped(stderr, cap))
+    memory: &ReadMemory,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let (out, err) = tokio::try_join!(read_capped(stdout, cap, memory), read_capped(stderr, cap, memory))?;
+    Ok((out, err))
 }
 
 /// Run a command as a local process.
-pub async fn exec(command: ExecCommand, output_cap: usize) -> Result<ExecOutput, ExecError> {
+pub async fn exec(command: ExecCommand, output_cap: usize, memory: &ReadMemory) -> Result<ExecOutput, ExecError> {
     let (program, args) = command
         .argv
         .split_first()
@@ -61,12 +72,24 @@ pub async fn exec(command: ExecCommand, output_cap: usize) -> Result<ExecOutput,
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let run = async {
-        let (_, (out, err), status) = tokio::join!(writer, read_outputs(stdout, stderr, output_cap), child.wait());
-        (out, err, status)
+        let (_, read) = tokio::join!(writer, read_outputs(stdout, stderr, output_cap, memory));
+        let (out, err) = read?;
+        Ok::<_, String>((out, err, child.wait().await))
+    };
+    let kill_group = || {
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) on the process group we created; no memory is involved.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
     };
     let timeout = Duration::from_millis(u64::from(command.timeout_ms));
     match tokio::time::timeout(timeout, run).await {
-        Ok((stdout, stderr, Ok(status))) => {
+        // The probe's memory could not hold its output.
+        Ok(Err(message)) => {
+            kill_group();
+            Err(ExecError::Failed(message))
+        }
+        Ok(Ok((stdout, stderr, Ok(status)))) => {
             let exit_code = status.code().unwrap_or_else(|| {
                 use std::os::unix::process::ExitStatusExt;
                 128 + status.signal().unwrap_or(0)
@@ -77,12 +100,9 @@ pub async fn exec(command: ExecCommand, output_cap: usize) -> Result<ExecOutput,
                 stderr,
             })
         }
-        Ok((_, _, Err(e))) => Err(ExecError::Failed(format!("waiting for {program}: {e}"))),
+        Ok(Ok((_, _, Err(e)))) => Err(ExecError::Failed(format!("waiting for {program}: {e}"))),
         Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: kill(2) on the process group we created; no memory is involved.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-            }
+            kill_group();
             Err(ExecError::Timeout)
         }
     }
@@ -253,7 +273,7 @@ where
 async fn read_body_capped(
     mut body: hyper::body::Incoming,
     cap: usize,
-    memory: &BodyMemory,
+    memory: &ReadMemory,
 ) -> Result<(bytes::Bytes, bool), String> {
     let mut kept = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {

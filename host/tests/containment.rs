@@ -27,7 +27,12 @@ struct Stubborn {
 
 #[async_trait]
 impl Capabilities for Stubborn {
-    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(
+        &self,
+        _: &Workspace,
+        _: ExecCommand,
+        _: workspace_culler_engine::ReadMemory,
+    ) -> Result<ExecOutput, ExecError> {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         Err(ExecError::Failed("unreachable".into()))
     }
@@ -490,7 +495,12 @@ struct Slow;
 
 #[async_trait]
 impl Capabilities for Slow {
-    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(
+        &self,
+        _: &Workspace,
+        _: ExecCommand,
+        _: workspace_culler_engine::ReadMemory,
+    ) -> Result<ExecOutput, ExecError> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         Ok(ExecOutput {
             exit_code: 0,
@@ -606,7 +616,12 @@ struct BigAnswers;
 
 #[async_trait]
 impl Capabilities for BigAnswers {
-    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(
+        &self,
+        _: &Workspace,
+        _: ExecCommand,
+        _: workspace_culler_engine::ReadMemory,
+    ) -> Result<ExecOutput, ExecError> {
         Err(ExecError::Refused("no exec".into()))
     }
 
@@ -624,7 +639,12 @@ struct OverTheCap;
 
 #[async_trait]
 impl Capabilities for OverTheCap {
-    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(
+        &self,
+        _: &Workspace,
+        _: ExecCommand,
+        _: workspace_culler_engine::ReadMemory,
+    ) -> Result<ExecOutput, ExecError> {
         Err(ExecError::Refused("no exec".into()))
     }
 
@@ -646,7 +666,12 @@ struct Overlapping {
 
 #[async_trait]
 impl Capabilities for Overlapping {
-    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(
+        &self,
+        _: &Workspace,
+        _: ExecCommand,
+        _: workspace_culler_engine::ReadMemory,
+    ) -> Result<ExecOutput, ExecError> {
         Err(ExecError::Refused("no exec".into()))
     }
 
@@ -883,7 +908,12 @@ struct Obliging {
 
 #[async_trait]
 impl Capabilities for Obliging {
-    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(
+        &self,
+        _: &Workspace,
+        _: ExecCommand,
+        _: workspace_culler_engine::ReadMemory,
+    ) -> Result<ExecOutput, ExecError> {
         self.exec_calls.fetch_add(1, Ordering::SeqCst);
         Ok(ExecOutput {
             exit_code: 0,

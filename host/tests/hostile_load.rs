@@ -20,7 +20,12 @@ struct Nothing;
 
 #[async_trait::async_trait]
 impl Capabilities for Nothing {
-    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(
+        &self,
+        _: &Workspace,
+        _: ExecCommand,
+        _: workspace_culler_engine::ReadMemory,
+    ) -> Result<ExecOutput, ExecError> {
         Err(ExecError::Failed("no exec here".into()))
     }
     async fn http(&self, _: &Workspace, _: HttpRequest) -> Result<HttpResponse, String> {

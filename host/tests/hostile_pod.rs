@@ -14,6 +14,19 @@ use workspace_culler_engine::{Allocation, EngineConfig, HttpRequest, Limits, Pro
 const SERVER_LIMIT: usize = 256 << 20;
 const CAP: usize = 4 << 20;
 
+/// Read a request's head; whether it came whole.
+async fn read_request_head(socket: &mut tokio::net::TcpStream) -> bool {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// A local HTTP server that answers every request with a chunked body that
 /// does not end (up to `SERVER_LIMIT`); the port and the bytes it sent.
 async fn endless_body_server() -> (u16, Arc<AtomicUsize>) {
@@ -25,13 +38,8 @@ async fn endless_body_server() -> (u16, Arc<AtomicUsize>) {
         while let Ok((mut socket, _)) = listener.accept().await {
             let counter = counter.clone();
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut socket).await {
+                    return;
                 }
                 let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
                 if socket.write_all(head.as_bytes()).await.is_err() {
@@ -146,13 +154,8 @@ async fn stalling_server(body: usize) -> u16 {
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut socket).await {
+                    return;
                 }
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -186,6 +189,51 @@ async fn a_body_is_taken_from_the_probe_s_memory_as_it_arrives() {
             "the failure does not name the memory cap: {message}"
         ),
         other => panic!("expected a Failure naming the memory cap, got {other:?} (held until the deadline)"),
+    }
+    assert_eq!(engine.memory_in_use(), 0, "every byte is given back");
+}
+
+/// The same for what a command in the pod writes: exec-script's command writes a MiB (its
+/// output's cap) and then sleeps. Taken as it arrives, the output runs out of a probe memory
+/// of 1 MiB there and then; read whole, it was held until the command's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_s_output_is_taken_from_the_probe_s_memory_as_it_arrives() {
+    let engine = ProbeEngine::new(EngineConfig {
+        allocation: Allocation::OnDemand,
+        limits: Limits {
+            memory_bytes: 1 << 20,
+            ..Limits::default()
+        },
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let probe = engine.load(builtin("exec-script").unwrap().component, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Fixture {
+        config: serde_json::json!({
+            "script": "#!/bin/sh\nhead -c 1048576 /dev/zero\nsleep 30\n",
+            "outputPath": dir.path().join("activity_probe.json"),
+            "timeoutSeconds": 20,
+        }),
+        deadline_ms: Some(25_000),
+        ..Fixture::default()
+    };
+    let live = LiveMode {
+        exec: true,
+        http: false,
+    };
+    let run = harness::run_case(&engine, &probe, "exec-script", &fixture, live);
+    let evaluation = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the probe did not end")
+        .unwrap()
+        .evaluation;
+    match &evaluation.outcome {
+        ProbeOutcome::Failure(message) => assert!(
+            message.contains("memory cap of 1 MiB") && message.contains("output of a command"),
+            "the failure does not name the memory cap and the command: {message}"
+        ),
+        other => panic!("expected a Failure naming the memory cap, got {other:?} (held until the timeout)"),
     }
     assert_eq!(engine.memory_in_use(), 0, "every byte is given back");
 }

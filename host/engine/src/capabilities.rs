@@ -35,23 +35,23 @@ pub struct HttpRequest {
     /// cap), so an endless body costs no more than this much memory.
     pub response_body_cap: usize,
     /// Where a capability takes the memory of the response body from, as it reads it.
-    pub response_memory: BodyMemory,
+    pub response_memory: ReadMemory,
 }
 
-/// The probe's memory (its cap, and the budget of all probes), for a response body while a
-/// capability reads it: each chunk is taken before it is kept, so a pod that stops just short
-/// of the body cap, or sends its body slowly, holds no memory the probe may not hold. A
-/// capability that does not take it has the whole body taken when it returns.
+/// The probe's memory (its cap, and the budget of all probes), for what a capability reads on
+/// its behalf — a response body, a command's output: each chunk is taken before it is kept,
+/// so a pod that stops just short of a cap, or sends slowly, holds no memory the probe may not
+/// hold. A capability that does not take it has the whole taken when it returns.
 #[derive(Clone, Default)]
-pub struct BodyMemory(Option<std::sync::Arc<TakeMemory>>);
+pub struct ReadMemory(Option<std::sync::Arc<TakeMemory>>);
 
 /// Takes bytes of a probe's memory, or says why not.
 type TakeMemory = dyn Fn(usize) -> Result<(), String> + Send + Sync;
 
-impl BodyMemory {
+impl ReadMemory {
     /// Memory taken by `take`, which says why when it refuses.
-    pub fn new(take: impl Fn(usize) -> Result<(), String> + Send + Sync + 'static) -> BodyMemory {
-        BodyMemory(Some(std::sync::Arc::new(take)))
+    pub fn new(take: impl Fn(usize) -> Result<(), String> + Send + Sync + 'static) -> ReadMemory {
+        ReadMemory(Some(std::sync::Arc::new(take)))
     }
 
     /// Take `bytes` more, or say why not (the read then stops with that message).
@@ -63,12 +63,12 @@ impl BodyMemory {
     }
 }
 
-impl std::fmt::Debug for BodyMemory {
+impl std::fmt::Debug for ReadMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_some() {
-            "BodyMemory(counted)"
+            "ReadMemory(counted)"
         } else {
-            "BodyMemory(uncounted)"
+            "ReadMemory(uncounted)"
         })
     }
 }
@@ -90,7 +90,13 @@ pub trait Capabilities: Send + Sync + 'static {
     /// Run a command in the workspace's main container. `command.timeout_ms`
     /// is already capped by the probe's deadline; the engine also cuts the
     /// call off by wall clock, so an implementation that hangs loses nothing.
-    async fn exec(&self, workspace: &Workspace, command: ExecCommand) -> Result<ExecOutput, ExecError>;
+    /// What it reads of the command's output is taken from `output_memory` as it arrives.
+    async fn exec(
+        &self,
+        workspace: &Workspace,
+        command: ExecCommand,
+        output_memory: ReadMemory,
+    ) -> Result<ExecOutput, ExecError>;
 
     /// Send an HTTP request to the workspace's pod; `Err` is a transport
     /// failure (the message reaches the probe), not an HTTP error status.
@@ -102,7 +108,7 @@ pub struct NoCapabilities;
 
 #[async_trait]
 impl Capabilities for NoCapabilities {
-    async fn exec(&self, _: &Workspace, _: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(&self, _: &Workspace, _: ExecCommand, _: ReadMemory) -> Result<ExecOutput, ExecError> {
         Err(ExecError::Refused("exec is not available here".into()))
     }
 

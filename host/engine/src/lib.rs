@@ -11,7 +11,7 @@ pub use workspace_culler_contract::ProbeOutcome;
 mod state;
 
 pub use capabilities::{
-    BodyMemory, Capabilities, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, NoCapabilities, Port,
+    Capabilities, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, NoCapabilities, Port, ReadMemory,
     Workspace,
 };
 use sha2::{Digest, Sha256};

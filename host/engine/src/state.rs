@@ -3,7 +3,7 @@
 
 use super::Limits;
 use super::bindings::workspace_culler::probe::{exec, log, types};
-use super::capabilities::{BodyMemory, Capabilities, HttpRequest, Workspace};
+use super::capabilities::{Capabilities, HttpRequest, ReadMemory, Workspace};
 use http_body_util::{BodyExt, Full};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -584,9 +584,24 @@ impl exec::Host for ProbeState {
             ..command
         };
         let capabilities = self.capabilities.clone();
+        // The command's output is taken from the probe's memory as the capability reads it, and
+        // given back once the call returns (the output is then the guest's, in its memory).
+        let reading = Arc::new(Mutex::new(Reservation::new(self.memory.0.clone())));
+        let output_memory = {
+            let (reading, exceeded, logs) = (reading.clone(), self.exceeded.clone(), self.logs.clone());
+            ReadMemory::new(move |bytes| {
+                let grown = reading.lock().unwrap_or_else(|p| p.into_inner()).grow(bytes);
+                grown.inspect_err(|message| {
+                    let message = format!("{message}, reading the output of a command");
+                    if exceeded.record(message.clone()) {
+                        push_log(&logs, LogLevel::Warn, message);
+                    }
+                })
+            })
+        };
         // The capability enforces the timeout itself; the wall clock here
         // makes sure a capability that hangs cannot hold the probe.
-        let call = capabilities.exec(&self.workspace, command);
+        let call = capabilities.exec(&self.workspace, command, output_memory);
         match tokio::time::timeout(timeout + Duration::from_millis(250), call).await {
             Err(_) => Err(exec::Error::Timeout),
             Ok(Ok(mut output)) => {
@@ -704,7 +719,7 @@ impl WasiHttpHooks for ConfinedHttp {
             let response_memory = {
                 let (reading, refuse) = (reading.clone(), refuse.clone());
                 let from: String = uri.to_string().chars().take(200).collect();
-                BodyMemory::new(move |bytes| {
+                ReadMemory::new(move |bytes| {
                     let grown = reading.lock().unwrap_or_else(|p| p.into_inner()).grow(bytes);
                     // Said so: the pod's answer took it, not the probe's own allocations.
                     grown.inspect_err(|message| refuse(format!("{message}, reading the response body from {from}")))

@@ -10,7 +10,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{Api, AttachParams};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use workspace_culler_engine::{Capabilities, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, Workspace};
+use workspace_culler_engine::{
+    Capabilities, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, ReadMemory, Workspace,
+};
 
 /// How probes reach their pod over HTTP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -45,7 +47,7 @@ impl PodCapabilities {
         }
     }
 
-    async fn run(&self, mut command: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn run(&self, mut command: ExecCommand, output_memory: ReadMemory) -> Result<ExecOutput, ExecError> {
         command.argv = with_watchdog(&command.argv, command.timeout_ms);
         // Attach stdin only when there is input: closing it needs the v5 exec protocol.
         let with_stdin = !command.stdin.is_empty();
@@ -70,7 +72,8 @@ impl PodCapabilities {
                 let _ = stdin.shutdown().await;
             }
         };
-        let outputs = crate::transport::read_outputs(process.stdout(), process.stderr(), self.output_cap);
+        let outputs =
+            crate::transport::read_outputs(process.stdout(), process.stderr(), self.output_cap, &output_memory);
         let Some(status) = process.take_status() else {
             return Err(ExecError::Failed("the exec stream gave no status".into()));
         };
@@ -80,7 +83,11 @@ impl PodCapabilities {
             tokio::select! {
                 status = &mut status => break status,
                 () = &mut feed, if !fed => fed = true,
-                done = &mut outputs, if read.is_none() => read = Some(done),
+                done = &mut outputs, if read.is_none() => match done {
+                    // The probe's memory could not hold the output: no use waiting on.
+                    Err(message) => return Err(ExecError::Failed(message)),
+                    done => read = Some(done),
+                },
             }
         };
         let Some(status) = status else {
@@ -98,7 +105,8 @@ impl PodCapabilities {
         let (stdout, stderr) = match read {
             Some(read) => read,
             None => outputs.await,
-        };
+        }
+        .map_err(ExecError::Failed)?;
         Ok(ExecOutput {
             exit_code: exit_code(&status)?,
             stdout,
@@ -169,9 +177,14 @@ fn exit_code(status: &Status) -> Result<i32, ExecError> {
 
 #[async_trait]
 impl Capabilities for PodCapabilities {
-    async fn exec(&self, _workspace: &Workspace, command: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(
+        &self,
+        _workspace: &Workspace,
+        command: ExecCommand,
+        output_memory: ReadMemory,
+    ) -> Result<ExecOutput, ExecError> {
         let timeout = Duration::from_millis(u64::from(command.timeout_ms));
-        match tokio::time::timeout(timeout, self.run(command)).await {
+        match tokio::time::timeout(timeout, self.run(command, output_memory)).await {
             Ok(result) => result,
             // Dropping the stream closes the exec session.
             Err(_) => Err(ExecError::Timeout),
@@ -309,7 +322,11 @@ mod tests {
 
     /// The message of the failed exec the endpoint gives.
     async fn failure_of(pod: impl Future<Output = PodCapabilities>) -> String {
-        match pod.await.exec(&workspace(), command(Vec::new())).await {
+        match pod
+            .await
+            .exec(&workspace(), command(Vec::new()), Default::default())
+            .await
+        {
             Err(ExecError::Failed(message)) => message,
             other => panic!("expected a failed exec, got {other:?}"),
         }
@@ -363,7 +380,10 @@ mod tests {
             ws.close(None).await.unwrap();
         })
         .await;
-        let output = pod.exec(&workspace(), command(input)).await.expect("the exec ran");
+        let output = pod
+            .exec(&workspace(), command(input), Default::default())
+            .await
+            .expect("the exec ran");
         assert_eq!(output.exit_code, 0);
         assert_eq!(output.stdout.len(), 64 * 1024);
         assert_eq!(String::from_utf8_lossy(&output.stderr), format!("read {expected}"));

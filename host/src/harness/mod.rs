@@ -10,7 +10,7 @@ use std::time::Duration;
 use workspace_culler_engine::contract::ProbeActivity;
 use workspace_culler_engine::{
     Capabilities, Evaluation, ExecCommand, ExecError, ExecOutput, HttpRequest, HttpResponse, Limits, LoadedProbe, Port,
-    ProbeEngine, ProbeOutcome, ProbeRequest, Workspace,
+    ProbeEngine, ProbeOutcome, ProbeRequest, ReadMemory, Workspace,
 };
 
 /// The fixture's view of an outcome.
@@ -190,11 +190,16 @@ impl FixtureCapabilities {
 
 #[async_trait]
 impl Capabilities for FixtureCapabilities {
-    async fn exec(&self, _workspace: &Workspace, command: ExecCommand) -> Result<ExecOutput, ExecError> {
+    async fn exec(
+        &self,
+        _workspace: &Workspace,
+        command: ExecCommand,
+        output_memory: ReadMemory,
+    ) -> Result<ExecOutput, ExecError> {
         let argv: Vec<String> = command.argv.iter().map(|a| abbreviate(a)).collect();
         self.record(format!("exec {argv:?} (timeout {}ms)", command.timeout_ms));
         if self.live.exec {
-            let result = crate::transport::exec(command, self.exec_output_cap).await;
+            let result = crate::transport::exec(command, self.exec_output_cap, &output_memory).await;
             self.record_exec(&result);
             return result;
         }
