@@ -611,8 +611,14 @@ async fn a_probe_that_waits_in_its_info_is_stopped_at_the_info_deadline() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-/// Answers every HTTP request with a body just under the response cap.
-struct BigAnswers;
+/// Answers every HTTP request with a body one byte under the response cap, or one byte over
+/// it (`over`).
+struct BigAnswers {
+    over: bool,
+}
+
+const UNDER_THE_CAP: BigAnswers = BigAnswers { over: false };
+const OVER_THE_CAP: BigAnswers = BigAnswers { over: true };
 
 #[async_trait]
 impl Capabilities for BigAnswers {
@@ -625,34 +631,16 @@ impl Capabilities for BigAnswers {
         Err(ExecError::Refused("no exec".into()))
     }
 
-    async fn http(&self, _: &Workspace, _: HttpRequest) -> Result<HttpResponse, String> {
-        Ok(HttpResponse {
-            status: 200,
-            headers: Vec::new(),
-            body: vec![b'x'; (4 << 20) - 1].into(),
-        })
-    }
-}
-
-/// Answers every HTTP request with a body one byte over the response cap.
-struct OverTheCap;
-
-#[async_trait]
-impl Capabilities for OverTheCap {
-    async fn exec(
-        &self,
-        _: &Workspace,
-        _: ExecCommand,
-        _: workspace_culler_engine::ReadMemory,
-    ) -> Result<ExecOutput, ExecError> {
-        Err(ExecError::Refused("no exec".into()))
-    }
-
     async fn http(&self, _: &Workspace, request: HttpRequest) -> Result<HttpResponse, String> {
+        let bytes = if self.over {
+            request.response_body_cap + 1
+        } else {
+            request.response_body_cap - 1
+        };
         Ok(HttpResponse {
             status: 200,
             headers: Vec::new(),
-            body: vec![b'x'; request.response_body_cap + 1].into(),
+            body: vec![b'x'; bytes].into(),
         })
     }
 }
@@ -715,7 +703,7 @@ async fn http_bodies_the_host_holds_for_a_probe_count_in_its_memory_cap() {
             &probe,
             config.clone(),
             Duration::from_secs(10),
-            Arc::new(BigAnswers),
+            Arc::new(UNDER_THE_CAP),
         )
         .await;
         failure_containing(&outcome, "memory cap of 32 MiB");
@@ -740,7 +728,14 @@ async fn a_request_body_of_up_to_32_kib_may_be_written_before_the_request_is_sen
     let engine = engine(Allocation::OnDemand);
     let probe = engine.load(hostile(), None).unwrap();
     let config = serde_json::json!({"mode": "post-first", "bytes": 30 << 10});
-    let (outcome, _) = run(&engine, &probe, config, Duration::from_secs(10), Arc::new(BigAnswers)).await;
+    let (outcome, _) = run(
+        &engine,
+        &probe,
+        config,
+        Duration::from_secs(10),
+        Arc::new(UNDER_THE_CAP),
+    )
+    .await;
     assert_eq!(outcome, ProbeOutcome::Success(ProbeActivity::ActiveNow));
 }
 
@@ -751,7 +746,14 @@ async fn request_bodies_a_probe_never_sends_hold_a_few_kib_of_the_host_s_memory_
     let engine = engine(Allocation::OnDemand);
     let probe = engine.load(hostile(), None).unwrap();
     let config = serde_json::json!({"mode": "unsent-bodies", "requests": 4});
-    let (outcome, _) = run(&engine, &probe, config, Duration::from_secs(10), Arc::new(BigAnswers)).await;
+    let (outcome, _) = run(
+        &engine,
+        &probe,
+        config,
+        Duration::from_secs(10),
+        Arc::new(UNDER_THE_CAP),
+    )
+    .await;
     let ProbeOutcome::Failure(message) = &outcome else {
         panic!("expected the probe's report, got {outcome:?}")
     };
@@ -796,7 +798,7 @@ async fn what_a_probe_says_is_cut_to_a_line_before_it_is_logged_or_kept() {
     let evaluation = engine
         .evaluate(
             &probe,
-            request(config, Duration::from_secs(10), Arc::new(OverTheCap)),
+            request(config, Duration::from_secs(10), Arc::new(OVER_THE_CAP)),
             NOW_MS,
         )
         .await;

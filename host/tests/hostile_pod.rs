@@ -116,13 +116,24 @@ async fn jupyter_against(
         exec: false,
         http: true,
     };
-    let run = harness::run_case(&engine, &probe, "jupyter", &fixture, live);
-    let evaluation = tokio::time::timeout(Duration::from_secs(60), run)
+    let evaluation = live_run(&engine, &probe, "jupyter", &fixture, live).await;
+    (engine, evaluation)
+}
+
+/// `fixture` run against `probe` with the calls `live` says made for real.
+async fn live_run(
+    engine: &ProbeEngine,
+    probe: &workspace_culler_engine::LoadedProbe,
+    name: &str,
+    fixture: &Fixture,
+    live: LiveMode,
+) -> workspace_culler_engine::Evaluation {
+    let run = harness::run_case(engine, probe, name, fixture, live);
+    tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("the probe did not end")
         .unwrap()
-        .evaluation;
-    (engine, evaluation)
+        .evaluation
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,12 +233,7 @@ async fn a_command_s_output_is_taken_from_the_probe_s_memory_as_it_arrives() {
         exec: true,
         http: false,
     };
-    let run = harness::run_case(&engine, &probe, "exec-script", &fixture, live);
-    let evaluation = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("the probe did not end")
-        .unwrap()
-        .evaluation;
+    let evaluation = live_run(&engine, &probe, "exec-script", &fixture, live).await;
     match &evaluation.outcome {
         ProbeOutcome::Failure(message) => assert!(
             message.contains("memory cap of 1 MiB") && message.contains("output of a command"),
