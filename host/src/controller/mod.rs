@@ -124,6 +124,9 @@ pub struct Context {
     /// at once, its result not written, so the replica releases its lease before the kubelet's
     /// grace period runs out rather than waiting for a minute-long exec.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Reconciles a workspace again: one whose probe was put off while its module loads is
+    /// sent here once the load has landed.
+    retrigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<CachedWorkspace>>,
     /// Who manages what and the decoded kinds, computed again only when a kind or a policy
     /// changed (not on every reconcile: a kind is a large object to decode).
     management: Mutex<Option<(Vec<Revision>, Arc<Managed>)>>,
@@ -217,6 +220,11 @@ const WARNING_RETRY_MS: i64 = 60_000;
 
 /// How soon a workspace whose namespace the cache does not show yet is looked at again.
 const NAMESPACE_RECHECK_MS: i64 = 5_000;
+
+/// When a workspace whose probe was put off while its module loads is looked at again, unless
+/// the load lands first (it is then reconciled at once): loads end within minutes (a pull's
+/// deadline is 2), and a landing missed is not waited for long.
+const LOAD_RECHECK_MS: i64 = 60_000;
 
 /// What an `Accept` header asks for to get an object's metadata only (`PartialObjectMetadata`).
 const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
@@ -909,11 +917,24 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
         now,
     );
     let mut stopping = ctx.stopping.clone();
-    let run = tokio::select! {
-        run = probe => run,
+    let probed = tokio::select! {
+        probed = probe => probed,
         Ok(_) = stopping.wait_for(|stopping| *stopping) => {
             tracing::info!("stopping: the probe in flight ends here, its result not written");
             return Ok(Action::await_change());
+        }
+    };
+    let run = match probed {
+        probe::Probed::Ran(run) => run,
+        probe::Probed::Deferred { modules, landed } => {
+            // Nothing ran and nothing is written: probed as soon as the module has landed.
+            tracing::debug!(%modules, "the probe's module is loading; probed once it has loaded");
+            let (retrigger, object) = (ctx.retrigger.clone(), ObjectRef::new(&key.1).within(&key.0));
+            tokio::spawn(async move {
+                landed.await;
+                let _ = retrigger.send(object);
+            });
+            return Ok(ctx.requeue_at(key, now.saturating_add(LOAD_RECHECK_MS), now));
         }
     };
     let result = workspace_culler_policy::ProbeResult::of(&run.outcome);
@@ -1249,6 +1270,7 @@ pub async fn run(
             let controller = Controller::for_stream(reflector(writer, watched).applied_objects(), store.clone())
                 .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
             stores.push(store.clone());
+            let (retrigger, retriggered) = tokio::sync::mpsc::unbounded_channel();
             let ctx = Arc::new(Context {
                 client: client.clone(),
                 prober: prober.clone(),
@@ -1272,6 +1294,7 @@ pub async fn run(
                 pauses: pauses.clone(),
                 fence: fence.clone(),
                 stopping: stopping.clone(),
+                retrigger,
                 management: Mutex::default(),
             });
             // The workspaces of the kinds a policy's or a kind's change touches (all of them
@@ -1299,8 +1322,12 @@ pub async fn run(
                     Err(RecvError::Closed) => None,
                 }
             });
+            let retriggered = futures::stream::unfold(retriggered, |mut receiver| async move {
+                receiver.recv().await.map(|object| (object, receiver))
+            });
             let runs = controller
                 .reconcile_on(announcements.flat_map(workspaces_of_kinds))
+                .reconcile_on(retriggered)
                 .graceful_shutdown_on(shutdown.clone())
                 .run(reconcile, error_policy, ctx)
                 .for_each(|result| {

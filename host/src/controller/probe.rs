@@ -470,46 +470,121 @@ impl<T> Default for ModuleFiles<T> {
     }
 }
 
-/// Loads in progress, by key: the callers that want the same module while it loads share that
-/// one load and its result, failure included. Without it, the first round after a start loads
-/// (or compiles, or pulls) a module once per probe in flight, and holds as many copies.
-pub struct Flights<K, V> {
-    running: std::sync::Mutex<std::collections::HashMap<K, Arc<Flight<V>>>>,
+/// How long a failed load is the answer for its module before it is tried again: the probes
+/// put off while it ran record its failure, and a registry that is down is not asked again by
+/// every probe that comes due.
+pub const RETRY_FAILED_LOAD_AFTER: Duration = Duration::from_secs(30);
+
+/// A module asked for: loaded, or on its way.
+pub enum Load<V> {
+    /// Loaded, or its load failed within [`RETRY_FAILED_LOAD_AFTER`].
+    Done(Result<V, String>),
+    /// Being loaded (read, pulled, compiled) on a task of its own.
+    Loading(Landing),
 }
 
-/// One load, and its result once it has landed.
-type Flight<V> = tokio::sync::OnceCell<Result<V, String>>;
+/// Resolves once a load has landed, whether it succeeded or not.
+pub type Landing = futures::future::BoxFuture<'static, ()>;
+
+/// How a load ended: `Ok` once what it loaded is kept, or when and why it failed.
+type Landed = Result<(), (std::time::Instant, String)>;
+
+/// Loads in progress, by key, each on a task of its own: the callers that want the same module
+/// while it loads share that one load (without it, the first round after a start loaded, or
+/// pulled, a module once per probe in flight, and held as many copies), and none of them waits
+/// for it. A probe that waited held one of the controller's probes in flight for as long as a
+/// registry took to answer, up to the pull's deadline: a slow registry held every probe of the
+/// policies using it, and the other policies' probes waited behind them. A failure stays the
+/// answer for [`RETRY_FAILED_LOAD_AFTER`].
+pub struct Flights<K, V> {
+    running: Arc<std::sync::Mutex<std::collections::HashMap<K, tokio::sync::watch::Receiver<Option<Landed>>>>>,
+    _value: std::marker::PhantomData<fn() -> V>,
+}
 
 impl<K, V> Default for Flights<K, V> {
     fn default() -> Self {
         Flights {
             running: Default::default(),
+            _value: std::marker::PhantomData,
         }
     }
 }
 
-impl<K: std::hash::Hash + Eq + Clone, V: Clone> Flights<K, V> {
-    /// `load`'s result, or that of the load of `key` already running. A caller after the
-    /// flight has landed starts a new one (a failed load is tried again then).
-    pub async fn run<F, Fut>(&self, key: K, load: F) -> Result<V, String>
+/// Resolves once `flight` has landed (or its task is gone).
+fn landing(mut flight: tokio::sync::watch::Receiver<Option<Landed>>) -> Landing {
+    Box::pin(async move {
+        let _ = flight.wait_for(Option::is_some).await;
+    })
+}
+
+impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Send + 'static> Flights<K, V> {
+    /// The failure of `key`'s last load if it is recent, or the load running; otherwise what
+    /// `kept` finds, or else `load`'s future started on a task of its own, which gives its
+    /// value to `keep` when it succeeds. `load` is called here, on the caller's task.
+    pub fn join_or_start<F, Fut>(
+        &self,
+        key: K,
+        kept: impl FnOnce() -> Option<V>,
+        load: F,
+        keep: impl FnOnce(V) + Send + 'static,
+    ) -> Load<V>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<V, String>>,
+        Fut: std::future::Future<Output = Result<V, String>> + Send + 'static,
     {
-        let flight = lock(&self.running).entry(key.clone()).or_default().clone();
-        let result = flight.get_or_init(load).await.clone();
         let mut running = lock(&self.running);
-        if running.get(&key).is_some_and(|current| Arc::ptr_eq(current, &flight)) {
-            running.remove(&key);
+        if let Some(flight) = running.get(&key) {
+            let landed = flight.borrow().clone();
+            match landed {
+                // Running, unless its task is gone without landing (the runtime shut down).
+                None if flight.has_changed().is_ok() => return Load::Loading(landing(flight.clone())),
+                Some(Err((at, message))) if at.elapsed() < RETRY_FAILED_LOAD_AFTER => {
+                    return Load::Done(Err(message));
+                }
+                _ => {}
+            }
         }
-        result
+        // No flight: none ran, or one landed and kept its value before it left.
+        if let Some(value) = kept() {
+            return Load::Done(Ok(value));
+        }
+        let (land, flight) = tokio::sync::watch::channel(None);
+        running.insert(key.clone(), flight.clone());
+        let future = load();
+        let flights = self.running.clone();
+        tokio::spawn(async move {
+            let landed = match future.await {
+                Ok(value) => {
+                    keep(value);
+                    // Kept: later callers find the value, and the flight leaves.
+                    let mut running = lock(&flights);
+                    if running.get(&key).is_some_and(|f| f.same_channel(&land.subscribe())) {
+                        running.remove(&key);
+                    }
+                    Ok(())
+                }
+                Err(message) => Err((std::time::Instant::now(), message)),
+            };
+            let _ = land.send(Some(landed));
+        });
+        Load::Loading(landing(flight))
+    }
+
+    /// Forget the failures older than [`RETRY_FAILED_LOAD_AFTER`] (they would be tried again),
+    /// and loads whose task is gone.
+    pub fn prune(&self) {
+        lock(&self.running).retain(|_, flight| match &*flight.borrow() {
+            Some(Err((at, _))) => at.elapsed() < RETRY_FAILED_LOAD_AFTER,
+            Some(Ok(())) => false,
+            None => flight.has_changed().is_ok(),
+        });
     }
 }
 
 /// Values by key, each with when it was last used, so what has not been used for a while can
 /// be dropped ([`Memo::prune`]): a module no policy names any more does not stay loaded.
 pub struct Memo<K, V> {
-    entries: std::sync::Mutex<std::collections::HashMap<K, (std::time::Instant, V)>>,
+    entries: Arc<std::sync::Mutex<std::collections::HashMap<K, (std::time::Instant, V)>>>,
     loading: Flights<K, V>,
 }
 
@@ -540,43 +615,14 @@ impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
         lock(&self.entries).insert(key, (std::time::Instant::now(), value));
     }
 
-    /// The value for `key`, loaded by `load` and kept unless it is kept already or being
-    /// loaded (then that load's result). A failed load is not kept.
-    pub async fn get_or_load<F, Fut>(&self, key: K, load: F) -> Result<V, String>
+    /// Drop what has not been used for `unused_for`, and failed loads due to be tried again;
+    /// returns how many values were dropped.
+    pub fn prune(&self, unused_for: Duration) -> usize
     where
-        K: Clone,
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<V, String>>,
+        K: Clone + Send + 'static,
+        V: Send + 'static,
     {
-        match self.get(&key) {
-            Some(value) => Ok(value),
-            None => self.load_unless_kept(key, load).await,
-        }
-    }
-
-    /// `load`'s result in a flight of its own or the one running, unless the value is kept by
-    /// the time the flight starts: a flight that landed between a caller's miss and its
-    /// joining has kept its value and is gone, and must not be followed by a second load.
-    async fn load_unless_kept<F, Fut>(&self, key: K, load: F) -> Result<V, String>
-    where
-        K: Clone,
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<V, String>>,
-    {
-        self.loading
-            .run(key.clone(), || async {
-                if let Some(value) = self.get(&key) {
-                    return Ok(value);
-                }
-                let value = load().await?;
-                self.insert(key, value.clone());
-                Ok(value)
-            })
-            .await
-    }
-
-    /// Drop what has not been used for `unused_for`; returns how many.
-    pub fn prune(&self, unused_for: Duration) -> usize {
+        self.loading.prune();
         let mut entries = lock(&self.entries);
         let before = entries.len();
         entries.retain(|_, (used, _)| used.elapsed() < unused_for);
@@ -584,19 +630,55 @@ impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
     }
 }
 
-impl<T> ModuleFiles<T> {
-    /// The module at `path` (pinned to `pinned`), loaded by `load` from its bytes unless the
-    /// same file was loaded before.
-    pub async fn get_or_load<F, Fut>(&self, path: &Path, pinned: Option<&str>, load: F) -> Result<Arc<T>, String>
+impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Clone + Send + 'static> Memo<K, V> {
+    /// The value for `key`; or, unless it is kept, the load of it running or a recent failure
+    /// of one; or else `load` started, its value kept when it succeeds. Nothing here waits for
+    /// a load.
+    pub fn get_or_start<F, Fut>(&self, key: K, load: F) -> Load<V>
     where
-        F: FnOnce(Vec<u8>) -> Fut,
-        Fut: std::future::Future<Output = Result<Arc<T>, String>>,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, String>> + Send + 'static,
     {
-        let key = FileKey::of(path, pinned).await?;
-        match self.kept(&key) {
-            Some(loaded) => Ok(loaded),
-            None => self.load_unless_kept(key, load).await,
+        if let Some(value) = self.get(&key) {
+            return Load::Done(Ok(value));
         }
+        let (entries, kept_as) = (self.entries.clone(), key.clone());
+        self.loading.join_or_start(
+            key.clone(),
+            || self.get(&key),
+            load,
+            move |value| {
+                lock(&entries).insert(kept_as, (std::time::Instant::now(), value));
+            },
+        )
+    }
+}
+
+impl<T: Send + Sync + 'static> ModuleFiles<T> {
+    /// The module at `path` (pinned to `pinned`) as [`Memo::get_or_start`] gives it: unless the
+    /// same file was loaded before, read and given to `load` on a task of its own.
+    pub async fn get_or_start<F, Fut>(&self, path: &Path, pinned: Option<&str>, load: F) -> Load<Arc<T>>
+    where
+        F: FnOnce(Vec<u8>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Arc<T>, String>> + Send + 'static,
+    {
+        let key = match FileKey::of(path, pinned).await {
+            Ok(key) => key,
+            Err(message) => return Load::Done(Err(message)),
+        };
+        if let Some(loaded) = self.kept(&key) {
+            return Load::Done(Ok(loaded));
+        }
+        let (entries, file, kept_as) = (self.loaded.entries.clone(), key.path.clone(), key.clone());
+        self.loading.join_or_start(
+            key.clone(),
+            || self.kept(&key),
+            move || async move { load(read_module(&file).await?).await },
+            move |loaded| {
+                let path = kept_as.path.clone();
+                lock(&entries).insert(path, (std::time::Instant::now(), (kept_as, loaded)));
+            },
+        )
     }
 
     /// What is kept for the file `key` names, if it is still that file.
@@ -604,77 +686,62 @@ impl<T> ModuleFiles<T> {
         self.loaded.get(&key.path).filter(|(k, _)| k == key).map(|(_, v)| v)
     }
 
-    /// The file `key` names, read and loaded in a flight of its own or the one running, unless
-    /// it is kept by the time the flight starts (a flight that landed since the caller's miss).
-    async fn load_unless_kept<F, Fut>(&self, key: FileKey, load: F) -> Result<Arc<T>, String>
-    where
-        F: FnOnce(Vec<u8>) -> Fut,
-        Fut: std::future::Future<Output = Result<Arc<T>, String>>,
-    {
-        self.loading
-            .run(key.clone(), || async {
-                if let Some(loaded) = self.kept(&key) {
-                    return Ok(loaded);
-                }
-                let loaded = load(read_module(&key.path).await?).await?;
-                self.loaded.insert(key.path.clone(), (key, loaded.clone()));
-                Ok(loaded)
-            })
-            .await
-    }
-
     /// Drop the files not used for `unused_for`; returns how many.
     pub fn prune(&self, unused_for: Duration) -> usize {
+        self.loading.prune();
         self.loaded.prune(unused_for)
     }
 }
 
-async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Result<Arc<LoadedProbe>, String> {
-    let engine = &prober.engine;
-    let compile = |bytes: Vec<u8>| {
+/// `plan`'s module, loaded or on its way: nothing here waits for a read, a pull or a compile.
+async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Load<Arc<LoadedProbe>> {
+    let engine = prober.engine.clone();
+    let pinned = plan.sha256.clone();
+    let compile = move |bytes: Vec<u8>| async move {
         // Compiling a large component (an interpreter inside) takes seconds of CPU: off the
         // async workers, so other workspaces' probes go on meanwhile.
-        let engine = engine.clone();
-        let pinned = plan.sha256.clone();
-        async move {
-            tokio::task::spawn_blocking(move || engine.load(&bytes, pinned.as_deref()))
-                .await
-                .map_err(|e| format!("loading the probe module failed: {e}"))?
-                .map_err(|e| e.to_string())
-        }
+        tokio::task::spawn_blocking(move || engine.load(&bytes, pinned.as_deref()))
+            .await
+            .map_err(|e| format!("loading the probe module failed: {e}"))?
+            .map_err(|e| e.to_string())
     };
     match &plan.module {
-        Module::Builtin(name) => {
-            prober
-                .builtins
-                .get_or_load(name.clone(), || async {
-                    let component = workspace_culler_engine::builtin::builtin(name)
-                        .ok_or_else(|| format!("no built-in probe named {name:?}"))?
-                        .component
-                        .to_vec();
-                    compile(component).await
-                })
-                .await
-        }
-        Module::File(path) => prober.files.get_or_load(path, plan.sha256.as_deref(), compile).await,
+        Module::Builtin(name) => prober.builtins.get_or_start(name.clone(), || {
+            let name = name.clone();
+            async move {
+                let component = workspace_culler_engine::builtin::builtin(&name)
+                    .ok_or_else(|| format!("no built-in probe named {name:?}"))?
+                    .component
+                    .to_vec();
+                compile(component).await
+            }
+        }),
+        Module::File(path) => prober.files.get_or_start(path, plan.sha256.as_deref(), compile).await,
         Module::Oci(location) => {
             // A pinned artifact never changes: pulled (or read from the disk cache) and
-            // compiled once per process.
-            let key = format!("{}#{}", location.text, plan.sha256.as_deref().unwrap_or_default());
-            prober
-                .pulled
-                .get_or_load(key, || async {
-                    let auth = match &plan.pull_secret {
-                        Some(name) => registry_auth(ctx, name, location.reference.registry())?,
-                        None => oci_client::secrets::RegistryAuth::Anonymous,
-                    };
-                    let fetched = ctx.settings.registry.fetch(location, &auth).await?;
+            // compiled once per process and pull Secret, so one policy's failure to pull (its
+            // Secret missing, or refused) is never another's answer.
+            let key = format!(
+                "{}#{}#{}",
+                location.text,
+                plan.sha256.as_deref().unwrap_or_default(),
+                plan.pull_secret.as_deref().unwrap_or_default()
+            );
+            prober.pulled.get_or_start(key, || {
+                // The credentials are read only for a pull, from the cache, here.
+                let auth = match &plan.pull_secret {
+                    Some(name) => registry_auth(ctx, name, location.reference.registry()),
+                    None => Ok(oci_client::secrets::RegistryAuth::Anonymous),
+                };
+                let (registry, location) = (ctx.settings.registry.clone(), location.clone());
+                async move {
+                    let fetched = registry.fetch(&location, &auth?).await?;
                     if fetched.pulled {
                         tracing::info!(location = %location.text, sha256 = %fetched.sha256, "pulled a probe module");
                     }
                     compile(fetched.bytes).await
-                })
-                .await
+                }
+            })
         }
     }
 }
@@ -693,6 +760,21 @@ fn registry_auth(ctx: &Context, name: &str, registry: &str) -> Result<oci_client
         .map_err(|e| format!("the pull Secret {namespace}/{name}: {e}"))
 }
 
+/// What asking for a probe came to.
+pub enum Probed {
+    /// It ran, or failed before it could.
+    Ran(ProbeRun),
+    /// A module it needs is being loaded (read, pulled, compiled) on a task of its own:
+    /// nothing ran, and the probe is asked for again once `landed` resolves. No probe waits
+    /// for a load, so a slow registry holds none of the controller's probes in flight.
+    Deferred {
+        /// The modules being loaded, for the log.
+        modules: String,
+        /// Resolves once every one of them has landed.
+        landed: Landing,
+    },
+}
+
 /// Runs one probe of a workspace. The controller's is [`EngineProber`]; the reconcile's unit
 /// tests script outcomes instead.
 #[async_trait::async_trait]
@@ -706,14 +788,14 @@ pub trait Prober: Send + Sync {
         kind: &WorkspaceKind,
         probe: &ActivityProbe,
         start_ms: i64,
-    ) -> ProbeRun;
+    ) -> Probed;
 }
 
 /// Probes through the Wasm engine, with the workspace's pod as its capabilities.
 pub struct EngineProber {
     engine: Arc<ProbeEngine>,
     files: ModuleFiles<LoadedProbe>,
-    /// `oci://` modules loaded, by location and pin.
+    /// `oci://` modules loaded, by location, pin and pull Secret.
     pulled: Memo<String, Arc<LoadedProbe>>,
     /// Built-in probes loaded, by name (their bytes are neither copied nor hashed per probe).
     builtins: Memo<String, Arc<LoadedProbe>>,
@@ -765,7 +847,7 @@ impl Prober for EngineProber {
         kind: &WorkspaceKind,
         probe: &ActivityProbe,
         start_ms: i64,
-    ) -> ProbeRun {
+    ) -> Probed {
         self.prune_if_due();
         let failed = |message| ProbeRun {
             start_ms,
@@ -782,13 +864,33 @@ impl Prober for EngineProber {
         );
         let (planned, pod) = match (planned, workspace_pod(ctx, workspace, &namespace)) {
             (Ok(planned), Ok(pod)) => (planned, pod),
-            (Err(message), _) | (_, Err(message)) => return failed(message),
+            (Err(message), _) | (_, Err(message)) => return Probed::Ran(failed(message)),
         };
-        let runs = futures::future::join_all(planned.into_iter().map(|(name, plan)| {
+        // Every module first: a probe runs once all of its modules are loaded.
+        let (mut ready, mut loading) = (Vec::new(), Vec::new());
+        for (name, plan) in planned {
+            match plan {
+                Err(message) => ready.push((name, Err(message))),
+                Ok(plan) => match load(ctx, self, &plan).await {
+                    Load::Done(module) => ready.push((name, module.map(|module| (plan, module)))),
+                    Load::Loading(landed) => loading.push((name, landed)),
+                },
+            }
+        }
+        if !loading.is_empty() {
+            let (modules, landings): (Vec<String>, Vec<Landing>) = loading.into_iter().unzip();
+            return Probed::Deferred {
+                modules: modules.join(", "),
+                landed: Box::pin(async move {
+                    futures::future::join_all(landings).await;
+                }),
+            };
+        }
+        let runs = futures::future::join_all(ready.into_iter().map(|(name, module)| {
             let pod = &pod;
             async move {
-                let run = match plan {
-                    Ok(plan) => evaluate(ctx, self, plan, workspace, pod, start_ms).await,
+                let run = match module {
+                    Ok((plan, loaded)) => evaluate(ctx, self, plan, &loaded, workspace, pod, start_ms).await,
                     Err(message) => Err(message),
                 };
                 (name, run.unwrap_or_else(failed))
@@ -796,16 +898,17 @@ impl Prober for EngineProber {
         }))
         .await;
         if probe.any_of.is_none() {
-            return runs
-                .into_iter()
-                .next()
-                .map_or_else(|| failed("no probe to run".into()), |(_, run)| run);
+            return Probed::Ran(
+                runs.into_iter()
+                    .next()
+                    .map_or_else(|| failed("no probe to run".into()), |(_, run)| run),
+            );
         }
-        ProbeRun {
+        Probed::Ran(ProbeRun {
             start_ms: runs.iter().map(|(_, r)| r.start_ms).min().unwrap_or(start_ms),
             end_ms: runs.iter().map(|(_, r)| r.end_ms).max().unwrap_or(start_ms),
             outcome: workspace_culler_engine::contract::any_of(runs.into_iter().map(|(name, r)| (name, r.outcome))),
-        }
+        })
     }
 }
 
@@ -818,11 +921,12 @@ fn method_name(method: &ProbeMethod<'_>) -> String {
     }
 }
 
-/// Runs one planned probe against `pod`.
+/// Runs one planned probe, its module `loaded`, against `pod`.
 async fn evaluate(
     ctx: &Context,
     prober: &EngineProber,
     mut plan: Plan,
+    loaded: &LoadedProbe,
     workspace: &Workspace,
     pod: &CachedPod,
     start_ms: i64,
@@ -831,7 +935,6 @@ async fn evaluate(
     if let Some(secret) = &plan.token_secret {
         plan.config["token"] = read_secret(ctx, secret)?.into();
     }
-    let loaded = load(ctx, prober, &plan).await?;
     let pod_name = pod.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let request = ProbeRequest {
@@ -856,9 +959,9 @@ async fn evaluate(
         frozen_clock: false,
     };
     ctx.metrics.probes_waiting.inc();
-    // The clock read again: loading (a compile, a pull) may have taken a while since the
-    // probe started, and the probe's end and its clock are now, not then.
-    let evaluation = prober.engine.evaluate(&loaded, request, (ctx.clock)()).await;
+    // The clock read again: the pod's lookup and the modules took a moment since the probe
+    // started, and the probe's end and its clock are now, not then.
+    let evaluation = prober.engine.evaluate(loaded, request, (ctx.clock)()).await;
     ctx.metrics.probes_waiting.dec();
     Ok(ProbeRun {
         start_ms,
@@ -1095,87 +1198,159 @@ mod tests {
         (dir, path)
     }
 
+    type Loader =
+        Arc<dyn Fn(Vec<u8>) -> futures::future::BoxFuture<'static, Result<Arc<Vec<u8>>, String>> + Send + Sync>;
+
+    /// The module at `path` once it has loaded (or failed), each load counted in `loads`.
+    async fn loaded_file(
+        files: &ModuleFiles<Vec<u8>>,
+        path: &Path,
+        pinned: Option<&str>,
+        load: &Loader,
+    ) -> Result<Arc<Vec<u8>>, String> {
+        loop {
+            let load = load.clone();
+            match files.get_or_start(path, pinned, move |bytes| load(bytes)).await {
+                Load::Done(result) => return result,
+                Load::Loading(landed) => landed.await,
+            }
+        }
+    }
+
+    /// A loader that counts its loads in `loads` and gives the bytes read (or `failure`).
+    fn counting(loads: &Arc<std::sync::atomic::AtomicUsize>, failure: Option<&str>) -> Loader {
+        let (loads, failure) = (loads.clone(), failure.map(str::to_owned));
+        Arc::new(move |bytes| {
+            loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let failure = failure.clone();
+            Box::pin(async move { failure.map_or(Ok(Arc::new(bytes)), Err) })
+        })
+    }
+
     #[tokio::test]
     async fn an_unchanged_module_file_is_read_and_loaded_once() {
         let (_dir, path) = module_file(b"first");
         let files = ModuleFiles::<Vec<u8>>::default();
-        let loads = std::sync::atomic::AtomicUsize::new(0);
-        let load = |bytes: Vec<u8>| {
-            loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async move { Ok(Arc::new(bytes)) }
-        };
-        assert_eq!(*files.get_or_load(&path, Some("a"), load).await.unwrap(), b"first");
-        assert_eq!(*files.get_or_load(&path, Some("a"), load).await.unwrap(), b"first");
-        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1, "read once");
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = || loads.load(std::sync::atomic::Ordering::SeqCst);
+        let load = counting(&loads, None);
+        assert_eq!(*loaded_file(&files, &path, Some("a"), &load).await.unwrap(), b"first");
+        assert_eq!(*loaded_file(&files, &path, Some("a"), &load).await.unwrap(), b"first");
+        assert_eq!(count(), 1, "read once");
         // Another pin is checked again; a replaced file is read again.
-        files.get_or_load(&path, Some("b"), load).await.unwrap();
-        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 2);
+        loaded_file(&files, &path, Some("b"), &load).await.unwrap();
+        assert_eq!(count(), 2);
         std::fs::write(&path, b"second, longer").unwrap();
         assert_eq!(
-            *files.get_or_load(&path, Some("b"), load).await.unwrap(),
+            *loaded_file(&files, &path, Some("b"), &load).await.unwrap(),
             b"second, longer"
         );
-        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 3);
-        // A load that fails is not kept.
-        let failing = |_: Vec<u8>| async { Err::<Arc<Vec<u8>>, String>("digest mismatch".into()) };
+        assert_eq!(count(), 3);
+        // A load that failed is the answer for that file until it is due to be tried again;
+        // the file replaced, it is read again at once.
         std::fs::write(&path, b"third, longer still").unwrap();
-        assert!(files.get_or_load(&path, Some("b"), failing).await.is_err());
+        let failing = counting(&loads, Some("digest mismatch"));
         assert_eq!(
-            *files.get_or_load(&path, Some("b"), load).await.unwrap(),
-            b"third, longer still"
+            loaded_file(&files, &path, Some("b"), &failing).await.unwrap_err(),
+            "digest mismatch"
         );
+        assert_eq!(
+            loaded_file(&files, &path, Some("b"), &load).await.unwrap_err(),
+            "digest mismatch"
+        );
+        assert_eq!(count(), 4);
+        std::fs::write(&path, b"fourth and longest of all").unwrap();
+        assert_eq!(
+            *loaded_file(&files, &path, Some("b"), &load).await.unwrap(),
+            b"fourth and longest of all"
+        );
+        assert_eq!(count(), 5);
     }
 
     #[tokio::test]
-    async fn probes_that_want_a_module_while_it_loads_share_that_one_load() {
-        let (_dir, path) = module_file(b"module");
-        let files = ModuleFiles::<Vec<u8>>::default();
+    async fn probes_that_want_a_module_while_it_loads_share_that_one_load_and_none_waits_for_it() {
         let memo = Memo::<String, Arc<Vec<u8>>>::default();
-        let loads = std::sync::atomic::AtomicUsize::new(0);
-        let slow = |result: Result<Arc<Vec<u8>>, String>| {
-            let loads = &loads;
-            async move {
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = || loads.load(std::sync::atomic::Ordering::SeqCst);
+        // A load that lands when told to (a registry that takes its time).
+        let (release, released) = tokio::sync::watch::channel(false);
+        let gated = |result: Result<Arc<Vec<u8>>, String>| {
+            let (loads, mut released) = (loads.clone(), released.clone());
+            move || {
                 loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                result
+                async move {
+                    let _ = released.wait_for(|go| *go).await;
+                    result
+                }
             }
         };
-        let loads_now = || loads.load(std::sync::atomic::Ordering::SeqCst);
-
-        let from_file = (0..8).map(|_| files.get_or_load(&path, None, |bytes| slow(Ok(Arc::new(bytes)))));
-        for loaded in futures::future::join_all(from_file).await {
-            assert_eq!(*loaded.unwrap(), b"module");
+        // Eight probes ask while it loads: each is told at once that it is loading.
+        let mut landings = Vec::new();
+        for _ in 0..8 {
+            match memo.get_or_start("jupyter".into(), gated(Ok(Arc::new(b"code".to_vec())))) {
+                Load::Loading(landed) => landings.push(landed),
+                Load::Done(_) => panic!("nothing is loaded yet"),
+            }
         }
-        assert_eq!(loads_now(), 1, "eight probes, one load of the file");
-        // A caller that missed just before that flight landed (and the flight is gone) finds
-        // the module it kept, and reads and loads nothing.
-        let key = FileKey::of(&path, None).await.unwrap();
-        let again = files.load_unless_kept(key, |_| slow(Ok(Arc::new(b"again".to_vec()))));
-        assert_eq!(*again.await.unwrap(), b"module");
-        assert_eq!(loads_now(), 1);
+        assert_eq!(count(), 1, "eight probes, one load");
+        // Nobody waits for it, and it lands all the same.
+        drop(landings);
+        release.send(true).unwrap();
+        let landed = match memo.get_or_start("jupyter".into(), gated(Ok(Arc::new(vec![])))) {
+            Load::Loading(landed) => landed,
+            Load::Done(_) => panic!("still loading until its task has run"),
+        };
+        landed.await;
+        assert!(
+            matches!(memo.get_or_start("jupyter".into(), gated(Ok(Arc::new(vec![])))),
+                         Load::Done(Ok(code)) if *code == b"code")
+        );
+        assert_eq!(count(), 1);
 
-        let by_name = (0..8).map(|_| memo.get_or_load("jupyter".into(), || slow(Ok(Arc::new(b"code".to_vec())))));
-        assert!(futures::future::join_all(by_name).await.iter().all(Result::is_ok));
-        assert_eq!(loads_now(), 2, "eight probes, one load by name");
-
-        // A failure is shared by that flight, not kept: the next probe loads again.
-        let failing = (0..8).map(|_| memo.get_or_load("broken".into(), || slow(Err("no such probe".into()))));
-        for failed in futures::future::join_all(failing).await {
-            assert_eq!(failed.unwrap_err(), "no such probe");
+        // A failure is the answer until it is due to be tried again, then it is loaded anew.
+        let failing = || gated(Err("no such probe".into()));
+        let Load::Loading(landed) = memo.get_or_start("broken".into(), failing()) else {
+            panic!("loading")
+        };
+        landed.await;
+        for _ in 0..3 {
+            assert!(
+                matches!(memo.get_or_start("broken".into(), failing()), Load::Done(Err(e)) if e == "no such probe")
+            );
         }
-        assert_eq!(loads_now(), 3);
-        memo.get_or_load("broken".into(), || slow(Ok(Arc::new(vec![]))))
-            .await
-            .unwrap();
-        assert_eq!(loads_now(), 4);
+        assert_eq!(count(), 2);
+        // (As if RETRY_FAILED_LOAD_AFTER had passed.)
+        let landed_long_ago = std::time::Instant::now().checked_sub(RETRY_FAILED_LOAD_AFTER).unwrap();
+        let (_, long_ago) = tokio::sync::watch::channel(Some(Err((landed_long_ago, "no such probe".to_string()))));
+        lock(&memo.loading.running).insert("broken".into(), long_ago);
+        let Load::Loading(landed) = memo.get_or_start("broken".into(), gated(Ok(Arc::new(b"fixed".to_vec())))) else {
+            panic!("loaded anew")
+        };
+        landed.await;
+        assert_eq!(*memo.get("broken").unwrap(), b"fixed");
+        assert_eq!(count(), 3);
+
+        // A load whose task ended without landing (the runtime shut down) is started again.
+        let (gone, abandoned) = tokio::sync::watch::channel(None);
+        drop(gone);
+        lock(&memo.loading.running).insert("abandoned".into(), abandoned);
+        let Load::Loading(landed) = memo.get_or_start("abandoned".into(), gated(Ok(Arc::new(vec![])))) else {
+            panic!("loaded anew")
+        };
+        landed.await;
+        assert!(memo.get("abandoned").is_some());
+        assert_eq!(count(), 4);
 
         // A caller that missed just before a flight landed (and the flight is gone) finds the
         // value the flight kept, and loads nothing.
-        memo.load_unless_kept("jupyter".into(), || slow(Ok(Arc::new(b"again".to_vec()))))
-            .await
-            .unwrap();
-        assert_eq!(loads_now(), 4);
-        assert_eq!(*memo.get(&"jupyter".to_string()).unwrap(), b"code");
+        let kept = memo.loading.join_or_start(
+            "late".to_string(),
+            || Some(Arc::new(b"kept".to_vec())),
+            gated(Ok(Arc::new(vec![]))),
+            |_| {},
+        );
+        assert!(matches!(kept, Load::Done(Ok(v)) if *v == b"kept"));
+        assert_eq!(count(), 4);
     }
 
     #[test]

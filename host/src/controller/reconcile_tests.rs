@@ -2,7 +2,7 @@
 //! `tower-test` mock, as in kube-rs's controller-rs), a fixed clock and scripted probe
 //! outcomes: the common paths of SPEC §4 in milliseconds, without a control plane.
 
-use super::probe::Prober;
+use super::probe::{Probed, Prober};
 use super::*;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
@@ -213,16 +213,16 @@ struct Scripted {
 
 #[async_trait::async_trait]
 impl Prober for Scripted {
-    async fn probe(&self, _: &Context, _: &Workspace, _: &WorkspaceKind, _: &ActivityProbe, start_ms: i64) -> ProbeRun {
+    async fn probe(&self, _: &Context, _: &Workspace, _: &WorkspaceKind, _: &ActivityProbe, start_ms: i64) -> Probed {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        ProbeRun {
+        Probed::Ran(ProbeRun {
             start_ms,
             end_ms: start_ms + 100,
             outcome: self.outcome.clone(),
-        }
+        })
     }
 }
 
@@ -292,6 +292,8 @@ struct Case {
     ctx: Arc<Context>,
     /// Tells the controller it stops.
     stop: tokio::sync::watch::Sender<bool>,
+    /// The workspaces the controller asked to reconcile again.
+    retriggered: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<CachedWorkspace>>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -316,6 +318,7 @@ impl Case {
             hang: Default::default(),
         });
         let (stop, stopping) = tokio::sync::watch::channel(false);
+        let (retrigger, retriggered) = tokio::sync::mpsc::unbounded_channel();
         let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
         let ctx = Arc::new(Context {
             client: client.clone(),
@@ -350,6 +353,7 @@ impl Case {
             pauses: Default::default(),
             fence: leader::Fence::always(),
             stopping,
+            retrigger,
             management: Default::default(),
         });
         Case {
@@ -357,6 +361,7 @@ impl Case {
             prober,
             ctx,
             stop,
+            retriggered,
             _server: server,
         }
     }
@@ -993,4 +998,114 @@ async fn a_workspace_re_created_under_the_same_name_starts_anew() {
     *lock(&case.api.workspace) = again;
     case.reconcile().await;
     assert_eq!(case.probes(), 2, "the old workspace's probe time held the new one back");
+}
+
+/// The Case's workspace `ws` with its pod (at 127.0.0.1) and StatefulSet in the caches, probed
+/// through the Wasm engine, its modules pulled from `registry`.
+fn with_engine(case: &mut Case, registry: crate::oci::Registry) {
+    let ctx = Arc::get_mut(&mut case.ctx).unwrap();
+    let engine = workspace_culler_engine::ProbeEngine::new(Default::default()).unwrap();
+    ctx.prober = Arc::new(super::probe::EngineProber::new(Arc::new(engine)));
+    ctx.settings.registry = Arc::new(registry);
+    let mut pod: super::pods::CachedPod = serde_json::from_value(json!({
+        "metadata": {"name": "ws-0", "namespace": "team"},
+        "spec": {"containers": [{"name": "main", "image": "x"}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1"},
+    }))
+    .unwrap();
+    pod.workspace = Some("ws".into());
+    pod.statefulset = Some("ws".into());
+    let index = super::pods::PodIndex::default();
+    index.observe(&watcher::Event::Apply(pod.clone()));
+    ctx.pods = super::pods::WorkspacePods::new(store((), vec![pod]), index);
+    let statefulset: super::pods::CachedStatefulSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "ws", "namespace": "team", "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1",
+            "kind": "Workspace", "name": "ws", "uid": "uid-1", "controller": true}]},
+    }))
+    .unwrap();
+    ctx.statefulsets = store((), vec![statefulset]);
+}
+
+#[tokio::test]
+async fn a_probe_waits_for_no_module_load_and_is_reconciled_again_once_the_load_has_landed() {
+    // A registry that takes connections and never answers: the pull runs until its deadline.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = silent.local_addr().unwrap().to_string();
+    let mut policy = policy(false);
+    policy.spec.activity_probe = serde_json::from_value(json!({
+        "minProbeIntervalSeconds": 60, "probeIntervalSeconds": 600,
+        "module": {"location": format!("oci://{host}/probes/p@sha256:{}", "1".repeat(64))},
+    }))
+    .unwrap();
+    let mut case = Case::idle(policy, ProbeOutcome::Success(ProbeActivity::Idle));
+    let registry = crate::oci::Registry::new(crate::oci::Settings {
+        insecure: vec![host.clone()],
+        max_bytes: 1 << 20,
+        ..Default::default()
+    })
+    .unwrap()
+    .with_pull_deadline(Duration::from_secs(2));
+    with_engine(&mut case, registry);
+
+    // The reconcile does not wait for the pull: it writes nothing and looks again later.
+    assert_eq!(case.reconcile().await, Action::requeue(Duration::from_secs(60)));
+    assert!(case.api.sent().is_empty(), "{:?}", case.api.summary());
+    // Asked again while the pull runs, it is put off again: one pull, no write.
+    assert_eq!(case.reconcile().await, Action::requeue(Duration::from_secs(60)));
+    assert!(case.api.sent().is_empty(), "{:?}", case.api.summary());
+
+    // Once the pull has failed (its deadline), the workspace is reconciled again, and its probe
+    // records the failure.
+    let again = tokio::time::timeout(Duration::from_secs(30), case.retriggered.recv())
+        .await
+        .expect("reconciled again once the pull ended")
+        .unwrap();
+    assert_eq!((again.name.as_str(), again.namespace.as_deref()), ("ws", Some("team")));
+    case.reconcile().await;
+    assert_eq!(case.api.summary(), ["PATCH /status", "event ProbeFailing"]);
+    let probe = &case.status_patch()["lastProbe"];
+    assert_eq!(probe["result"], "Failure");
+    let message = probe["message"].as_str().unwrap();
+    assert!(message.contains("did not serve it within 2 s"), "{message}");
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_failed_load_is_the_answer_for_a_while_but_only_for_its_own_pull_secret() {
+    let mut case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
+    with_engine(&mut case, crate::oci::Registry::new(Default::default()).unwrap());
+    let workspace: Workspace = serde_json::from_value(case.stored()).unwrap();
+    let kind = case.ctx.all_kinds().remove(0);
+    let location = format!("oci://registry.example/probes/p@sha256:{}", "1".repeat(64));
+    let pulled_with = |secret: &str| -> ActivityProbe {
+        serde_json::from_value(json!({"module": {"location": location, "pullSecretRef": {"name": secret}}})).unwrap()
+    };
+    let probe = |probe: ActivityProbe| {
+        let ctx = case.ctx.clone();
+        let (workspace, kind) = (workspace.clone(), kind.clone());
+        async move { ctx.prober.probe(&ctx, &workspace, &kind, &probe, NOW).await }
+    };
+    let failure = |probed: Probed| match probed {
+        Probed::Ran(ProbeRun {
+            outcome: ProbeOutcome::Failure(message),
+            ..
+        }) => message,
+        Probed::Ran(run) => panic!("{:?}", run.outcome),
+        Probed::Deferred { .. } => panic!("put off"),
+    };
+    for secret in ["absent", "elsewhere"] {
+        // Put off until its load has failed, then that failure...
+        let Probed::Deferred { landed, .. } = probe(pulled_with(secret)).await else {
+            panic!("{secret}: nothing is loaded yet")
+        };
+        landed.await;
+        let message = failure(probe(pulled_with(secret)).await);
+        assert!(
+            message.contains(&format!("culler-system/{secret}: not found")),
+            "{message}"
+        );
+        // ... is the answer at once, for a while.
+        assert_eq!(failure(probe(pulled_with(secret)).await), message);
+    }
 }
