@@ -127,9 +127,22 @@ pub struct Context {
     /// Reconciles a workspace again: one whose probe was put off while its module loads is
     /// sent here once the load has landed.
     retrigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<CachedWorkspace>>,
+    /// Workspaces whose probe is put off while a module loads: since when, and whether a task
+    /// waits for the load to reconcile it again (one per workspace, however often it is put off).
+    deferred: Mutex<HashMap<Key, Deferral>>,
     /// Who manages what and the decoded kinds, computed again only when a kind or a policy
     /// changed (not on every reconcile: a kind is a large object to decode).
     management: Mutex<Option<(Vec<Revision>, Arc<Managed>)>>,
+}
+
+/// A workspace's probe put off while a module loads.
+struct Deferral {
+    /// When it was first put off: a failed load that landed since is its answer, however long
+    /// ago (a failure is otherwise the answer for 30 s only, and a reconcile that came later
+    /// would load again and be put off again).
+    since: std::time::Instant,
+    /// Whether a task waits for the load to land to reconcile the workspace again.
+    waiting: bool,
 }
 
 /// Which version of an object a cached computation saw: its name and resourceVersion (or, for
@@ -475,6 +488,7 @@ impl Context {
         lock(&self.warned).remove(key);
         lock(&self.would_cull).remove(key);
         lock(&self.keep_alive_reported).remove(key);
+        lock(&self.deferred).remove(key);
         let mut due = lock(&self.due);
         due.remove(key);
         self.metrics.due_queue.set(i64::try_from(due.len()).unwrap_or(i64::MAX));
@@ -925,15 +939,32 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
         }
     };
     let run = match probed {
-        probe::Probed::Ran(run) => run,
+        probe::Probed::Ran(run) => {
+            lock(&ctx.deferred).remove(&key);
+            run
+        }
         probe::Probed::Deferred { modules, landed } => {
-            // Nothing ran and nothing is written: probed as soon as the module has landed.
-            tracing::debug!(%modules, "the probe's module is loading; probed once it has loaded");
-            let (retrigger, object) = (ctx.retrigger.clone(), ObjectRef::new(&key.1).within(&key.0));
-            tokio::spawn(async move {
-                landed.await;
-                let _ = retrigger.send(object);
-            });
+            // Nothing ran and nothing is written: reconciled again as soon as the module has
+            // landed, by one waiting task per workspace.
+            tracing::debug!(%modules, "probe put off: its module is loading");
+            let first = {
+                let mut deferred = lock(&ctx.deferred);
+                let deferral = deferred.entry(key.clone()).or_insert_with(|| Deferral {
+                    since: std::time::Instant::now(),
+                    waiting: false,
+                });
+                !std::mem::replace(&mut deferral.waiting, true)
+            };
+            if first {
+                let (ctx, key) = (ctx.clone(), key.clone());
+                tokio::spawn(async move {
+                    landed.await;
+                    if let Some(deferral) = lock(&ctx.deferred).get_mut(&key) {
+                        deferral.waiting = false;
+                    }
+                    let _ = ctx.retrigger.send(ObjectRef::new(&key.1).within(&key.0));
+                });
+            }
             return Ok(ctx.requeue_at(key, now.saturating_add(LOAD_RECHECK_MS), now));
         }
     };
@@ -1295,6 +1326,7 @@ pub async fn run(
                 fence: fence.clone(),
                 stopping: stopping.clone(),
                 retrigger,
+                deferred: Mutex::default(),
                 management: Mutex::default(),
             });
             // The workspaces of the kinds a policy's or a kind's change touches (all of them

@@ -518,12 +518,14 @@ fn landing(mut flight: tokio::sync::watch::Receiver<Option<Landed>>) -> Landing 
 }
 
 impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Send + 'static> Flights<K, V> {
-    /// The failure of `key`'s last load if it is recent, or the load running; otherwise what
-    /// `kept` finds, or else `load`'s future started on a task of its own, which gives its
-    /// value to `keep` when it succeeds. `load` is called here, on the caller's task.
+    /// The failure of `key`'s last load if it is recent (or landed after `since`, when the
+    /// caller was put off waiting for it), or the load running; otherwise what `kept` finds, or
+    /// else `load`'s future started on a task of its own, which gives its value to `keep` when
+    /// it succeeds. `load` is called here, on the caller's task.
     pub fn join_or_start<F, Fut>(
         &self,
         key: K,
+        since: Option<std::time::Instant>,
         kept: impl FnOnce() -> Option<V>,
         load: F,
         keep: impl FnOnce(V) + Send + 'static,
@@ -538,7 +540,9 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Send + 'static> Flight
             match landed {
                 // Running, unless its task is gone without landing (the runtime shut down).
                 None if flight.has_changed().is_ok() => return Load::Loading(landing(flight.clone())),
-                Some(Err((at, message))) if at.elapsed() < RETRY_FAILED_LOAD_AFTER => {
+                Some(Err((at, message)))
+                    if at.elapsed() < RETRY_FAILED_LOAD_AFTER || since.is_some_and(|since| at >= since) =>
+                {
                     return Load::Done(Err(message));
                 }
                 _ => {}
@@ -634,7 +638,7 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Clone + Send + 'static
     /// The value for `key`; or, unless it is kept, the load of it running or a recent failure
     /// of one; or else `load` started, its value kept when it succeeds. Nothing here waits for
     /// a load.
-    pub fn get_or_start<F, Fut>(&self, key: K, load: F) -> Load<V>
+    pub fn get_or_start<F, Fut>(&self, key: K, since: Option<std::time::Instant>, load: F) -> Load<V>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V, String>> + Send + 'static,
@@ -645,6 +649,7 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Clone + Send + 'static
         let (entries, kept_as) = (self.entries.clone(), key.clone());
         self.loading.join_or_start(
             key.clone(),
+            since,
             || self.get(&key),
             load,
             move |value| {
@@ -657,7 +662,13 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Clone + Send + 'static
 impl<T: Send + Sync + 'static> ModuleFiles<T> {
     /// The module at `path` (pinned to `pinned`) as [`Memo::get_or_start`] gives it: unless the
     /// same file was loaded before, read and given to `load` on a task of its own.
-    pub async fn get_or_start<F, Fut>(&self, path: &Path, pinned: Option<&str>, load: F) -> Load<Arc<T>>
+    pub async fn get_or_start<F, Fut>(
+        &self,
+        path: &Path,
+        pinned: Option<&str>,
+        since: Option<std::time::Instant>,
+        load: F,
+    ) -> Load<Arc<T>>
     where
         F: FnOnce(Vec<u8>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<Arc<T>, String>> + Send + 'static,
@@ -672,6 +683,7 @@ impl<T: Send + Sync + 'static> ModuleFiles<T> {
         let (entries, file, kept_as) = (self.loaded.entries.clone(), key.path.clone(), key.clone());
         self.loading.join_or_start(
             key.clone(),
+            since,
             || self.kept(&key),
             move || async move { load(read_module(&file).await?).await },
             move |loaded| {
@@ -694,7 +706,13 @@ impl<T: Send + Sync + 'static> ModuleFiles<T> {
 }
 
 /// `plan`'s module, loaded or on its way: nothing here waits for a read, a pull or a compile.
-async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Load<Arc<LoadedProbe>> {
+/// A probe put off `since` then takes a failure that landed since as its answer.
+async fn load(
+    ctx: &Context,
+    prober: &EngineProber,
+    plan: &Plan,
+    since: Option<std::time::Instant>,
+) -> Load<Arc<LoadedProbe>> {
     let engine = prober.engine.clone();
     let pinned = plan.sha256.clone();
     let compile = move |bytes: Vec<u8>| async move {
@@ -706,7 +724,7 @@ async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Load<Arc<Loa
             .map_err(|e| e.to_string())
     };
     match &plan.module {
-        Module::Builtin(name) => prober.builtins.get_or_start(name.clone(), || {
+        Module::Builtin(name) => prober.builtins.get_or_start(name.clone(), since, || {
             let name = name.clone();
             async move {
                 let component = workspace_culler_engine::builtin::builtin(&name)
@@ -716,7 +734,12 @@ async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Load<Arc<Loa
                 compile(component).await
             }
         }),
-        Module::File(path) => prober.files.get_or_start(path, plan.sha256.as_deref(), compile).await,
+        Module::File(path) => {
+            prober
+                .files
+                .get_or_start(path, plan.sha256.as_deref(), since, compile)
+                .await
+        }
         Module::Oci(location) => {
             // A pinned artifact never changes: pulled (or read from the disk cache) and
             // compiled once per process and pull Secret, so one policy's failure to pull (its
@@ -727,7 +750,7 @@ async fn load(ctx: &Context, prober: &EngineProber, plan: &Plan) -> Load<Arc<Loa
                 plan.sha256.as_deref().unwrap_or_default(),
                 plan.pull_secret.as_deref().unwrap_or_default()
             );
-            prober.pulled.get_or_start(key, || {
+            prober.pulled.get_or_start(key, since, || {
                 // The credentials are read only for a pull, from the cache, here.
                 let auth = match &plan.pull_secret {
                     Some(name) => registry_auth(ctx, name, location.reference.registry()),
@@ -867,11 +890,12 @@ impl Prober for EngineProber {
             (Err(message), _) | (_, Err(message)) => return Probed::Ran(failed(message)),
         };
         // Every module first: a probe runs once all of its modules are loaded.
+        let since = lock(&ctx.deferred).get(&super::key_of(workspace)).map(|d| d.since);
         let (mut ready, mut loading) = (Vec::new(), Vec::new());
         for (name, plan) in planned {
             match plan {
                 Err(message) => ready.push((name, Err(message))),
-                Ok(plan) => match load(ctx, self, &plan).await {
+                Ok(plan) => match load(ctx, self, &plan, since).await {
                     Load::Done(module) => ready.push((name, module.map(|module| (plan, module)))),
                     Load::Loading(landed) => loading.push((name, landed)),
                 },
@@ -1210,7 +1234,7 @@ mod tests {
     ) -> Result<Arc<Vec<u8>>, String> {
         loop {
             let load = load.clone();
-            match files.get_or_start(path, pinned, move |bytes| load(bytes)).await {
+            match files.get_or_start(path, pinned, None, move |bytes| load(bytes)).await {
                 Load::Done(result) => return result,
                 Load::Loading(landed) => landed.await,
             }
@@ -1287,7 +1311,7 @@ mod tests {
         // Eight probes ask while it loads: each is told at once that it is loading.
         let mut landings = Vec::new();
         for _ in 0..8 {
-            match memo.get_or_start("jupyter".into(), gated(Ok(Arc::new(b"code".to_vec())))) {
+            match memo.get_or_start("jupyter".into(), None, gated(Ok(Arc::new(b"code".to_vec())))) {
                 Load::Loading(landed) => landings.push(landed),
                 Load::Done(_) => panic!("nothing is loaded yet"),
             }
@@ -1296,34 +1320,45 @@ mod tests {
         // Nobody waits for it, and it lands all the same.
         drop(landings);
         release.send(true).unwrap();
-        let landed = match memo.get_or_start("jupyter".into(), gated(Ok(Arc::new(vec![])))) {
+        let landed = match memo.get_or_start("jupyter".into(), None, gated(Ok(Arc::new(vec![])))) {
             Load::Loading(landed) => landed,
             Load::Done(_) => panic!("still loading until its task has run"),
         };
         landed.await;
         assert!(
-            matches!(memo.get_or_start("jupyter".into(), gated(Ok(Arc::new(vec![])))),
+            matches!(memo.get_or_start("jupyter".into(), None, gated(Ok(Arc::new(vec![])))),
                          Load::Done(Ok(code)) if *code == b"code")
         );
         assert_eq!(count(), 1);
 
         // A failure is the answer until it is due to be tried again, then it is loaded anew.
         let failing = || gated(Err("no such probe".into()));
-        let Load::Loading(landed) = memo.get_or_start("broken".into(), failing()) else {
+        let Load::Loading(landed) = memo.get_or_start("broken".into(), None, failing()) else {
             panic!("loading")
         };
         landed.await;
         for _ in 0..3 {
             assert!(
-                matches!(memo.get_or_start("broken".into(), failing()), Load::Done(Err(e)) if e == "no such probe")
+                matches!(memo.get_or_start("broken".into(), None, failing()), Load::Done(Err(e)) if e == "no such probe")
             );
         }
         assert_eq!(count(), 2);
-        // (As if RETRY_FAILED_LOAD_AFTER had passed.)
-        let landed_long_ago = std::time::Instant::now().checked_sub(RETRY_FAILED_LOAD_AFTER).unwrap();
+        // (As if RETRY_FAILED_LOAD_AFTER had passed.) A probe put off before that failure
+        // landed takes it as its answer however old it is (else it would be put off again for
+        // a new load, and again if that one too landed long before it came back); a probe put
+        // off since, or never, has it loaded anew.
+        let now = std::time::Instant::now();
+        let landed_long_ago = now.checked_sub(RETRY_FAILED_LOAD_AFTER).unwrap();
         let (_, long_ago) = tokio::sync::watch::channel(Some(Err((landed_long_ago, "no such probe".to_string()))));
         lock(&memo.loading.running).insert("broken".into(), long_ago);
-        let Load::Loading(landed) = memo.get_or_start("broken".into(), gated(Ok(Arc::new(b"fixed".to_vec())))) else {
+        let put_off_before = landed_long_ago.checked_sub(Duration::from_secs(60)).unwrap();
+        assert!(
+            matches!(memo.get_or_start("broken".into(), Some(put_off_before), failing()),
+                     Load::Done(Err(e)) if e == "no such probe")
+        );
+        assert_eq!(count(), 2);
+        let Load::Loading(landed) = memo.get_or_start("broken".into(), None, gated(Ok(Arc::new(b"fixed".to_vec()))))
+        else {
             panic!("loaded anew")
         };
         landed.await;
@@ -1334,7 +1369,7 @@ mod tests {
         let (gone, abandoned) = tokio::sync::watch::channel(None);
         drop(gone);
         lock(&memo.loading.running).insert("abandoned".into(), abandoned);
-        let Load::Loading(landed) = memo.get_or_start("abandoned".into(), gated(Ok(Arc::new(vec![])))) else {
+        let Load::Loading(landed) = memo.get_or_start("abandoned".into(), None, gated(Ok(Arc::new(vec![])))) else {
             panic!("loaded anew")
         };
         landed.await;
@@ -1345,6 +1380,7 @@ mod tests {
         // value the flight kept, and loads nothing.
         let kept = memo.loading.join_or_start(
             "late".to_string(),
+            None,
             || Some(Arc::new(b"kept".to_vec())),
             gated(Ok(Arc::new(vec![]))),
             |_| {},

@@ -354,6 +354,7 @@ impl Case {
             fence: leader::Fence::always(),
             stopping,
             retrigger,
+            deferred: Default::default(),
             management: Default::default(),
         });
         Case {
@@ -1062,12 +1063,16 @@ async fn a_probe_waits_for_no_module_load_and_is_reconciled_again_once_the_load_
         .expect("reconciled again once the pull ended")
         .unwrap();
     assert_eq!((again.name.as_str(), again.namespace.as_deref()), ("ws", Some("team")));
+    // By one task, however often the probe was put off.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(case.retriggered.try_recv().is_err(), "one waiting task per workspace");
     case.reconcile().await;
     assert_eq!(case.api.summary(), ["PATCH /status", "event ProbeFailing"]);
     let probe = &case.status_patch()["lastProbe"];
     assert_eq!(probe["result"], "Failure");
     let message = probe["message"].as_str().unwrap();
     assert!(message.contains("did not serve it within 2 s"), "{message}");
+    assert!(lock(&case.ctx.deferred).is_empty(), "no longer put off");
     drop(silent);
 }
 
