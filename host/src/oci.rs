@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use futures::StreamExt;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
@@ -331,17 +330,9 @@ impl Registry {
 
     async fn pull(&self, location: &Location, auth: &RegistryAuth) -> Result<Fetched, String> {
         let reference = &location.reference;
-        let client = self.client();
-        let (raw, digest) = client
-            .pull_manifest_raw(reference, auth, MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(explain)?;
-        if raw.len() > MAX_MANIFEST_BYTES {
-            return Err(format!(
-                "the manifest is {} bytes, over the cap of {MAX_MANIFEST_BYTES}",
-                raw.len()
-            ));
-        }
+        let mut pull = Pull::new(self, reference)?;
+        pull.authorize(auth).await?;
+        let raw = pull.manifest().await?;
         let actual = format!("sha256:{}", sha256_hex(&raw));
         if let Some(pinned) = reference.digest().filter(|pinned| *pinned != actual) {
             return Err(format!(
@@ -349,7 +340,7 @@ impl Registry {
             ));
         }
         let manifest: OciImageManifest =
-            serde_json::from_slice(&raw).map_err(|e| format!("the manifest {digest} is not an image manifest: {e}"))?;
+            serde_json::from_slice(&raw).map_err(|e| format!("the manifest {actual} is not an image manifest: {e}"))?;
         let layer = component_layer(&manifest, self.settings.max_bytes)?;
         let layer_sha256 = layer.digest.strip_prefix("sha256:").unwrap_or_default().to_string();
         if let Some(pin) = location.sha256.as_ref().filter(|pin| **pin != layer_sha256) {
@@ -357,18 +348,7 @@ impl Registry {
                 "digest mismatch: the artifact's component is sha256:{layer_sha256}, not the pinned sha256 {pin}"
             ));
         }
-        let mut stream = client.pull_blob_stream(reference, layer).await.map_err(explain)?;
-        let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("reading the layer: {}", describe(&e)))?;
-            if (bytes.len() + chunk.len()) as u64 > self.settings.max_bytes {
-                return Err(format!(
-                    "the layer is larger than the cap of {} bytes (its descriptor said {})",
-                    self.settings.max_bytes, layer.size
-                ));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = pull.blob(layer, self.settings.max_bytes).await?;
         let sha256 = sha256_hex(&bytes);
         if sha256 != layer_sha256 {
             return Err(format!(
@@ -431,6 +411,287 @@ impl Registry {
             manifest_digest,
             component_sha256,
         })
+    }
+}
+
+/// Largest answer read from a registry besides a manifest and a layer: a token, an error.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// One pull's requests to a registry: a client of its own (no credentials or tokens shared with
+/// another pull), and every answer read within a cap as it arrives — the manifest within
+/// [`MAX_MANIFEST_BYTES`], the layer within the component's cap, a token or an error within
+/// [`MAX_ANSWER_BYTES`]. (oci-client read them whole before a cap could be checked: a broken
+/// registry, or anything on the path to one reached over plain HTTP, could fill the
+/// controller's memory.)
+struct Pull {
+    http: reqwest::Client,
+    /// `{scheme}://{registry}`.
+    origin: String,
+    repository: String,
+    /// The reference's digest, or its tag.
+    manifest: String,
+    /// The `Authorization` header the registry asked for, once known.
+    authorization: Option<String>,
+}
+
+impl Pull {
+    fn new(registry: &Registry, reference: &Reference) -> Result<Pull, String> {
+        let host = reference.resolve_registry();
+        let scheme = if registry.settings.insecure.iter().any(|r| r == host) {
+            "http"
+        } else {
+            "https"
+        };
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(30))
+            .user_agent(concat!("workspace-culler/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &registry.ca {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("the registry CA file is not PEM certificates: {}", describe(&e)))?;
+            builder = builder.tls_certs_merge(certificates);
+        }
+        Ok(Pull {
+            http: builder
+                .build()
+                .map_err(|e| format!("cannot make an HTTP client: {}", describe(&e)))?,
+            origin: format!("{scheme}://{host}"),
+            repository: reference.repository().to_string(),
+            manifest: reference
+                .digest()
+                .or_else(|| reference.tag())
+                .unwrap_or("latest")
+                .to_string(),
+            authorization: None,
+        })
+    }
+
+    /// Learn how the registry wants to be asked (its challenge at `/v2/`) and get a token for
+    /// pulling the repository if it hands them out, with `auth`'s credentials if any.
+    async fn authorize(&mut self, auth: &RegistryAuth) -> Result<(), String> {
+        let basic = |user: &str, password: &str| {
+            use base64::Engine;
+            let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            format!("Basic {pair}")
+        };
+        match auth {
+            RegistryAuth::Bearer(token) => {
+                self.authorization = Some(format!("Bearer {token}"));
+                return Ok(());
+            }
+            RegistryAuth::Basic(user, password) => self.authorization = Some(basic(user, password)),
+            RegistryAuth::Anonymous => {}
+        }
+        let answer = send(self.http.get(format!("{}/v2/", self.origin))).await?;
+        let challenge = answer
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer_challenge);
+        let Some((realm, service)) = challenge else {
+            // No token service: the credentials, if any, go with each request.
+            return Ok(());
+        };
+        let mut query = vec![("scope", format!("repository:{}:pull", self.repository))];
+        query.extend(service.map(|service| ("service", service)));
+        let mut request = self.http.get(&realm).query(&query);
+        if let RegistryAuth::Basic(user, password) = auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let answer = send(request).await?;
+        let status = answer.status();
+        let body = read_capped(answer, MAX_ANSWER_BYTES, "the registry's token").await?;
+        if !status.is_success() {
+            return Err(refused(&format!(
+                "its token service answered {status}: {}",
+                excerpt(&body)
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let token = serde_json::from_slice::<Token>(&body)
+            .ok()
+            .and_then(|t| t.token.or(t.access_token))
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| format!("the registry's token service answered no token: {}", excerpt(&body)))?;
+        self.authorization = Some(format!("Bearer {token}"));
+        Ok(())
+    }
+
+    /// GET `path` (under the repository), with `accept`; an answer other than a success is the
+    /// error it explains.
+    async fn get(&self, path: &str, accept: Option<&str>) -> Result<reqwest::Response, String> {
+        let url = format!("{}/v2/{}/{path}", self.origin, self.repository);
+        let mut request = self.http.get(&url);
+        if let Some(accept) = accept {
+            request = request.header(reqwest::header::ACCEPT, accept);
+        }
+        if let Some(authorization) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization);
+        }
+        let answer = send(request).await?;
+        let status = answer.status();
+        if status == reqwest::StatusCode::OK {
+            return Ok(answer);
+        }
+        let body = read_capped(answer, MAX_ANSWER_BYTES, "the registry's error")
+            .await
+            .unwrap_or_default();
+        Err(unsuccessful(status, &body, &url))
+    }
+
+    /// The manifest the reference names, within [`MAX_MANIFEST_BYTES`].
+    async fn manifest(&self) -> Result<Vec<u8>, String> {
+        let answer = self
+            .get(
+                &format!("manifests/{}", self.manifest),
+                Some(&MANIFEST_MEDIA_TYPES.join(", ")),
+            )
+            .await?;
+        read_capped(answer, MAX_MANIFEST_BYTES, "the manifest").await
+    }
+
+    /// The layer `layer` describes, within `max_bytes` whatever its descriptor says.
+    async fn blob(&self, layer: &OciDescriptor, max_bytes: u64) -> Result<Vec<u8>, String> {
+        let mut answer = self.get(&format!("blobs/{}", layer.digest), None).await?;
+        let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
+        while let Some(chunk) = answer
+            .chunk()
+            .await
+            .map_err(|e| format!("reading the layer: {}", describe(&e)))?
+        {
+            if (bytes.len() + chunk.len()) as u64 > max_bytes {
+                return Err(format!(
+                    "the layer is larger than the cap of {max_bytes} bytes (its descriptor said {})",
+                    layer.size
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Sends `request`; an error is one of reaching the registry.
+async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
+    request
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the registry: {}", describe(&e)))
+}
+
+/// `answer`'s body, refused once it is over `cap` bytes (`what` names it in the error).
+async fn read_capped(mut answer: reqwest::Response, cap: usize, what: &str) -> Result<Vec<u8>, String> {
+    let over = || format!("{what} is over the cap of {cap} bytes");
+    if answer.content_length().is_some_and(|length| length > cap as u64) {
+        return Err(over());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = answer
+        .chunk()
+        .await
+        .map_err(|e| format!("reading {what}: {}", describe(&e)))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(over());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The realm and service of a `Bearer` challenge (`Bearer realm="…",service="…",scope="…"`).
+fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
+    let (scheme, parameters) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut realm = None;
+    let mut service = None;
+    let mut rest = parameters.trim();
+    while !rest.is_empty() {
+        let (name, after) = rest.split_once('=')?;
+        let (value, after) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let end = quoted.find('"')?;
+                (&quoted[..end], &quoted[end + 1..])
+            }
+            None => after
+                .split_once(',')
+                .map_or((after, ""), |(value, after)| (value, after)),
+        };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "realm" => realm = Some(value.to_string()),
+            "service" => service = Some(value.to_string()),
+            _ => {}
+        }
+        rest = after.trim_start_matches([',', ' ']);
+    }
+    realm
+        .filter(|realm| realm.starts_with("https://") || realm.starts_with("http://"))
+        .map(|realm| (realm, service))
+}
+
+/// The start of a registry's answer, as text for a message.
+fn excerpt(body: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(body)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    text.trim().to_string()
+}
+
+/// A refusal, and what to do about it.
+fn refused(detail: &str) -> String {
+    format!(
+        "the registry refused access ({detail}); name a kubernetes.io/dockerconfigjson Secret with \
+         credentials for it in module.pullSecretRef"
+    )
+}
+
+/// What an answer other than `200 OK` to `url` means (the OCI error codes in `body`, if any).
+fn unsuccessful(status: reqwest::StatusCode, body: &[u8], url: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: String,
+        #[serde(default)]
+        message: Option<String>,
+    }
+    let codes: Vec<Entry> = serde_json::from_slice::<Envelope>(body)
+        .map(|envelope| envelope.errors)
+        .unwrap_or_default();
+    let said = if codes.is_empty() {
+        excerpt(body)
+    } else {
+        codes
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e.code,
+                    excerpt(e.message.as_deref().unwrap_or_default().as_bytes())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let detail = format!("{status} for {url}: {said}");
+    let detail = detail.trim_end_matches([':', ' ']);
+    let has = |wanted: &[&str]| codes.iter().any(|e| wanted.contains(&e.code.as_str()));
+    if matches!(status.as_u16(), 401 | 403) || has(&["UNAUTHORIZED", "DENIED"]) {
+        refused(detail)
+    } else if status.as_u16() == 404 || has(&["MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN", "NOT_FOUND"]) {
+        format!("not found in the registry ({detail})")
+    } else {
+        format!("the registry answered {detail}")
     }
 }
 
@@ -555,6 +816,186 @@ mod tests {
         assert!(problem.contains("did not serve it within 2 s"), "{problem}");
         assert_eq!(registry.problem(&location.text, None), Some(problem));
         server.abort();
+    }
+
+    /// What the fake registry answers to a path.
+    enum Answer {
+        /// A status line, headers and a body, then the connection closes.
+        Whole(&'static str, String, String),
+        /// `200 OK` and a body that never ends, as fast as it is read (chunked, no length).
+        Endless,
+    }
+
+    /// A registry at `127.0.0.1` answering each request as `answer` says (given its origin, the
+    /// request's path and the whole request in lower case); its address.
+    async fn fake_registry(answer: fn(&str, &str, &str) -> Answer) -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let origin = format!("http://{address}");
+        let server = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let origin = origin.clone();
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 8192];
+                    let n = socket.read(&mut request).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&request[..n]).to_string();
+                    let path = request.split(' ').nth(1).unwrap_or_default().to_string();
+                    match answer(&origin, &path, &request.to_ascii_lowercase()) {
+                        Answer::Whole(status, headers, body) => {
+                            let head = format!(
+                                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = socket.write_all(format!("{head}{body}").as_bytes()).await;
+                        }
+                        Answer::Endless => {
+                            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+                            if socket.write_all(head.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            let chunk = format!("1000\r\n{}\r\n", " ".repeat(0x1000));
+                            while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+                        }
+                    }
+                });
+            }
+        });
+        (address, server)
+    }
+
+    /// The problem pulling from the fake registry at `address` (its deadline long enough
+    /// for any cap to be met many times over).
+    async fn pull_problem(address: &str) -> String {
+        let registry = Registry::new(Settings {
+            insecure: vec![address.to_string()],
+            max_bytes: 1 << 20,
+            ..Settings::default()
+        })
+        .unwrap()
+        .with_pull_deadline(std::time::Duration::from_secs(60));
+        let location = parse(&format!("oci://{address}/probe@{DIGEST}"), None).unwrap();
+        registry.fetch(&location, &RegistryAuth::Anonymous).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn every_answer_of_a_registry_is_read_within_a_cap() {
+        // A manifest that never ends.
+        let (address, server) = fake_registry(|_, path, _| match path {
+            "/v2/" => Answer::Whole("200 OK", String::new(), String::new()),
+            _ => Answer::Endless,
+        })
+        .await;
+        let problem = pull_problem(&address).await;
+        assert!(
+            problem.contains("the manifest is over the cap of 262144 bytes"),
+            "{problem}"
+        );
+        server.abort();
+
+        // A token that never ends.
+        let (address, server) = fake_registry(|origin, path, _| match path {
+            "/v2/" => Answer::Whole(
+                "401 Unauthorized",
+                format!("WWW-Authenticate: Bearer realm=\"{origin}/token\",service=\"fake\"\r\n"),
+                String::new(),
+            ),
+            _ => Answer::Endless,
+        })
+        .await;
+        let problem = pull_problem(&address).await;
+        assert!(
+            problem.contains("the registry's token is over the cap of 65536 bytes"),
+            "{problem}"
+        );
+        server.abort();
+
+        // An error that never ends is cut, and the status still explained.
+        let (address, server) = fake_registry(|_, path, _| match path {
+            "/v2/" => Answer::Whole("200 OK", String::new(), String::new()),
+            _ => Answer::Whole("404 Not Found", String::new(), " ".repeat(MAX_ANSWER_BYTES + 1)),
+        })
+        .await;
+        let problem = pull_problem(&address).await;
+        assert!(
+            problem.contains("not found in the registry (404 Not Found for http://"),
+            "{problem}"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_token_is_asked_for_the_repository_and_sent_with_each_request() {
+        // The token service gives a token for `probe`; the manifest is served only with it.
+        let (address, server) = fake_registry(|origin, path, request| match path {
+            "/v2/" => Answer::Whole(
+                "401 Unauthorized",
+                format!("WWW-Authenticate: Bearer realm=\"{origin}/token\",service=\"fake\",scope=\"x\"\r\n"),
+                String::new(),
+            ),
+            "/token?scope=repository%3Aprobe%3Apull&service=fake" => {
+                Answer::Whole("200 OK", String::new(), r#"{"token": "let-me-in"}"#.into())
+            }
+            _ if request.contains("\r\nauthorization: bearer let-me-in\r\n") => Answer::Whole(
+                "404 Not Found",
+                String::new(),
+                r#"{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}"#.into(),
+            ),
+            _ => Answer::Whole(
+                "401 Unauthorized",
+                String::new(),
+                r#"{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}"#.into(),
+            ),
+        })
+        .await;
+        // With the token the manifest is looked for (and not found); without, refused.
+        let problem = pull_problem(&address).await;
+        assert!(
+            problem.contains("not found in the registry (404 Not Found for http://"),
+            "{problem}"
+        );
+        assert!(problem.contains("MANIFEST_UNKNOWN manifest unknown"), "{problem}");
+        server.abort();
+
+        // A token service that refuses: the refusal is explained.
+        let (address, server) = fake_registry(|origin, path, _| match path {
+            "/v2/" => Answer::Whole(
+                "401 Unauthorized",
+                format!("WWW-Authenticate: Bearer realm=\"{origin}/token\"\r\n"),
+                String::new(),
+            ),
+            _ => Answer::Whole("401 Unauthorized", String::new(), "bad credentials".into()),
+        })
+        .await;
+        let problem = pull_problem(&address).await;
+        assert!(
+            problem
+                .contains("the registry refused access (its token service answered 401 Unauthorized: bad credentials)"),
+            "{problem}"
+        );
+        server.abort();
+    }
+
+    #[test]
+    fn a_bearer_challenge_gives_its_realm_and_service() {
+        assert_eq!(
+            bearer_challenge(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:p:pull""#
+            ),
+            Some(("https://auth.example/token".into(), Some("registry.example".into())))
+        );
+        assert_eq!(
+            bearer_challenge(r#"bearer realm="http://r.example/t""#),
+            Some(("http://r.example/t".into(), None))
+        );
+        assert_eq!(bearer_challenge(r#"Basic realm="registry""#), None);
+        assert_eq!(
+            bearer_challenge(r#"Bearer realm="file:///etc/passwd""#),
+            None,
+            "only http(s)"
+        );
+        assert_eq!(bearer_challenge(r#"Bearer service="x""#), None, "no realm");
+        assert_eq!(bearer_challenge(r#"Bearer realm="unterminated"#), None);
     }
 
     #[tokio::test]
