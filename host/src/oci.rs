@@ -483,15 +483,18 @@ impl Pull {
             RegistryAuth::Anonymous => {}
         }
         let answer = send(self.http.get(format!("{}/v2/", self.origin))).await?;
+        // A Bearer challenge among them, if any (a registry may offer Basic first).
         let challenge = answer
             .headers()
-            .get(reqwest::header::WWW_AUTHENTICATE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(bearer_challenge);
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .find_map(bearer_challenge);
         let Some((realm, service)) = challenge else {
             // No token service: the credentials, if any, go with each request.
             return Ok(());
         };
+        token_service_allowed(&self.origin, &realm, auth)?;
         let mut query = vec![("scope", format!("repository:{}:pull", self.repository))];
         query.extend(service.map(|service| ("service", service)));
         let mut request = self.http.get(&realm).query(&query);
@@ -516,7 +519,8 @@ impl Pull {
             .ok()
             .and_then(|t| t.token.or(t.access_token))
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| format!("the registry's token service answered no token: {}", excerpt(&body)))?;
+            // Not quoted: the answer may hold a credential under another name.
+            .ok_or_else(|| format!("the registry's token service answered no token ({} bytes)", body.len()))?;
         self.authorization = Some(format!("Bearer {token}"));
         Ok(())
     }
@@ -603,6 +607,18 @@ async fn read_capped(mut answer: reqwest::Response, cap: usize, what: &str) -> R
     Ok(body)
 }
 
+/// Whether `auth`'s credentials may go to the token service at `realm` of the registry at
+/// `origin`: not over plain HTTP when the registry itself is reached over TLS.
+fn token_service_allowed(origin: &str, realm: &str, auth: &RegistryAuth) -> Result<(), String> {
+    if matches!(auth, RegistryAuth::Basic(..)) && realm.starts_with("http://") && origin.starts_with("https://") {
+        return Err(format!(
+            "the registry's token service is at {}, over plain HTTP: its credentials are not sent there",
+            excerpt(realm.as_bytes())
+        ));
+    }
+    Ok(())
+}
+
 /// The realm and service of a `Bearer` challenge (`Bearer realm="…",service="…",scope="…"`).
 fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
     let (scheme, parameters) = header.trim().split_once(' ')?;
@@ -668,20 +684,21 @@ fn unsuccessful(status: reqwest::StatusCode, body: &[u8], url: &str) -> String {
     let codes: Vec<Entry> = serde_json::from_slice::<Envelope>(body)
         .map(|envelope| envelope.errors)
         .unwrap_or_default();
+    // At most a few codes, each cut, and the whole cut again: a registry's words end up in a
+    // policy's condition and the workspaces' Events.
     let said = if codes.is_empty() {
         excerpt(body)
     } else {
-        codes
+        let said = codes
             .iter()
+            .take(3)
             .map(|e| {
-                format!(
-                    "{} {}",
-                    e.code,
-                    excerpt(e.message.as_deref().unwrap_or_default().as_bytes())
-                )
+                let code = excerpt(e.code.as_bytes());
+                format!("{code} {}", e.message.as_deref().unwrap_or_default())
             })
             .collect::<Vec<_>>()
-            .join("; ")
+            .join("; ");
+        excerpt(said.as_bytes())
     };
     let detail = format!("{status} for {url}: {said}");
     let detail = detail.trim_end_matches([':', ' ']);
@@ -822,8 +839,8 @@ mod tests {
     enum Answer {
         /// A status line, headers and a body, then the connection closes.
         Whole(&'static str, String, String),
-        /// `200 OK` and a body that never ends, as fast as it is read (chunked, no length).
-        Endless,
+        /// A status line and a body that never ends, as fast as it is read (chunked, no length).
+        Endless(&'static str),
     }
 
     /// A registry at `127.0.0.1` answering each request as `answer` says (given its origin, the
@@ -849,8 +866,10 @@ mod tests {
                             );
                             let _ = socket.write_all(format!("{head}{body}").as_bytes()).await;
                         }
-                        Answer::Endless => {
-                            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+                        Answer::Endless(status) => {
+                            let head = format!(
+                                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            );
                             if socket.write_all(head.as_bytes()).await.is_err() {
                                 return;
                             }
@@ -864,8 +883,9 @@ mod tests {
         (address, server)
     }
 
-    /// The problem pulling from the fake registry at `address` (its deadline long enough
-    /// for any cap to be met many times over).
+    /// The problem pulling from the fake registry at `address` (its deadline long enough for
+    /// any cap to be met many times over, short enough that an answer read without one cannot
+    /// fill the memory first).
     async fn pull_problem(address: &str) -> String {
         let registry = Registry::new(Settings {
             insecure: vec![address.to_string()],
@@ -873,7 +893,7 @@ mod tests {
             ..Settings::default()
         })
         .unwrap()
-        .with_pull_deadline(std::time::Duration::from_secs(60));
+        .with_pull_deadline(std::time::Duration::from_secs(5));
         let location = parse(&format!("oci://{address}/probe@{DIGEST}"), None).unwrap();
         registry.fetch(&location, &RegistryAuth::Anonymous).await.unwrap_err()
     }
@@ -883,7 +903,7 @@ mod tests {
         // A manifest that never ends.
         let (address, server) = fake_registry(|_, path, _| match path {
             "/v2/" => Answer::Whole("200 OK", String::new(), String::new()),
-            _ => Answer::Endless,
+            _ => Answer::Endless("200 OK"),
         })
         .await;
         let problem = pull_problem(&address).await;
@@ -900,7 +920,7 @@ mod tests {
                 format!("WWW-Authenticate: Bearer realm=\"{origin}/token\",service=\"fake\"\r\n"),
                 String::new(),
             ),
-            _ => Answer::Endless,
+            _ => Answer::Endless("200 OK"),
         })
         .await;
         let problem = pull_problem(&address).await;
@@ -913,7 +933,7 @@ mod tests {
         // An error that never ends is cut, and the status still explained.
         let (address, server) = fake_registry(|_, path, _| match path {
             "/v2/" => Answer::Whole("200 OK", String::new(), String::new()),
-            _ => Answer::Whole("404 Not Found", String::new(), " ".repeat(MAX_ANSWER_BYTES + 1)),
+            _ => Answer::Endless("404 Not Found"),
         })
         .await;
         let problem = pull_problem(&address).await;
@@ -925,7 +945,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_token_is_asked_for_the_repository_and_sent_with_each_request() {
+    async fn a_token_is_asked_for_the_repository_and_sent_with_the_requests_for_it() {
         // The token service gives a token for `probe`; the manifest is served only with it.
         let (address, server) = fake_registry(|origin, path, request| match path {
             "/v2/" => Answer::Whole(
@@ -974,6 +994,51 @@ mod tests {
             "{problem}"
         );
         server.abort();
+
+        // An answer without a token, under another name: not quoted (it may be the credential).
+        let (address, server) = fake_registry(|origin, path, _| match path {
+            "/v2/" => Answer::Whole(
+                "401 Unauthorized",
+                format!("WWW-Authenticate: Bearer realm=\"{origin}/token\"\r\n"),
+                String::new(),
+            ),
+            _ => Answer::Whole("200 OK", String::new(), r#"{"accessToken": "s3cr3t"}"#.into()),
+        })
+        .await;
+        let problem = pull_problem(&address).await;
+        assert!(problem.contains("answered no token (25 bytes)"), "{problem}");
+        assert!(!problem.contains("s3cr3t"), "{problem}");
+        server.abort();
+    }
+
+    #[test]
+    fn credentials_go_to_a_token_service_over_tls_when_the_registry_is_reached_over_tls() {
+        let basic = RegistryAuth::Basic("user".into(), "password".into());
+        let refused = token_service_allowed("https://r.example", "http://auth.example/token", &basic).unwrap_err();
+        assert!(refused.contains("over plain HTTP"), "{refused}");
+        assert!(token_service_allowed("https://r.example", "https://auth.example/token", &basic).is_ok());
+        assert!(token_service_allowed("http://r.example:5000", "http://r.example:5000/token", &basic).is_ok());
+        let anonymous = RegistryAuth::Anonymous;
+        assert!(token_service_allowed("https://r.example", "http://auth.example/token", &anonymous).is_ok());
+    }
+
+    #[test]
+    fn a_registry_s_error_is_cut_before_it_reaches_a_condition() {
+        let many: Vec<_> = (0..1000)
+            .map(|i| serde_json::json!({"code": format!("CODE{i}\n\u{1b}[31m"), "message": "x".repeat(1000)}))
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({"errors": many})).unwrap();
+        let said = unsuccessful(
+            reqwest::StatusCode::BAD_REQUEST,
+            &body,
+            "http://r.example/v2/p/manifests/x",
+        );
+        assert!(said.len() < 400, "{} bytes: {said}", said.len());
+        assert!(!said.chars().any(char::is_control), "{said:?}");
+        assert!(
+            said.starts_with("the registry answered 400 Bad Request for http://r.example"),
+            "{said}"
+        );
     }
 
     #[test]
