@@ -137,13 +137,19 @@ pub struct Context {
 
 /// A workspace's probe put off while a module loads.
 struct Deferral {
-    /// When it was first put off: a failed load that landed since is its answer, however long
-    /// ago (a failure is otherwise the answer for 30 s only, and a reconcile that came later
-    /// would load again and be put off again).
+    /// The workspace's uid: one re-created under the same name starts anew.
+    uid: Option<String>,
+    /// When it was first put off (just before that probe was asked for): a failed load that
+    /// landed since is its answer, however long ago (a failure is otherwise the answer for
+    /// 30 s only, and a reconcile that came later would load again and be put off again).
     since: std::time::Instant,
-    /// Whether a task waits for the load to land to reconcile the workspace again.
-    waiting: bool,
+    /// The task that waits for the load to land to reconcile the workspace again, if any, by
+    /// number: a task of an earlier deferral, woken late, leaves a later one's alone.
+    waiter: Option<u64>,
 }
+
+/// Numbers the tasks that wait for a load ([`Deferral::waiter`]).
+static WAITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Which version of an object a cached computation saw: its name and resourceVersion (or, for
 /// an object without one, a hash of its content).
@@ -923,6 +929,7 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
     }
 
     let kind_name = governed.kind.name_any();
+    let asked = std::time::Instant::now();
     let probe = ctx.prober.probe(
         &ctx,
         &workspace,
@@ -947,20 +954,34 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
             // Nothing ran and nothing is written: reconciled again as soon as the module has
             // landed, by one waiting task per workspace.
             tracing::debug!(%modules, "probe put off: its module is loading");
-            let first = {
+            let waiter = {
                 let mut deferred = lock(&ctx.deferred);
-                let deferral = deferred.entry(key.clone()).or_insert_with(|| Deferral {
-                    since: std::time::Instant::now(),
-                    waiting: false,
-                });
-                !std::mem::replace(&mut deferral.waiting, true)
+                let fresh = || Deferral {
+                    uid: workspace.metadata.uid.clone(),
+                    since: asked,
+                    waiter: None,
+                };
+                let deferral = deferred.entry(key.clone()).or_insert_with(fresh);
+                if deferral.uid != workspace.metadata.uid {
+                    *deferral = fresh();
+                }
+                match deferral.waiter {
+                    Some(_) => None,
+                    None => {
+                        let waiter = WAITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        deferral.waiter = Some(waiter);
+                        Some(waiter)
+                    }
+                }
             };
-            if first {
+            if let Some(waiter) = waiter {
                 let (ctx, key) = (ctx.clone(), key.clone());
                 tokio::spawn(async move {
                     landed.await;
-                    if let Some(deferral) = lock(&ctx.deferred).get_mut(&key) {
-                        deferral.waiting = false;
+                    if let Some(deferral) = lock(&ctx.deferred).get_mut(&key)
+                        && deferral.waiter == Some(waiter)
+                    {
+                        deferral.waiter = None;
                     }
                     let _ = ctx.retrigger.send(ObjectRef::new(&key.1).within(&key.0));
                 });

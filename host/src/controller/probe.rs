@@ -470,6 +470,11 @@ impl<T> Default for ModuleFiles<T> {
     }
 }
 
+/// The longest a load may take, whatever it waits on (a module file on a volume that hangs, a
+/// compile): it fails then, and the probes put off for it record that. A pull has a deadline of
+/// its own, shorter.
+pub const LOAD_DEADLINE: Duration = Duration::from_secs(600);
+
 /// How long a failed load is the answer for its module before it is tried again: the probes
 /// put off while it ran record its failure, and a registry that is down is not asked again by
 /// every probe that comes due.
@@ -557,7 +562,13 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Send + 'static> Flight
         let future = load();
         let flights = self.running.clone();
         tokio::spawn(async move {
-            let landed = match future.await {
+            let result = tokio::time::timeout(LOAD_DEADLINE, future).await.unwrap_or_else(|_| {
+                Err(format!(
+                    "loading the probe module took longer than {} s",
+                    LOAD_DEADLINE.as_secs()
+                ))
+            });
+            let landed = match result {
                 Ok(value) => {
                     keep(value);
                     // Kept: later callers find the value, and the flight leaves.
@@ -890,7 +901,10 @@ impl Prober for EngineProber {
             (Err(message), _) | (_, Err(message)) => return Probed::Ran(failed(message)),
         };
         // Every module first: a probe runs once all of its modules are loaded.
-        let since = lock(&ctx.deferred).get(&super::key_of(workspace)).map(|d| d.since);
+        let since = lock(&ctx.deferred)
+            .get(&super::key_of(workspace))
+            .filter(|deferral| deferral.uid == workspace.metadata.uid)
+            .map(|deferral| deferral.since);
         let (mut ready, mut loading) = (Vec::new(), Vec::new());
         for (name, plan) in planned {
             match plan {

@@ -1028,9 +1028,9 @@ fn with_engine(case: &mut Case, registry: crate::oci::Registry) {
     ctx.statefulsets = store((), vec![statefulset]);
 }
 
-#[tokio::test]
-async fn a_probe_waits_for_no_module_load_and_is_reconciled_again_once_the_load_has_landed() {
-    // A registry that takes connections and never answers: the pull runs until its deadline.
+/// The usual idle workspace under a policy whose module is pulled from a registry that takes
+/// connections and never answers (the listener returned): each pull runs until its deadline, 2 s.
+async fn pulled_from_a_silent_registry() -> (Case, tokio::net::TcpListener) {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = silent.local_addr().unwrap().to_string();
     let mut policy = policy(false);
@@ -1048,6 +1048,12 @@ async fn a_probe_waits_for_no_module_load_and_is_reconciled_again_once_the_load_
     .unwrap()
     .with_pull_deadline(Duration::from_secs(2));
     with_engine(&mut case, registry);
+    (case, silent)
+}
+
+#[tokio::test]
+async fn a_probe_waits_for_no_module_load_and_is_reconciled_again_once_the_load_has_landed() {
+    let (mut case, silent) = pulled_from_a_silent_registry().await;
 
     // The reconcile does not wait for the pull: it writes nothing and looks again later.
     assert_eq!(case.reconcile().await, Action::requeue(Duration::from_secs(60)));
@@ -1113,4 +1119,31 @@ async fn a_failed_load_is_the_answer_for_a_while_but_only_for_its_own_pull_secre
         // ... is the answer at once, for a while.
         assert_eq!(failure(probe(pulled_with(secret)).await), message);
     }
+}
+
+#[tokio::test]
+async fn a_workspace_re_created_under_the_same_name_is_put_off_afresh() {
+    let (mut case, _silent) = pulled_from_a_silent_registry().await;
+    // What its namesake left: put off long ago, its waiting task stuck on a load that never
+    // lands.
+    let long_ago = std::time::Instant::now()
+        .checked_sub(Duration::from_secs(3600))
+        .unwrap();
+    lock(&case.ctx.deferred).insert(
+        ("team".into(), "ws".into()),
+        Deferral {
+            uid: Some("uid-0".into()),
+            since: long_ago,
+            waiter: Some(u64::MAX),
+        },
+    );
+    assert_eq!(case.reconcile().await, Action::requeue(Duration::from_secs(60)));
+    // Its own task waits for its pull and reconciles it again when the pull has failed.
+    tokio::time::timeout(Duration::from_secs(30), case.retriggered.recv())
+        .await
+        .expect("reconciled again once the pull ended");
+    let deferral = lock(&case.ctx.deferred);
+    let ours = &deferral[&("team".to_string(), "ws".to_string())];
+    assert_eq!(ours.uid.as_deref(), Some("uid-1"));
+    assert!(ours.since > long_ago);
 }
