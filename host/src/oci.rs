@@ -786,8 +786,61 @@ pub fn auth_from_docker_config(config: &[u8], registry: &str) -> Result<Registry
     }
 }
 
+/// A registry for tests: answers as a test says, including answers a real registry never gives.
+#[cfg(test)]
+pub(crate) mod fake {
+    /// What the fake registry answers to a path.
+    pub(crate) enum Answer {
+        /// A status line, headers and a body, then the connection closes.
+        Whole(&'static str, String, String),
+        /// A status line and a body that never ends, as fast as it is read (chunked, no length).
+        Endless(&'static str),
+    }
+
+    /// A registry at `127.0.0.1` answering each request as `answer` says (given its origin, the
+    /// request's path and the whole request in lower case); its address.
+    pub(crate) async fn fake_registry(answer: fn(&str, &str, &str) -> Answer) -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let origin = format!("http://{address}");
+        let server = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let origin = origin.clone();
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 8192];
+                    let n = socket.read(&mut request).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&request[..n]).to_string();
+                    let path = request.split(' ').nth(1).unwrap_or_default().to_string();
+                    match answer(&origin, &path, &request.to_ascii_lowercase()) {
+                        Answer::Whole(status, headers, body) => {
+                            let head = format!(
+                                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = socket.write_all(format!("{head}{body}").as_bytes()).await;
+                        }
+                        Answer::Endless(status) => {
+                            let head = format!(
+                                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            );
+                            if socket.write_all(head.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            let chunk = format!("1000\r\n{}\r\n", " ".repeat(0x1000));
+                            while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+                        }
+                    }
+                });
+            }
+        });
+        (address, server)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fake::{Answer, fake_registry};
     use super::*;
 
     #[tokio::test]
@@ -835,54 +888,6 @@ mod tests {
         server.abort();
     }
 
-    /// What the fake registry answers to a path.
-    enum Answer {
-        /// A status line, headers and a body, then the connection closes.
-        Whole(&'static str, String, String),
-        /// A status line and a body that never ends, as fast as it is read (chunked, no length).
-        Endless(&'static str),
-    }
-
-    /// A registry at `127.0.0.1` answering each request as `answer` says (given its origin, the
-    /// request's path and the whole request in lower case); its address.
-    async fn fake_registry(answer: fn(&str, &str, &str) -> Answer) -> (String, tokio::task::JoinHandle<()>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let origin = format!("http://{address}");
-        let server = tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let origin = origin.clone();
-                tokio::spawn(async move {
-                    let mut request = vec![0u8; 8192];
-                    let n = socket.read(&mut request).await.unwrap_or(0);
-                    let request = String::from_utf8_lossy(&request[..n]).to_string();
-                    let path = request.split(' ').nth(1).unwrap_or_default().to_string();
-                    match answer(&origin, &path, &request.to_ascii_lowercase()) {
-                        Answer::Whole(status, headers, body) => {
-                            let head = format!(
-                                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
-                                body.len()
-                            );
-                            let _ = socket.write_all(format!("{head}{body}").as_bytes()).await;
-                        }
-                        Answer::Endless(status) => {
-                            let head = format!(
-                                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-                            );
-                            if socket.write_all(head.as_bytes()).await.is_err() {
-                                return;
-                            }
-                            let chunk = format!("1000\r\n{}\r\n", " ".repeat(0x1000));
-                            while socket.write_all(chunk.as_bytes()).await.is_ok() {}
-                        }
-                    }
-                });
-            }
-        });
-        (address, server)
-    }
-
     /// The problem pulling from the fake registry at `address` (its deadline long enough for
     /// any cap to be met many times over, short enough that an answer read without one cannot
     /// fill the memory first).
@@ -898,117 +903,113 @@ mod tests {
         registry.fetch(&location, &RegistryAuth::Anonymous).await.unwrap_err()
     }
 
+    /// The problem pulling from a fake registry answering as `answer` says.
+    async fn problem_with(answer: fn(&str, &str, &str) -> Answer) -> String {
+        let (address, server) = fake_registry(answer).await;
+        let problem = pull_problem(&address).await;
+        server.abort();
+        problem
+    }
+
+    /// `/v2/` answered with no challenge: no credentials needed.
+    fn open() -> Answer {
+        Answer::Whole("200 OK", String::new(), String::new())
+    }
+
+    /// `/v2/` answered with a Bearer challenge naming the token service at `origin`/token.
+    fn bearer(origin: &str) -> Answer {
+        let challenge = format!("WWW-Authenticate: Bearer realm=\"{origin}/token\",service=\"fake\"\r\n");
+        Answer::Whole("401 Unauthorized", challenge, String::new())
+    }
+
     #[tokio::test]
     async fn every_answer_of_a_registry_is_read_within_a_cap() {
-        // A manifest that never ends.
-        let (address, server) = fake_registry(|_, path, _| match path {
-            "/v2/" => Answer::Whole("200 OK", String::new(), String::new()),
-            _ => Answer::Endless("200 OK"),
+        let manifest = problem_with(|_, path, _| {
+            if path == "/v2/" {
+                open()
+            } else {
+                Answer::Endless("200 OK")
+            }
         })
         .await;
-        let problem = pull_problem(&address).await;
         assert!(
-            problem.contains("the manifest is over the cap of 262144 bytes"),
-            "{problem}"
+            manifest.contains("the manifest is over the cap of 262144 bytes"),
+            "{manifest}"
         );
-        server.abort();
-
-        // A token that never ends.
-        let (address, server) = fake_registry(|origin, path, _| match path {
-            "/v2/" => Answer::Whole(
-                "401 Unauthorized",
-                format!("WWW-Authenticate: Bearer realm=\"{origin}/token\",service=\"fake\"\r\n"),
-                String::new(),
-            ),
-            _ => Answer::Endless("200 OK"),
+        let token = problem_with(|origin, path, _| {
+            if path == "/v2/" {
+                bearer(origin)
+            } else {
+                Answer::Endless("200 OK")
+            }
         })
         .await;
-        let problem = pull_problem(&address).await;
         assert!(
-            problem.contains("the registry's token is over the cap of 65536 bytes"),
-            "{problem}"
+            token.contains("the registry's token is over the cap of 65536 bytes"),
+            "{token}"
         );
-        server.abort();
-
-        // An error that never ends is cut, and the status still explained.
-        let (address, server) = fake_registry(|_, path, _| match path {
-            "/v2/" => Answer::Whole("200 OK", String::new(), String::new()),
-            _ => Answer::Endless("404 Not Found"),
+        // An error that never ends is cut, and its status still explained.
+        let error = problem_with(|_, path, _| {
+            if path == "/v2/" {
+                open()
+            } else {
+                Answer::Endless("404 Not Found")
+            }
         })
         .await;
-        let problem = pull_problem(&address).await;
         assert!(
-            problem.contains("not found in the registry (404 Not Found for http://"),
-            "{problem}"
+            error.contains("not found in the registry (404 Not Found for http://"),
+            "{error}"
         );
-        server.abort();
     }
 
     #[tokio::test]
     async fn a_token_is_asked_for_the_repository_and_sent_with_the_requests_for_it() {
-        // The token service gives a token for `probe`; the manifest is served only with it.
-        let (address, server) = fake_registry(|origin, path, request| match path {
-            "/v2/" => Answer::Whole(
-                "401 Unauthorized",
-                format!("WWW-Authenticate: Bearer realm=\"{origin}/token\",service=\"fake\",scope=\"x\"\r\n"),
-                String::new(),
-            ),
+        fn errors(code: &str, message: &str) -> String {
+            format!(r#"{{"errors": [{{"code": "{code}", "message": "{message}"}}]}}"#)
+        }
+        // The token service gives a token for `probe`; the manifest is looked for only with it
+        // (and not found), and refused without.
+        let problem = problem_with(|origin, path, request| match path {
+            "/v2/" => bearer(origin),
             "/token?scope=repository%3Aprobe%3Apull&service=fake" => {
                 Answer::Whole("200 OK", String::new(), r#"{"token": "let-me-in"}"#.into())
             }
             _ if request.contains("\r\nauthorization: bearer let-me-in\r\n") => Answer::Whole(
                 "404 Not Found",
                 String::new(),
-                r#"{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}"#.into(),
+                errors("MANIFEST_UNKNOWN", "manifest unknown"),
             ),
             _ => Answer::Whole(
                 "401 Unauthorized",
                 String::new(),
-                r#"{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}"#.into(),
+                errors("UNAUTHORIZED", "authentication required"),
             ),
         })
         .await;
-        // With the token the manifest is looked for (and not found); without, refused.
-        let problem = pull_problem(&address).await;
         assert!(
             problem.contains("not found in the registry (404 Not Found for http://"),
             "{problem}"
         );
         assert!(problem.contains("MANIFEST_UNKNOWN manifest unknown"), "{problem}");
-        server.abort();
 
         // A token service that refuses: the refusal is explained.
-        let (address, server) = fake_registry(|origin, path, _| match path {
-            "/v2/" => Answer::Whole(
-                "401 Unauthorized",
-                format!("WWW-Authenticate: Bearer realm=\"{origin}/token\"\r\n"),
-                String::new(),
-            ),
+        let problem = problem_with(|origin, path, _| match path {
+            "/v2/" => bearer(origin),
             _ => Answer::Whole("401 Unauthorized", String::new(), "bad credentials".into()),
         })
         .await;
-        let problem = pull_problem(&address).await;
-        assert!(
-            problem
-                .contains("the registry refused access (its token service answered 401 Unauthorized: bad credentials)"),
-            "{problem}"
-        );
-        server.abort();
+        let refusal = "the registry refused access (its token service answered 401 Unauthorized: bad credentials)";
+        assert!(problem.contains(refusal), "{problem}");
 
         // An answer without a token, under another name: not quoted (it may be the credential).
-        let (address, server) = fake_registry(|origin, path, _| match path {
-            "/v2/" => Answer::Whole(
-                "401 Unauthorized",
-                format!("WWW-Authenticate: Bearer realm=\"{origin}/token\"\r\n"),
-                String::new(),
-            ),
+        let problem = problem_with(|origin, path, _| match path {
+            "/v2/" => bearer(origin),
             _ => Answer::Whole("200 OK", String::new(), r#"{"accessToken": "s3cr3t"}"#.into()),
         })
         .await;
-        let problem = pull_problem(&address).await;
         assert!(problem.contains("answered no token (25 bytes)"), "{problem}");
         assert!(!problem.contains("s3cr3t"), "{problem}");
-        server.abort();
     }
 
     #[test]

@@ -526,7 +526,9 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Send + 'static> Flight
     /// The failure of `key`'s last load if it is recent (or landed after `since`, when the
     /// caller was put off waiting for it), or the load running; otherwise what `kept` finds, or
     /// else `load`'s future started on a task of its own, which gives its value to `keep` when
-    /// it succeeds. `load` is called here, on the caller's task.
+    /// it succeeds. `load` is called here, on the caller's task; what it cannot prepare (a
+    /// pull Secret missing from the cache) is the answer at once and not kept, so the next
+    /// probe looks again.
     pub fn join_or_start<F, Fut>(
         &self,
         key: K,
@@ -536,7 +538,7 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Send + 'static> Flight
         keep: impl FnOnce(V) + Send + 'static,
     ) -> Load<V>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce() -> Result<Fut, String>,
         Fut: std::future::Future<Output = Result<V, String>> + Send + 'static,
     {
         let mut running = lock(&self.running);
@@ -557,9 +559,12 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Send + 'static> Flight
         if let Some(value) = kept() {
             return Load::Done(Ok(value));
         }
+        let future = match load() {
+            Ok(future) => future,
+            Err(message) => return Load::Done(Err(message)),
+        };
         let (land, flight) = tokio::sync::watch::channel(None);
         running.insert(key.clone(), flight.clone());
-        let future = load();
         let flights = self.running.clone();
         tokio::spawn(async move {
             let result = tokio::time::timeout(LOAD_DEADLINE, future).await.unwrap_or_else(|_| {
@@ -651,7 +656,7 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Clone + Send + 'static
     /// a load.
     pub fn get_or_start<F, Fut>(&self, key: K, since: Option<std::time::Instant>, load: F) -> Load<V>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce() -> Result<Fut, String>,
         Fut: std::future::Future<Output = Result<V, String>> + Send + 'static,
     {
         if let Some(value) = self.get(&key) {
@@ -696,7 +701,7 @@ impl<T: Send + Sync + 'static> ModuleFiles<T> {
             key.clone(),
             since,
             || self.kept(&key),
-            move || async move { load(read_module(&file).await?).await },
+            move || Ok(async move { load(read_module(&file).await?).await }),
             move |loaded| {
                 let path = kept_as.path.clone();
                 lock(&entries).insert(path, (std::time::Instant::now(), (kept_as, loaded)));
@@ -737,13 +742,13 @@ async fn load(
     match &plan.module {
         Module::Builtin(name) => prober.builtins.get_or_start(name.clone(), since, || {
             let name = name.clone();
-            async move {
+            Ok(async move {
                 let component = workspace_culler_engine::builtin::builtin(&name)
                     .ok_or_else(|| format!("no built-in probe named {name:?}"))?
                     .component
                     .to_vec();
                 compile(component).await
-            }
+            })
         }),
         Module::File(path) => {
             prober
@@ -764,17 +769,17 @@ async fn load(
             prober.pulled.get_or_start(key, since, || {
                 // The credentials are read only for a pull, from the cache, here.
                 let auth = match &plan.pull_secret {
-                    Some(name) => registry_auth(ctx, name, location.reference.registry()),
-                    None => Ok(oci_client::secrets::RegistryAuth::Anonymous),
+                    Some(name) => registry_auth(ctx, name, location.reference.registry())?,
+                    None => oci_client::secrets::RegistryAuth::Anonymous,
                 };
                 let (registry, location) = (ctx.settings.registry.clone(), location.clone());
-                async move {
-                    let fetched = registry.fetch(&location, &auth?).await?;
+                Ok(async move {
+                    let fetched = registry.fetch(&location, &auth).await?;
                     if fetched.pulled {
                         tracing::info!(location = %location.text, sha256 = %fetched.sha256, "pulled a probe module");
                     }
                     compile(fetched.bytes).await
-                }
+                })
             })
         }
     }
@@ -1316,10 +1321,10 @@ mod tests {
             let (loads, mut released) = (loads.clone(), released.clone());
             move || {
                 loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async move {
+                Ok(async move {
                     let _ = released.wait_for(|go| *go).await;
                     result
-                }
+                })
             }
         };
         // Eight probes ask while it loads: each is told at once that it is loading.
@@ -1401,6 +1406,15 @@ mod tests {
         );
         assert!(matches!(kept, Load::Done(Ok(v)) if *v == b"kept"));
         assert_eq!(count(), 4);
+
+        // What a load cannot prepare (its Secret missing) is the answer at once, and not kept.
+        for _ in 0..2 {
+            let unprepared = memo.get_or_start("unprepared".into(), None, || {
+                Err::<futures::future::Ready<Result<Arc<Vec<u8>>, String>>, _>("no Secret".to_string())
+            });
+            assert!(matches!(unprepared, Load::Done(Err(e)) if e == "no Secret"));
+            assert!(!lock(&memo.loading.running).contains_key("unprepared"));
+        }
     }
 
     #[test]

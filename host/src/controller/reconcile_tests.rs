@@ -1082,43 +1082,134 @@ async fn a_probe_waits_for_no_module_load_and_is_reconciled_again_once_the_load_
     drop(silent);
 }
 
+/// Probes `case`'s workspace with an `oci://` module at `registry` (host:port) pulled with the
+/// Secret `secret`, through the engine.
+struct ProbeWith {
+    ctx: Arc<Context>,
+    workspace: Workspace,
+    kind: WorkspaceKind,
+    location: String,
+}
+
+impl ProbeWith {
+    fn new(case: &Case, registry: &str) -> ProbeWith {
+        ProbeWith {
+            ctx: case.ctx.clone(),
+            workspace: serde_json::from_value(case.stored()).unwrap(),
+            kind: case.ctx.all_kinds().remove(0),
+            location: format!("oci://{registry}/probes/p@sha256:{}", "1".repeat(64)),
+        }
+    }
+
+    async fn probe(&self, secret: &str) -> Probed {
+        let probe: ActivityProbe =
+            serde_json::from_value(json!({"module": {"location": self.location, "pullSecretRef": {"name": secret}}}))
+                .unwrap();
+        (self
+            .ctx
+            .prober
+            .probe(&self.ctx, &self.workspace, &self.kind, &probe, NOW))
+        .await
+    }
+
+    /// The failure of a probe that ran, after waiting for the load it was put off for.
+    async fn failure(&self, secret: &str) -> String {
+        let mut probed = self.probe(secret).await;
+        if let Probed::Deferred { landed, .. } = probed {
+            landed.await;
+            probed = self.probe(secret).await;
+        }
+        match probed {
+            Probed::Ran(ProbeRun {
+                outcome: ProbeOutcome::Failure(message),
+                ..
+            }) => message,
+            Probed::Ran(run) => panic!("{:?}", run.outcome),
+            Probed::Deferred { .. } => panic!("put off twice"),
+        }
+    }
+}
+
+/// A `kubernetes.io/dockerconfigjson` Secret of the controller's namespace, `name`, with
+/// `user`'s credentials for `registry`.
+fn pull_secret(name: &str, registry: &str, user: &str) -> k8s_openapi::api::core::v1::Secret {
+    let config = json!({"auths": {registry: {"username": user, "password": "pw"}}}).to_string();
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "culler-system"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config},
+        "data": {".dockerconfigjson": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, config)},
+    }))
+    .unwrap()
+}
+
 #[tokio::test]
-async fn a_failed_load_is_the_answer_for_a_while_but_only_for_its_own_pull_secret() {
+async fn a_missing_pull_secret_fails_the_probe_at_once_and_the_next_probe_looks_for_it_again() {
     let mut case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
     with_engine(&mut case, crate::oci::Registry::new(Default::default()).unwrap());
-    let workspace: Workspace = serde_json::from_value(case.stored()).unwrap();
-    let kind = case.ctx.all_kinds().remove(0);
-    let location = format!("oci://registry.example/probes/p@sha256:{}", "1".repeat(64));
-    let pulled_with = |secret: &str| -> ActivityProbe {
-        serde_json::from_value(json!({"module": {"location": location, "pullSecretRef": {"name": secret}}})).unwrap()
-    };
-    let probe = |probe: ActivityProbe| {
-        let ctx = case.ctx.clone();
-        let (workspace, kind) = (workspace.clone(), kind.clone());
-        async move { ctx.prober.probe(&ctx, &workspace, &kind, &probe, NOW).await }
-    };
-    let failure = |probed: Probed| match probed {
-        Probed::Ran(ProbeRun {
-            outcome: ProbeOutcome::Failure(message),
-            ..
-        }) => message,
-        Probed::Ran(run) => panic!("{:?}", run.outcome),
-        Probed::Deferred { .. } => panic!("put off"),
-    };
-    for secret in ["absent", "elsewhere"] {
-        // Put off until its load has failed, then that failure...
-        let Probed::Deferred { landed, .. } = probe(pulled_with(secret)).await else {
-            panic!("{secret}: nothing is loaded yet")
+    let probes = ProbeWith::new(&case, "registry.example");
+    for _ in 0..2 {
+        let Probed::Ran(run) = probes.probe("absent").await else {
+            panic!("nothing to wait for: the Secret is not there")
         };
-        landed.await;
-        let message = failure(probe(pulled_with(secret)).await);
-        assert!(
-            message.contains(&format!("culler-system/{secret}: not found")),
-            "{message}"
-        );
-        // ... is the answer at once, for a while.
-        assert_eq!(failure(probe(pulled_with(secret)).await), message);
+        let ProbeOutcome::Failure(message) = run.outcome else {
+            panic!("{:?}", run.outcome)
+        };
+        assert!(message.contains("culler-system/absent: not found"), "{message}");
     }
+    // Created, it is used by the next probe: a pull starts, and the probe is put off for it.
+    drop(probes);
+    Arc::get_mut(&mut case.ctx).unwrap().secrets = store((), vec![pull_secret("absent", "registry.example", "u")]);
+    let probes = ProbeWith::new(&case, "registry.example");
+    assert!(matches!(probes.probe("absent").await, Probed::Deferred { .. }));
+}
+
+#[tokio::test]
+async fn a_failed_pull_is_the_answer_for_a_while_but_only_for_its_own_pull_secret() {
+    // A registry that refuses anyone but `right` (who finds nothing there).
+    let (registry, _server) = crate::oci::fake::fake_registry(|_, path, request| {
+        use crate::oci::fake::Answer;
+        match path {
+            "/v2/" => Answer::Whole("200 OK", String::new(), String::new()),
+            // base64("right:pw"), as the fake sees the request: in lower case.
+            _ if request.contains("\r\nauthorization: basic cmlnahq6chc=\r\n") => {
+                Answer::Whole("404 Not Found", String::new(), String::new())
+            }
+            _ => Answer::Whole("401 Unauthorized", String::new(), String::new()),
+        }
+    })
+    .await;
+    let mut case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
+    let settings = crate::oci::Settings {
+        insecure: vec![registry.clone()],
+        max_bytes: 1 << 20,
+        ..Default::default()
+    };
+    with_engine(&mut case, crate::oci::Registry::new(settings).unwrap());
+    Arc::get_mut(&mut case.ctx).unwrap().secrets = store(
+        (),
+        vec![
+            pull_secret("wrong", &registry, "wrong"),
+            pull_secret("right", &registry, "right"),
+        ],
+    );
+    let probes = ProbeWith::new(&case, &registry);
+    let refused = probes.failure("wrong").await;
+    assert!(
+        refused.contains("the registry refused access (401 Unauthorized"),
+        "{refused}"
+    );
+    // The failure is the answer for that Secret at once, for a while...
+    let Probed::Ran(again) = probes.probe("wrong").await else {
+        panic!("put off again")
+    };
+    assert_eq!(again.outcome, ProbeOutcome::Failure(refused));
+    // ... and never for another Secret's pull of the same module.
+    let missing = probes.failure("right").await;
+    assert!(
+        missing.contains("not found in the registry (404 Not Found"),
+        "{missing}"
+    );
 }
 
 #[tokio::test]
