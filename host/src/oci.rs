@@ -428,8 +428,8 @@ struct Pull {
     /// `{scheme}://{registry}`.
     origin: String,
     repository: String,
-    /// The reference's digest, or its tag.
-    manifest: String,
+    /// The manifest's reference: its digest, or its tag.
+    reference: String,
     /// The `Authorization` header the registry asked for, once known.
     authorization: Option<String>,
 }
@@ -457,7 +457,7 @@ impl Pull {
                 .map_err(|e| format!("cannot make an HTTP client: {}", describe(&e)))?,
             origin: format!("{scheme}://{host}"),
             repository: reference.repository().to_string(),
-            manifest: reference
+            reference: reference
                 .digest()
                 .or_else(|| reference.tag())
                 .unwrap_or("latest")
@@ -551,7 +551,7 @@ impl Pull {
     async fn manifest(&self) -> Result<Vec<u8>, String> {
         let answer = self
             .get(
-                &format!("manifests/{}", self.manifest),
+                &format!("manifests/{}", self.reference),
                 Some(&MANIFEST_MEDIA_TYPES.join(", ")),
             )
             .await?;

@@ -461,6 +461,49 @@ impl Context {
         }
     }
 
+    /// Note that `workspace`'s probe, asked for at `asked`, is put off until `landed`: one task
+    /// per workspace waits for it and then reconciles the workspace again.
+    fn put_off(self: &Arc<Self>, workspace: &Workspace, asked: std::time::Instant, landed: probe::Landing) {
+        let key = key_of(workspace);
+        let waiter = {
+            let mut deferred = lock(&self.deferred);
+            let fresh = || Deferral {
+                uid: workspace.metadata.uid.clone(),
+                since: asked,
+                waiter: None,
+            };
+            let deferral = deferred.entry(key.clone()).or_insert_with(fresh);
+            if deferral.uid != workspace.metadata.uid {
+                *deferral = fresh();
+            }
+            if deferral.waiter.is_some() {
+                return;
+            }
+            let waiter = WAITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            deferral.waiter = Some(waiter);
+            waiter
+        };
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            landed.await;
+            if let Some(deferral) = lock(&ctx.deferred).get_mut(&key)
+                && deferral.waiter == Some(waiter)
+            {
+                deferral.waiter = None;
+            }
+            let _ = ctx.retrigger.send(ObjectRef::new(&key.1).within(&key.0));
+        });
+    }
+
+    /// Since when `workspace`'s probe has been put off, if it is (a failed load that landed
+    /// since is its answer).
+    fn put_off_since(&self, workspace: &Workspace) -> Option<std::time::Instant> {
+        lock(&self.deferred)
+            .get(&key_of(workspace))
+            .filter(|deferral| deferral.uid == workspace.metadata.uid)
+            .map(|deferral| deferral.since)
+    }
+
     /// Fail unless this replica may write now.
     fn fenced(&self) -> Result<(), Error> {
         if self.fence.holds() {
@@ -952,40 +995,9 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
         }
         probe::Probed::Deferred { modules, landed } => {
             // Nothing ran and nothing is written: reconciled again as soon as the module has
-            // landed, by one waiting task per workspace.
+            // landed.
             tracing::debug!(%modules, "probe put off: its module is loading");
-            let waiter = {
-                let mut deferred = lock(&ctx.deferred);
-                let fresh = || Deferral {
-                    uid: workspace.metadata.uid.clone(),
-                    since: asked,
-                    waiter: None,
-                };
-                let deferral = deferred.entry(key.clone()).or_insert_with(fresh);
-                if deferral.uid != workspace.metadata.uid {
-                    *deferral = fresh();
-                }
-                match deferral.waiter {
-                    Some(_) => None,
-                    None => {
-                        let waiter = WAITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        deferral.waiter = Some(waiter);
-                        Some(waiter)
-                    }
-                }
-            };
-            if let Some(waiter) = waiter {
-                let (ctx, key) = (ctx.clone(), key.clone());
-                tokio::spawn(async move {
-                    landed.await;
-                    if let Some(deferral) = lock(&ctx.deferred).get_mut(&key)
-                        && deferral.waiter == Some(waiter)
-                    {
-                        deferral.waiter = None;
-                    }
-                    let _ = ctx.retrigger.send(ObjectRef::new(&key.1).within(&key.0));
-                });
-            }
+            ctx.put_off(&workspace, asked, landed);
             return Ok(ctx.requeue_at(key, now.saturating_add(LOAD_RECHECK_MS), now));
         }
     };

@@ -458,7 +458,7 @@ impl FileKey {
 /// path is kept.
 pub struct ModuleFiles<T> {
     loaded: Memo<PathBuf, (FileKey, Arc<T>)>,
-    loading: Flights<FileKey, Arc<T>>,
+    loading: Flights<FileKey>,
 }
 
 impl<T> Default for ModuleFiles<T> {
@@ -501,16 +501,14 @@ type Landed = Result<(), (std::time::Instant, String)>;
 /// registry took to answer, up to the pull's deadline: a slow registry held every probe of the
 /// policies using it, and the other policies' probes waited behind them. A failure stays the
 /// answer for [`RETRY_FAILED_LOAD_AFTER`].
-pub struct Flights<K, V> {
+pub struct Flights<K> {
     running: Arc<std::sync::Mutex<std::collections::HashMap<K, tokio::sync::watch::Receiver<Option<Landed>>>>>,
-    _value: std::marker::PhantomData<fn() -> V>,
 }
 
-impl<K, V> Default for Flights<K, V> {
+impl<K> Default for Flights<K> {
     fn default() -> Self {
         Flights {
             running: Default::default(),
-            _value: std::marker::PhantomData,
         }
     }
 }
@@ -522,14 +520,14 @@ fn landing(mut flight: tokio::sync::watch::Receiver<Option<Landed>>) -> Landing 
     })
 }
 
-impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Send + 'static> Flights<K, V> {
+impl<K: std::hash::Hash + Eq + Clone + Send + 'static> Flights<K> {
     /// The failure of `key`'s last load if it is recent (or landed after `since`, when the
     /// caller was put off waiting for it), or the load running; otherwise what `kept` finds, or
     /// else `load`'s future started on a task of its own, which gives its value to `keep` when
     /// it succeeds. `load` is called here, on the caller's task; what it cannot prepare (a
     /// pull Secret missing from the cache) is the answer at once and not kept, so the next
     /// probe looks again.
-    pub fn join_or_start<F, Fut>(
+    pub fn join_or_start<V: Send + 'static, F, Fut>(
         &self,
         key: K,
         since: Option<std::time::Instant>,
@@ -605,7 +603,7 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Send + 'static> Flight
 /// be dropped ([`Memo::prune`]): a module no policy names any more does not stay loaded.
 pub struct Memo<K, V> {
     entries: Arc<std::sync::Mutex<std::collections::HashMap<K, (std::time::Instant, V)>>>,
-    loading: Flights<K, V>,
+    loading: Flights<K>,
 }
 
 impl<K, V> Default for Memo<K, V> {
@@ -759,7 +757,7 @@ async fn load(
         Module::Oci(location) => {
             // A pinned artifact never changes: pulled (or read from the disk cache) and
             // compiled once per process and pull Secret, so one policy's failure to pull (its
-            // Secret missing, or refused) is never another's answer.
+            // credentials refused) is never another's answer.
             let key = format!(
                 "{}#{}#{}",
                 location.text,
@@ -906,10 +904,7 @@ impl Prober for EngineProber {
             (Err(message), _) | (_, Err(message)) => return Probed::Ran(failed(message)),
         };
         // Every module first: a probe runs once all of its modules are loaded.
-        let since = lock(&ctx.deferred)
-            .get(&super::key_of(workspace))
-            .filter(|deferral| deferral.uid == workspace.metadata.uid)
-            .map(|deferral| deferral.since);
+        let since = ctx.put_off_since(workspace);
         let (mut ready, mut loading) = (Vec::new(), Vec::new());
         for (name, plan) in planned {
             match plan {
