@@ -5,7 +5,7 @@
 //! failing and timed-out probes, broken modules, the opt-out annotation and a dry-run policy
 //! pause nothing; a kind Kubeflow probes itself and a kind claimed by two policies are left
 //! alone, and the policies' status says why; `minProbeIntervalSeconds` holds; of two replicas
-//! only the leader acts.
+//! only the leader acts; deleted workspaces leave nothing waiting.
 
 mod e2e;
 
@@ -405,4 +405,19 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+
+    // Every workspace deleted (probes in flight included): none is left waiting for a probe.
+    let due = || async {
+        let (_, metrics) = leader.get("/metrics").await;
+        sum(&metrics, "workspace_culler_due_workspaces", &[])
+    };
+    assert!(due().await > 0.0);
+    Api::<workspace_culler_policy::Workspace>::namespaced(env.client.clone(), NS)
+        .delete_collection(&Default::default(), &Default::default())
+        .await
+        .unwrap();
+    e2e::eventually(Duration::from_secs(30), "an empty due queue", || async {
+        (due().await == 0.0).then_some(())
+    })
+    .await;
 }

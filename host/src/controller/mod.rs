@@ -21,7 +21,7 @@ pub mod server;
 
 use cached::CachedWorkspace;
 use capabilities::HttpMode;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
@@ -84,6 +84,8 @@ pub struct Context {
     client: Client,
     prober: Arc<dyn probe::Prober>,
     settings: Settings,
+    /// The workspaces of this controller's namespace (or of all), from its watch.
+    workspaces: Store<CachedWorkspace>,
     kinds: Store<DynamicObject>,
     policies: Store<CullingPolicy>,
     namespaces: Store<Namespace>,
@@ -96,9 +98,9 @@ pub struct Context {
     /// The metrics.
     pub metrics: Metrics,
     clock: fn() -> i64,
-    /// Workspaces waiting for a later probe (the due-queue metric).
-    /// Shared by the controllers of every watched namespace: one gauge counts them all.
-    due: Arc<Mutex<HashSet<Key>>>,
+    /// Workspaces waiting for a later probe (the due-queue metric, which the controllers of
+    /// every watched namespace move up and down together).
+    due: Mutex<HashSet<Key>>,
     /// The activity this process last wrote per workspace: the watch cache can lag behind
     /// our own status patch, and decisions must not.
     /// Keyed by name, kept with the uid it was written for (a re-created workspace starts anew).
@@ -538,9 +540,43 @@ impl Context {
         lock(&self.would_cull).remove(key);
         lock(&self.keep_alive_reported).remove(key);
         lock(&self.deferred).remove(key);
-        let mut due = lock(&self.due);
-        due.remove(key);
-        self.metrics.due_queue.set(i64::try_from(due.len()).unwrap_or(i64::MAX));
+        if lock(&self.due).remove(key) {
+            self.metrics.due_queue.dec();
+        }
+    }
+
+    /// Keep up with the workspaces' watch (after the store's writer applied `event`): a deleted
+    /// workspace is forgotten at once, and after a (re-)list every one the store no longer holds
+    /// (deleted while the watch was away).
+    fn observe(&self, event: &watcher::Event<CachedWorkspace>) {
+        match event {
+            watcher::Event::Delete(workspace) => self.forget_deleted(&key_of(workspace)),
+            watcher::Event::InitDone => self.forget_gone(),
+            _ => {}
+        }
+    }
+
+    /// Forget every workspace the cache does not hold.
+    fn forget_gone(&self) {
+        let mut kept: HashSet<Key> = lock(&self.due).iter().cloned().collect();
+        kept.extend(lock(&self.written).keys().cloned());
+        kept.extend(lock(&self.unwritten).keys().cloned());
+        kept.extend(lock(&self.warned).keys().cloned());
+        kept.extend(lock(&self.would_cull).keys().cloned());
+        kept.extend(lock(&self.keep_alive_reported).keys().cloned());
+        kept.extend(lock(&self.culled_unsent).keys().cloned());
+        kept.extend(lock(&self.deferred).keys().cloned());
+        for key in kept {
+            if self.workspaces.get(&ObjectRef::new(&key.1).within(&key.0)).is_none() {
+                self.forget_deleted(&key);
+            }
+        }
+    }
+
+    /// Forget a deleted workspace, its `Culled` Event not recorded yet included.
+    fn forget_deleted(&self, key: &Key) {
+        self.forget(key);
+        lock(&self.culled_unsent).remove(key);
     }
 
     /// Requeue a workspace for `at` (UNIX ms), keeping the due-queue metric.
@@ -552,9 +588,9 @@ impl Context {
         } else {
             at
         };
-        let mut due = lock(&self.due);
-        due.insert(key);
-        self.metrics.due_queue.set(i64::try_from(due.len()).unwrap_or(i64::MAX));
+        if lock(&self.due).insert(key) {
+            self.metrics.due_queue.inc();
+        }
         Action::requeue(after(now, at).max(Duration::from_millis(100)))
     }
 
@@ -926,7 +962,13 @@ async fn reconcile(object: Arc<CachedWorkspace>, ctx: Arc<Context>) -> Result<Ac
             return Ok(Action::await_change());
         }
     };
-    reconcile_workspace(workspace, ctx).instrument(span).await
+    let reconciled = reconcile_workspace(workspace, ctx.clone()).instrument(span).await;
+    // Deleted while its reconcile was in flight: what that reconcile kept of it is forgotten
+    // (the deletion's own event may have come before).
+    if ctx.workspaces.get(&ObjectRef::from_obj(&*object)).is_none() {
+        ctx.forget_deleted(&key);
+    }
+    reconciled
 }
 
 async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -1294,7 +1336,6 @@ pub async fn run(
     let recorder = Recorder::new(client.clone(), reporter());
     let prober: Arc<dyn probe::Prober> = Arc::new(probe::EngineProber::new(engine));
     let pauses: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
-    let due: Arc<Mutex<HashSet<Key>>> = Arc::default();
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
     } else {
@@ -1328,17 +1369,13 @@ pub async fn run(
             // The workspaces' own cache, decoded as they arrive and trimmed (one per workspace).
             let writer = reflector::store::Writer::default();
             let store = writer.as_reader();
-            let watched = watcher(workspaces, watcher::Config::default())
-                .default_backoff()
-                .modify(cached::trim);
-            let controller = Controller::for_stream(reflector(writer, watched).applied_objects(), store.clone())
-                .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
             stores.push(store.clone());
             let (retrigger, retriggered) = tokio::sync::mpsc::unbounded_channel();
             let ctx = Arc::new(Context {
                 client: client.clone(),
                 prober: prober.clone(),
                 settings: settings.clone(),
+                workspaces: store.clone(),
                 kinds: kinds.clone(),
                 policies: policies.clone(),
                 namespaces: namespaces.clone(),
@@ -1348,7 +1385,7 @@ pub async fn run(
                 recorder: recorder.clone(),
                 metrics: metrics.clone(),
                 clock: now_ms,
-                due: due.clone(),
+                due: Mutex::default(),
                 written: Default::default(),
                 unwritten: Default::default(),
                 warned: Default::default(),
@@ -1362,6 +1399,15 @@ pub async fn run(
                 deferred: Mutex::default(),
                 management: Mutex::default(),
             });
+            let watched = watcher(workspaces, watcher::Config::default())
+                .default_backoff()
+                .modify(cached::trim);
+            let observed = reflector(writer, watched).inspect_ok({
+                let ctx = ctx.clone();
+                move |event| ctx.observe(event)
+            });
+            let controller = Controller::for_stream(observed.applied_objects(), store.clone())
+                .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency));
             // The workspaces of the kinds a policy's or a kind's change touches (all of them
             // when announcements were missed).
             let workspaces_of_kinds = {
@@ -1456,6 +1502,7 @@ pub async fn run(
     };
     let (_status_task, _) = futures::future::join(ready, futures::future::join_all(runs)).await;
     metrics.leader.set(0);
+    metrics.due_queue.set(0);
     readiness.set(false);
     Ok(())
 }

@@ -294,6 +294,8 @@ struct Case {
     stop: tokio::sync::watch::Sender<bool>,
     /// The workspaces the controller asked to reconcile again.
     retriggered: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<CachedWorkspace>>,
+    /// The workspaces' cache, as their watch would fill it (empty unless a test fills it).
+    watched: Mutex<reflector::store::Writer<CachedWorkspace>>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -320,9 +322,11 @@ impl Case {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let (retrigger, retriggered) = tokio::sync::mpsc::unbounded_channel();
         let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
+        let watched = reflector::store::Writer::default();
         let ctx = Arc::new(Context {
             client: client.clone(),
             prober: prober.clone(),
+            workspaces: watched.as_reader(),
             settings: Settings {
                 dry_run: false,
                 http_mode: HttpMode::Direct,
@@ -363,6 +367,7 @@ impl Case {
             ctx,
             stop,
             retriggered,
+            watched: Mutex::new(watched),
             _server: server,
         }
     }
@@ -378,6 +383,17 @@ impl Case {
 
     fn stored(&self) -> Value {
         lock(&self.api.workspace).clone()
+    }
+
+    /// The workspace as the watch has it now.
+    fn cached(&self) -> CachedWorkspace {
+        CachedWorkspace::Read(Box::new(serde_json::from_value(self.stored()).unwrap()))
+    }
+
+    /// What the workspaces' watch reports, applied to the cache and then observed.
+    fn watch_event(&self, event: watcher::Event<CachedWorkspace>) {
+        lock(&self.watched).apply_watcher_event(&event);
+        self.ctx.observe(&event);
     }
 
     fn probes(&self) -> usize {
@@ -463,6 +479,52 @@ async fn a_warning_that_could_not_be_recorded_is_tried_again_not_marked_as_given
     assert_eq!(case.api.summary(), ["event CullingSoon", "event CullingSoon"]);
     case.reconcile().await;
     assert_eq!(case.api.summary().len(), 2, "once recorded, given once");
+}
+
+#[tokio::test]
+async fn a_deleted_workspace_is_forgotten_and_leaves_the_due_queue() {
+    // Not due, warned: the workspace is kept in the due queue and in what was warned.
+    let mut activity = probed(5, 40 * MINUTE);
+    activity["rules"] = json!({"pauseWorkspace": {"eligibleAfter": NOW + 20 * MINUTE}});
+    let mut case = Case::new(
+        workspace(activity, json!({})),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    Arc::get_mut(&mut case.ctx).unwrap().settings.culling_soon_seconds = 3600;
+    let kept = |case: &Case| {
+        let key = ("team".to_owned(), "ws".to_owned());
+        (
+            case.ctx.metrics.due_queue.get(),
+            lock(&case.ctx.due).contains(&key),
+            lock(&case.ctx.warned).contains_key(&key),
+        )
+    };
+    let reconciled = |case: &Case| super::reconcile(Arc::new(case.cached()), case.ctx.clone());
+    case.watch_event(watcher::Event::Apply(case.cached()));
+    reconciled(&case).await.unwrap();
+    assert_eq!(kept(&case), (1, true, true));
+
+    // Its deletion, as the watch reports it.
+    case.watch_event(watcher::Event::Delete(case.cached()));
+    assert_eq!(kept(&case), (0, false, false));
+
+    // A reconcile in flight when it went (its deletion observed before the reconcile ended).
+    reconciled(&case).await.unwrap();
+    assert_eq!(kept(&case), (0, false, false), "forgotten as its reconcile ends");
+
+    // Kept, then deleted while the watch was away: the list that follows does not show it.
+    case.watch_event(watcher::Event::Apply(case.cached()));
+    reconciled(&case).await.unwrap();
+    assert_eq!(kept(&case), (1, true, true));
+    case.watch_event(watcher::Event::Init);
+    case.watch_event(watcher::Event::InitApply(case.cached()));
+    case.watch_event(watcher::Event::InitDone);
+    assert_eq!(kept(&case), (1, true, true), "still there: kept");
+    case.watch_event(watcher::Event::Init);
+    case.watch_event(watcher::Event::InitDone);
+    assert_eq!(kept(&case), (0, false, false));
 }
 
 #[tokio::test]
