@@ -145,9 +145,10 @@ struct Deferral {
     /// landed since is its answer, however long ago (a failure is otherwise the answer for
     /// 30 s only, and a reconcile that came later would load again and be put off again).
     since: std::time::Instant,
-    /// The task that waits for the load to land to reconcile the workspace again, if any, by
-    /// number: a task of an earlier deferral, woken late, leaves a later one's alone.
-    waiter: Option<u64>,
+    /// The task that waits for the load to land to reconcile the workspace again, if any: by
+    /// number (a task of an earlier deferral, woken late, leaves a later one's alone) and the
+    /// modules it waits for (a probe put off for others gets a task of its own).
+    waiter: Option<(u64, String)>,
 }
 
 /// Numbers the tasks that wait for a load ([`Deferral::waiter`]).
@@ -463,9 +464,16 @@ impl Context {
         }
     }
 
-    /// Note that `workspace`'s probe, asked for at `asked`, is put off until `landed`: one task
-    /// per workspace waits for it and then reconciles the workspace again.
-    fn put_off(self: &Arc<Self>, workspace: &Workspace, asked: std::time::Instant, landed: probe::Landing) {
+    /// Note that `workspace`'s probe, asked for at `asked`, is put off until `landed`, the
+    /// landing of `modules`' loads: one task per workspace waits for it and then reconciles the
+    /// workspace again (a task for other loads, of a probe since changed, is not waited for).
+    fn put_off(
+        self: &Arc<Self>,
+        workspace: &Workspace,
+        asked: std::time::Instant,
+        modules: &str,
+        landed: probe::Landing,
+    ) {
         let key = key_of(workspace);
         let waiter = {
             let mut deferred = lock(&self.deferred);
@@ -478,18 +486,22 @@ impl Context {
             if deferral.uid != workspace.metadata.uid {
                 *deferral = fresh();
             }
-            if deferral.waiter.is_some() {
+            if deferral
+                .waiter
+                .as_ref()
+                .is_some_and(|(_, waits_for)| waits_for == modules)
+            {
                 return;
             }
             let waiter = WAITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            deferral.waiter = Some(waiter);
+            deferral.waiter = Some((waiter, modules.to_owned()));
             waiter
         };
         let ctx = self.clone();
         tokio::spawn(async move {
             landed.await;
             if let Some(deferral) = lock(&ctx.deferred).get_mut(&key)
-                && deferral.waiter == Some(waiter)
+                && deferral.waiter.as_ref().is_some_and(|(number, _)| *number == waiter)
             {
                 deferral.waiter = None;
             }
@@ -1039,7 +1051,7 @@ async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<
             // Nothing ran and nothing is written: reconciled again as soon as the module has
             // landed.
             tracing::debug!(%modules, "probe put off: its module is loading");
-            ctx.put_off(&workspace, asked, landed);
+            ctx.put_off(&workspace, asked, &modules, landed);
             return Ok(ctx.requeue_at(key, now.saturating_add(LOAD_RECHECK_MS), now));
         }
     };

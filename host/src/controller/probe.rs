@@ -39,6 +39,31 @@ pub enum Module {
     Oci(crate::oci::Location),
 }
 
+impl std::fmt::Display for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Module::Builtin(name) => write!(f, "built-in {name}"),
+            Module::File(path) => write!(f, "{}", path.display()),
+            Module::Oci(location) => f.write_str(&location.text),
+        }
+    }
+}
+
+impl Plan {
+    /// What loading its module loads: where from, the digest it must have, the Secret it is
+    /// pulled with.
+    fn load_name(&self) -> String {
+        let mut name = self.module.to_string();
+        if let Some(sha256) = &self.sha256 {
+            name += &format!(" (sha256 {})", sha256.get(..12).unwrap_or(sha256));
+        }
+        if let Some(secret) = &self.pull_secret {
+            name += &format!(" with pull Secret {secret}");
+        }
+        name
+    }
+}
+
 /// Everything needed to run one workspace's probe, except the pod and the token.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -805,7 +830,8 @@ pub enum Probed {
     /// nothing ran, and the probe is asked for again once `landed` resolves. No probe waits
     /// for a load, so a slow registry holds none of the controller's probes in flight.
     Deferred {
-        /// The modules being loaded, for the log.
+        /// The modules being loaded, each named with where it is loaded from: the same text
+        /// for the same loads.
         modules: String,
         /// Resolves once every one of them has landed.
         landed: Landing,
@@ -911,7 +937,7 @@ impl Prober for EngineProber {
                 Err(message) => ready.push((name, Err(message))),
                 Ok(plan) => match load(ctx, self, &plan, since).await {
                     Load::Done(module) => ready.push((name, module.map(|module| (plan, module)))),
-                    Load::Loading(landed) => loading.push((name, landed)),
+                    Load::Loading(landed) => loading.push((plan.load_name(), landed)),
                 },
             }
         }

@@ -1144,6 +1144,45 @@ async fn a_probe_waits_for_no_module_load_and_is_reconciled_again_once_the_load_
     drop(silent);
 }
 
+#[tokio::test]
+async fn a_probe_put_off_for_another_module_is_reconciled_again_once_that_one_has_landed() {
+    let mut case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
+    let workspace: Workspace = serde_json::from_value(case.stored()).unwrap();
+    let load = || {
+        let (land, landing) = tokio::sync::oneshot::channel::<()>();
+        let landed: probe::Landing = Box::pin(async move {
+            let _ = landing.await;
+        });
+        (land, landed)
+    };
+    let reconciled_again = |case: &mut Case| {
+        // Yield to the waiting tasks first.
+        std::thread::sleep(Duration::from_millis(50));
+        case.retriggered.try_recv().is_ok()
+    };
+    // Put off for a pull that hangs, then again for it: one task waits.
+    let (hanging, landed) = load();
+    case.ctx
+        .put_off(&workspace, std::time::Instant::now(), "oci://a", landed);
+    let (_, landed) = load();
+    case.ctx
+        .put_off(&workspace, std::time::Instant::now(), "oci://a", landed);
+    // The policy now names another module, which loads and lands: the workspace is reconciled
+    // again at once, not at the next recheck.
+    let (other, landed) = load();
+    case.ctx
+        .put_off(&workspace, std::time::Instant::now(), "oci://b", landed);
+    tokio::task::yield_now().await;
+    assert!(!reconciled_again(&mut case));
+    other.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(reconciled_again(&mut case), "reconciled once the other module landed");
+    hanging.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(reconciled_again(&mut case), "and, harmlessly, once the first one did");
+    assert!(!reconciled_again(&mut case), "by one task for each");
+}
+
 /// Probes `case`'s workspace with an `oci://` module at `registry` (host:port) pulled with the
 /// Secret `secret`, through the engine.
 struct ProbeWith {
@@ -1276,9 +1315,14 @@ async fn a_failed_pull_is_the_answer_for_a_while_but_only_for_its_own_pull_secre
 
 #[tokio::test]
 async fn a_workspace_re_created_under_the_same_name_is_put_off_afresh() {
-    let (mut case, _silent) = pulled_from_a_silent_registry().await;
-    // What its namesake left: put off long ago, its waiting task stuck on a load that never
-    // lands.
+    let (mut case, silent) = pulled_from_a_silent_registry().await;
+    // What its namesake left: put off long ago, its waiting task stuck on a load (the same)
+    // that never lands.
+    let modules = format!(
+        "oci://{}/probes/p@sha256:{}",
+        silent.local_addr().unwrap(),
+        "1".repeat(64)
+    );
     let long_ago = std::time::Instant::now()
         .checked_sub(Duration::from_secs(3600))
         .unwrap();
@@ -1287,7 +1331,7 @@ async fn a_workspace_re_created_under_the_same_name_is_put_off_afresh() {
         Deferral {
             uid: Some("uid-0".into()),
             since: long_ago,
-            waiter: Some(u64::MAX),
+            waiter: Some((u64::MAX, modules.clone())),
         },
     );
     assert_eq!(case.reconcile().await, Action::requeue(Duration::from_secs(60)));
@@ -1299,4 +1343,6 @@ async fn a_workspace_re_created_under_the_same_name_is_put_off_afresh() {
     let ours = &deferral[&("team".to_string(), "ws".to_string())];
     assert_eq!(ours.uid.as_deref(), Some("uid-1"));
     assert!(ours.since > long_ago);
+    assert_eq!(ours.waiter.as_ref().map(|(_, m)| m), None, "its task is done");
+    drop(silent);
 }
