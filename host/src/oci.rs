@@ -279,15 +279,29 @@ impl Registry {
         Some(self.settings.cache_dir.as_ref()?.join("oci/manifests").join(hex))
     }
 
-    /// The cached component with this digest, checked (a damaged file is ignored).
-    fn cached(&self, sha256: &str) -> Option<Vec<u8>> {
+    /// The cached component with this digest, checked (a damaged file is ignored). Read and
+    /// hashed off the async workers: tens of MB for an interpreter, and a volume may hang.
+    async fn cached(&self, sha256: &str) -> Option<Vec<u8>> {
         let path = self.blob_path(sha256)?;
-        let bytes = std::fs::read(&path).ok()?;
-        if sha256_hex(&bytes) != sha256 {
-            return None;
-        }
-        workspace_culler_engine::cache::touch(&path);
-        Some(bytes)
+        let sha256 = sha256.to_owned();
+        blocking(move || {
+            let bytes = std::fs::read(&path).ok()?;
+            if sha256_hex(&bytes) != sha256 {
+                return None;
+            }
+            workspace_culler_engine::cache::touch(&path);
+            Some(bytes)
+        })
+        .await
+        .flatten()
+    }
+
+    /// The component the manifest `location` pins named when it was last pulled, if cached.
+    async fn cached_manifest(&self, location: &Location) -> Option<String> {
+        let path = self.manifest_path(location.reference.digest()?)?;
+        blocking(move || std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()))
+            .await
+            .flatten()
     }
 
     /// The component `location` names: from the cache when its digest is known and cached,
@@ -304,13 +318,15 @@ impl Registry {
     }
 
     async fn fetch_unrecorded(&self, location: &Location, auth: &RegistryAuth) -> Result<Fetched, String> {
-        let known = location.sha256.clone().or_else(|| {
-            let path = self.manifest_path(location.reference.digest()?)?;
-            std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
-        });
-        if let Some(bytes) = known.as_deref().and_then(|sha256| self.cached(sha256)) {
+        let known = match &location.sha256 {
+            Some(sha256) => Some(sha256.clone()),
+            None => self.cached_manifest(location).await,
+        };
+        if let Some(sha256) = known
+            && let Some(bytes) = self.cached(&sha256).await
+        {
             return Ok(Fetched {
-                sha256: sha256_hex(&bytes),
+                sha256,
                 bytes,
                 pulled: false,
             });
@@ -324,8 +340,7 @@ impl Registry {
                 ))
             })
             .map_err(|e| format!("pulling {}: {e}", location.text))?;
-        self.keep(location, &fetched);
-        Ok(fetched)
+        self.keep(location, fetched).await
     }
 
     async fn pull(&self, location: &Location, auth: &RegistryAuth) -> Result<Fetched, String> {
@@ -366,30 +381,19 @@ impl Registry {
         })
     }
 
-    /// Keeps a pulled component (and which manifest named it); a cache that cannot be written
-    /// only costs a pull next time.
-    fn keep(&self, location: &Location, fetched: &Fetched) {
-        let write = |path: PathBuf, bytes: &[u8]| -> std::io::Result<()> {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)?;
-            let mut file = tempfile::NamedTempFile::new_in(dir)?;
-            std::io::Write::write_all(&mut file, bytes)?;
-            file.persist(&path).map_err(|e| e.error)?;
-            Ok(())
-        };
+    /// Keeps a pulled component (and which manifest named it), off the async workers; a cache
+    /// that cannot be written only costs a pull next time.
+    async fn keep(&self, location: &Location, fetched: Fetched) -> Result<Fetched, String> {
         let blob = self.blob_path(&fetched.sha256);
         let manifest = location.reference.digest().and_then(|d| self.manifest_path(d));
-        let results = [
-            blob.clone().map(|path| write(path, &fetched.bytes)),
-            manifest.clone().map(|path| write(path, fetched.sha256.as_bytes())),
-        ];
-        for error in results.into_iter().flatten().filter_map(Result::err) {
-            tracing::warn!(location = %location.text, error = %error, "cannot cache a pulled probe module");
-        }
-        if let (Some(dir), Some(max)) = (&self.settings.cache_dir, self.settings.cache_max_bytes) {
-            let keep: Vec<&Path> = [&blob, &manifest].into_iter().flatten().map(PathBuf::as_path).collect();
-            workspace_culler_engine::cache::bound(dir, max, &keep);
-        }
+        let bound = self.settings.cache_dir.clone().zip(self.settings.cache_max_bytes);
+        let text = location.text.clone();
+        blocking(move || {
+            keep_in_cache(&text, &fetched, blob, manifest, bound);
+            fetched
+        })
+        .await
+        .ok_or_else(|| format!("keeping the module pulled from {} failed", location.text))
     }
 
     /// Push `component` to `reference` as a Wasm artifact.
@@ -416,6 +420,41 @@ impl Registry {
 
 /// Largest answer read from a registry besides a manifest and a layer: a token, an error.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Runs `work` on tokio's blocking threads, off the async workers (`None` if it panicked).
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(work).await.ok()
+}
+
+/// Writes a pulled component (and which manifest named it) into the cache, keeping the cache
+/// within its bound.
+fn keep_in_cache(
+    location: &str,
+    fetched: &Fetched,
+    blob: Option<PathBuf>,
+    manifest: Option<PathBuf>,
+    bound: Option<(PathBuf, u64)>,
+) {
+    let write = |path: PathBuf, bytes: &[u8]| -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.persist(&path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    let results = [
+        blob.clone().map(|path| write(path, &fetched.bytes)),
+        manifest.clone().map(|path| write(path, fetched.sha256.as_bytes())),
+    ];
+    for error in results.into_iter().flatten().filter_map(Result::err) {
+        tracing::warn!(%location, error = %error, "cannot cache a pulled probe module");
+    }
+    if let Some((dir, max)) = bound {
+        let keep: Vec<&Path> = [&blob, &manifest].into_iter().flatten().map(PathBuf::as_path).collect();
+        workspace_culler_engine::cache::bound(&dir, max, &keep);
+    }
+}
 
 /// One pull's requests to a registry: a client of its own (no credentials or tokens shared with
 /// another pull), and every answer read within a cap as it arrives — the manifest within
@@ -886,6 +925,48 @@ mod tests {
         assert!(problem.contains("did not serve it within 2 s"), "{problem}");
         assert_eq!(registry.problem(&location.text, None), Some(problem));
         server.abort();
+    }
+
+    #[test]
+    fn a_cached_module_is_read_off_the_async_workers() {
+        // The cached component is a FIFO no one writes to yet: reading it waits, as on a volume
+        // that hangs.
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("oci/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let sha256 = "2".repeat(64);
+        let fifo = blobs.join(&sha256);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let registry = Registry::new(Settings {
+            cache_dir: Some(dir.path().into()),
+            insecure: vec!["127.0.0.1:9".into()],
+            ..Settings::default()
+        })
+        .unwrap()
+        .with_pull_deadline(std::time::Duration::from_secs(2));
+        let location = parse(&format!("oci://127.0.0.1:9/probe@{DIGEST}"), Some(&sha256)).unwrap();
+        // The FIFO gets its writer once the runtime has gone on meanwhile, or after 5 s.
+        let (went_on, heard) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let runtime_went_on = heard.recv_timeout(std::time::Duration::from_secs(5)).is_ok();
+            std::fs::write(&fifo, b"not the module").unwrap();
+            runtime_went_on
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let fetched = runtime.block_on(async move {
+            let fetch = tokio::spawn(async move { registry.fetch(&location, &RegistryAuth::Anonymous).await });
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let _ = went_on.send(());
+            fetch.await.unwrap()
+        });
+        assert!(writer.join().unwrap(), "the runtime waited for the cache's read");
+        // What the FIFO gave is not the module: it is pulled (here from no registry).
+        let problem = fetched.unwrap_err();
+        assert!(problem.contains("pulling oci://127.0.0.1:9/probe"), "{problem}");
     }
 
     /// The problem pulling from the fake registry at `address` (its deadline long enough for
