@@ -246,9 +246,9 @@ impl Registry {
     fn client(&self) -> Client {
         let mut config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.settings.insecure.clone()),
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(30)),
-            user_agent: concat!("workspace-culler/", env!("CARGO_PKG_VERSION")),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            user_agent: USER_AGENT,
             ..ClientConfig::default()
         };
         if let Some(pem) = &self.ca {
@@ -418,6 +418,16 @@ impl Registry {
     }
 }
 
+/// How long a registry may take to accept a connection, pushing or pulling.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a registry may leave a read of its answer waiting (a pull's whole deadline is
+/// longer: a registry that trickles meets that one).
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Who asks, in every request to a registry.
+const USER_AGENT: &str = concat!("workspace-culler/", env!("CARGO_PKG_VERSION"));
+
 /// Largest answer read from a registry besides a manifest and a layer: a token, an error.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -482,9 +492,9 @@ impl Pull {
             "https"
         };
         let mut builder = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .read_timeout(std::time::Duration::from_secs(30))
-            .user_agent(concat!("workspace-culler/", env!("CARGO_PKG_VERSION")));
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(USER_AGENT);
         if let Some(pem) = &registry.ca {
             let certificates = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| format!("the registry CA file is not PEM certificates: {}", describe(&e)))?;
