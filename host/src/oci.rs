@@ -389,7 +389,12 @@ impl Registry {
         let bound = self.settings.cache_dir.clone().zip(self.settings.cache_max_bytes);
         let text = location.text.clone();
         blocking(move || {
-            keep_in_cache(&text, &fetched, blob, manifest, bound);
+            let kept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                keep_in_cache(&text, &fetched, blob, manifest, bound);
+            }));
+            if kept.is_err() {
+                tracing::warn!(location = %text, "cannot cache a pulled probe module: writing it failed");
+            }
             fetched
         })
         .await

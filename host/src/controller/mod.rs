@@ -130,7 +130,8 @@ pub struct Context {
     /// sent here once the load has landed.
     retrigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<CachedWorkspace>>,
     /// Workspaces whose probe is put off while a module loads: since when, and whether a task
-    /// waits for the load to reconcile it again (one per workspace, however often it is put off).
+    /// waits for the load to reconcile it again (one per workspace and loads, however often it
+    /// is put off).
     deferred: Mutex<HashMap<Key, Deferral>>,
     /// Who manages what and the decoded kinds, computed again only when a kind or a policy
     /// changed (not on every reconcile: a kind is a large object to decode).
@@ -289,6 +290,17 @@ pub fn workspace_resource() -> ApiResource {
 /// The resource of Kubeflow's WorkspaceKinds, watched untyped.
 pub fn kind_resource() -> ApiResource {
     ApiResource::erase::<WorkspaceKind>(&())
+}
+
+/// What each controller watches: one namespace each of those named (each once, however often
+/// it is named: two controllers of one namespace would probe its workspaces twice), or all.
+fn scopes(namespaces: &[String]) -> Vec<Option<String>> {
+    let named: BTreeSet<&String> = namespaces.iter().collect();
+    if named.is_empty() {
+        vec![None]
+    } else {
+        named.into_iter().cloned().map(Some).collect()
+    }
 }
 
 /// Decode an untyped object, counting and logging one that cannot be read.
@@ -465,8 +477,9 @@ impl Context {
     }
 
     /// Note that `workspace`'s probe, asked for at `asked`, is put off until `landed`, the
-    /// landing of `modules`' loads: one task per workspace waits for it and then reconciles the
-    /// workspace again (a task for other loads, of a probe since changed, is not waited for).
+    /// landing of `modules`' loads: one task per workspace and loads waits for it and then
+    /// reconciles the workspace again (a task for other loads, of a probe since changed, is not
+    /// waited for).
     fn put_off(
         self: &Arc<Self>,
         workspace: &Workspace,
@@ -975,9 +988,10 @@ async fn reconcile(object: Arc<CachedWorkspace>, ctx: Arc<Context>) -> Result<Ac
         }
     };
     let reconciled = reconcile_workspace(workspace, ctx.clone()).instrument(span).await;
-    // Deleted while its reconcile was in flight: what that reconcile kept of it is forgotten
-    // (the deletion's own event may have come before).
-    if ctx.workspaces.get(&ObjectRef::from_obj(&*object)).is_none() {
+    // Deleted while its reconcile was in flight (perhaps re-created under its name): what that
+    // reconcile kept of it is forgotten (the deletion's own event may have come before).
+    let cached = ctx.workspaces.get(&ObjectRef::from_obj(&*object));
+    if cached.is_none_or(|cached| cached.uid() != object.uid()) {
         ctx.forget_deleted(&key);
     }
     reconciled
@@ -1348,11 +1362,7 @@ pub async fn run(
     let recorder = Recorder::new(client.clone(), reporter());
     let prober: Arc<dyn probe::Prober> = Arc::new(probe::EngineProber::new(engine));
     let pauses: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
-    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
-    };
+    let scopes = scopes(&settings.namespaces);
     let mut stores = Vec::new();
     let mut pod_caches = Vec::new();
     for namespace in &scopes {
@@ -1528,6 +1538,16 @@ mod tests {
 
     fn object(value: serde_json::Value) -> DynamicObject {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_namespace_named_twice_is_watched_by_one_controller() {
+        let named = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(scopes(&[]), [None]);
+        assert_eq!(
+            scopes(&named(&["team-b", "team-a", "team-b"])),
+            [Some("team-a".into()), Some("team-b".into())]
+        );
     }
 
     #[test]

@@ -514,6 +514,18 @@ async fn a_deleted_workspace_is_forgotten_and_leaves_the_due_queue() {
     reconciled(&case).await.unwrap();
     assert_eq!(kept(&case), (0, false, false), "forgotten as its reconcile ends");
 
+    // The same, and re-created under its name before the reconcile ended.
+    case.watch_event(watcher::Event::Apply(case.cached()));
+    case.watch_event(watcher::Event::Delete(case.cached()));
+    let mut namesake = case.cached();
+    if let CachedWorkspace::Read(workspace) = &mut namesake {
+        workspace.metadata.uid = Some("uid-2".into());
+    }
+    case.watch_event(watcher::Event::Apply(namesake.clone()));
+    reconciled(&case).await.unwrap();
+    assert_eq!(kept(&case), (0, false, false), "the namesake starts anew");
+    case.watch_event(watcher::Event::Delete(namesake));
+
     // Kept, then deleted while the watch was away: the list that follows does not show it.
     case.watch_event(watcher::Event::Apply(case.cached()));
     reconciled(&case).await.unwrap();
@@ -1155,11 +1167,11 @@ async fn a_probe_put_off_for_another_module_is_reconciled_again_once_that_one_ha
         });
         (land, landed)
     };
-    let reconciled_again = |case: &mut Case| {
-        // Yield to the waiting tasks first.
-        std::thread::sleep(Duration::from_millis(50));
+    /// Whether the workspace was sent to be reconciled again, the waiting tasks given time.
+    async fn reconciled_again(case: &mut Case) -> bool {
+        tokio::time::sleep(Duration::from_millis(50)).await;
         case.retriggered.try_recv().is_ok()
-    };
+    }
     // Put off for a pull that hangs, then again for it: one task waits.
     let (hanging, landed) = load();
     case.ctx
@@ -1172,15 +1184,18 @@ async fn a_probe_put_off_for_another_module_is_reconciled_again_once_that_one_ha
     let (other, landed) = load();
     case.ctx
         .put_off(&workspace, std::time::Instant::now(), "oci://b", landed);
-    tokio::task::yield_now().await;
-    assert!(!reconciled_again(&mut case));
-    other.send(()).unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(reconciled_again(&mut case), "reconciled once the other module landed");
-    hanging.send(()).unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(reconciled_again(&mut case), "and, harmlessly, once the first one did");
-    assert!(!reconciled_again(&mut case), "by one task for each");
+    assert!(!reconciled_again(&mut case).await);
+    let _ = other.send(());
+    assert!(
+        reconciled_again(&mut case).await,
+        "reconciled once the other module landed"
+    );
+    let _ = hanging.send(());
+    assert!(
+        reconciled_again(&mut case).await,
+        "and, harmlessly, once the first one did"
+    );
+    assert!(!reconciled_again(&mut case).await, "by one task for each");
 }
 
 /// Probes `case`'s workspace with an `oci://` module at `registry` (host:port) pulled with the
