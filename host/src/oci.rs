@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use workspace_culler_engine::sha256_hex;
@@ -411,11 +411,26 @@ impl Registry {
         let config = Config::new(b"{}".to_vec(), WASM_CONFIG_MEDIA_TYPE.to_string(), None);
         let manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
         let client = self.client();
+        client.store_auth_if_needed(reference.resolve_registry(), auth).await;
         client
-            .push(reference, &[layer], config, auth, Some(manifest))
+            .push_blob(reference, layer.data, &manifest.layers[0].digest)
             .await
             .map_err(explain)?;
-        let manifest_digest = client.fetch_manifest_digest(reference, auth).await.map_err(explain)?;
+        client
+            .push_blob(reference, config.data, &manifest.config.digest)
+            .await
+            .map_err(explain)?;
+        // The digest is that of the manifest as sent, not asked of the registry by tag
+        // afterwards, when another push of the same tag may have landed and would be named.
+        let body = serde_json::to_vec(&manifest).map_err(|e| format!("cannot encode the manifest: {e}"))?;
+        let manifest_digest = format!("sha256:{}", sha256_hex(&body));
+        let media_type = manifest.media_type.as_deref().unwrap_or(OCI_IMAGE_MEDIA_TYPE);
+        let media_type =
+            http::HeaderValue::from_str(media_type).map_err(|e| format!("the manifest's media type: {e}"))?;
+        client
+            .push_manifest_raw(reference, body, media_type)
+            .await
+            .map_err(explain)?;
         Ok(Pushed {
             manifest_digest,
             component_sha256,
@@ -982,6 +997,43 @@ mod tests {
         // What the FIFO gave is not the module: it is pulled (here from no registry).
         let problem = fetched.unwrap_err();
         assert!(problem.contains("pulling oci://127.0.0.1:9/probe"), "{problem}");
+    }
+
+    #[tokio::test]
+    async fn a_push_names_the_digest_of_the_manifest_it_sent() {
+        // A registry that takes every upload, and whose tag names another manifest by the time
+        // it is asked (another push of the same tag landed meanwhile).
+        const OTHER: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let (address, server) = fake_registry(|origin, path, request| {
+            let location = format!("Location: {origin}/v2/probe/blobs/uploads/1\r\n");
+            match request.split(' ').next().unwrap_or_default() {
+                "post" | "patch" => Answer::Whole("202 Accepted", format!("{location}Range: 0-0\r\n"), String::new()),
+                "put" => Answer::Whole("201 Created", location, String::new()),
+                _ if path == "/v2/" => open(),
+                _ => Answer::Whole(
+                    "200 OK",
+                    format!("Docker-Content-Digest: {OTHER}\r\nContent-Type: {OCI_IMAGE_MEDIA_TYPE}\r\n"),
+                    String::new(),
+                ),
+            }
+        })
+        .await;
+        let registry = Registry::new(Settings {
+            insecure: vec![address.clone()],
+            ..Settings::default()
+        })
+        .unwrap();
+        let reference: Reference = format!("{address}/probe:v1").parse().unwrap();
+        let component = b"\0asm\x0d\0\x01\0".to_vec();
+        let pushed = registry
+            .push(&reference, component.clone(), &RegistryAuth::Anonymous)
+            .await
+            .unwrap();
+        server.abort();
+        // Not the tag's: that it is the manifest's own, a real registry checks when it is
+        // pulled by it (`tests/oci_registry.rs`).
+        assert_ne!(pushed.manifest_digest, OTHER);
+        assert_eq!(pushed.component_sha256, sha256_hex(&component));
     }
 
     /// The problem pulling from the fake registry at `address` (its deadline long enough for
