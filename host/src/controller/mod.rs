@@ -1360,7 +1360,8 @@ pub async fn run(
     });
 
     let recorder = Recorder::new(client.clone(), reporter());
-    let prober: Arc<dyn probe::Prober> = Arc::new(probe::EngineProber::new(engine));
+    let looks = probe::FileLooks::default();
+    let prober: Arc<dyn probe::Prober> = Arc::new(probe::EngineProber::new(engine, looks.clone()));
     let pauses: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
     let scopes = scopes(&settings.namespaces);
     let mut stores = Vec::new();
@@ -1496,6 +1497,7 @@ pub async fn run(
         pauses,
         fence,
         module_dir: settings.module_dir.clone(),
+        looks,
         registry: settings.registry.clone(),
         secrets: secrets.clone(),
         own_namespace: settings.own_namespace.clone(),

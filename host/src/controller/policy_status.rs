@@ -92,6 +92,8 @@ pub struct Sources {
     pub fence: super::leader::Fence,
     /// Where module files must lie.
     pub module_dir: std::path::PathBuf,
+    /// Looks at the module files policies name, as the probes do.
+    pub looks: super::probe::FileLooks,
     /// The last problem pulling each `oci://` module.
     pub registry: Arc<crate::oci::Registry>,
     /// The Secrets of the controller's namespace, where policies' Secrets must be.
@@ -112,6 +114,7 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
         pauses,
         fence,
         module_dir,
+        looks,
         registry,
         secrets,
         own_namespace,
@@ -144,8 +147,10 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
             let new_pauses = lock(&pauses).get(&name).copied().unwrap_or(0);
             let before = totals.get(&name).copied().unwrap_or(0);
             let probe = &policy.spec.activity_probe;
-            let problem = super::probe::module_problem(probe, &module_dir, &registry)
-                .or_else(|| super::probe::secret_problem(probe, &secrets, &own_namespace));
+            let problem = match super::probe::module_problem(probe, &module_dir, &registry, &looks).await {
+                Some(problem) => Some(problem),
+                None => super::probe::secret_problem(probe, &secrets, &own_namespace),
+            };
             let mut status = status_of(policy, &management, &by_kind, before, new_pauses, problem, clock());
             note_controller_dry_run(&mut status, policy, dry_run);
             if policy.status.as_ref() == Some(&status) || !fence.holds() {

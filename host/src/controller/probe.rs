@@ -33,8 +33,14 @@ pub const MAX_MODULE_BYTES: u64 = 64 << 20;
 pub enum Module {
     /// Shipped inside the controller.
     Builtin(String),
-    /// A component file under the module directory.
-    File(PathBuf),
+    /// A component file under the module directory (`dir`), at `location` in it: where that
+    /// leads is looked at when the probe runs ([`FileLooks`]).
+    File {
+        /// The module directory.
+        dir: PathBuf,
+        /// The policy's `module.location`.
+        location: String,
+    },
     /// An artifact in an OCI registry, pinned.
     Oci(crate::oci::Location),
 }
@@ -43,7 +49,7 @@ impl std::fmt::Display for Module {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Module::Builtin(name) => write!(f, "built-in {name}"),
-            Module::File(path) => write!(f, "{}", path.display()),
+            Module::File { dir, location } => write!(f, "{}", dir.join(location).display()),
             Module::Oci(location) => f.write_str(&location.text),
         }
     }
@@ -88,7 +94,7 @@ impl Plan {
     pub fn probe_name(&self) -> String {
         match &self.module {
             Module::Builtin(name) => name.clone(),
-            Module::File(path) => path
+            Module::File { location, .. } => Path::new(location)
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -242,11 +248,13 @@ fn plan(
                 } else if crate::oci::is_oci(location) {
                     Module::Oci(crate::oci::parse(location, module.sha256.as_deref())?)
                 } else {
-                    let path = module_path(module_dir, location)?;
                     if let Some(problem) = unpinned_file(module) {
                         return Err(problem);
                     }
-                    Module::File(path)
+                    Module::File {
+                        dir: module_dir.to_owned(),
+                        location: location.clone(),
+                    }
                 },
                 sha256: module.sha256.clone(),
                 config: serde_json::Value::Object(module.config.clone().unwrap_or_default()),
@@ -262,26 +270,115 @@ fn plan(
 /// What is wrong with a module `probe` names (the first such, for `anyOf`), seen from the
 /// controller: a module file it cannot use, or an `oci://` location that does not parse or whose
 /// last pull failed (`None`: nothing, or only built-ins): for the policy's `Ready` condition.
-pub fn module_problem(probe: &ActivityProbe, module_dir: &Path, registry: &crate::oci::Registry) -> Option<String> {
-    probe
+pub async fn module_problem(
+    probe: &ActivityProbe,
+    module_dir: &Path,
+    registry: &crate::oci::Registry,
+    looks: &FileLooks,
+) -> Option<String> {
+    let modules = probe
         .modules()
-        .filter(|module| workspace_culler_engine::builtin::builtin(&module.location).is_none())
-        .find_map(|module| {
-            if crate::oci::is_oci(&module.location) {
-                return crate::oci::parse(&module.location, module.sha256.as_deref())
-                    .err()
-                    .or_else(|| registry.problem(&module.location, module.sha256.as_deref()));
-            }
-            let path = match module_path(module_dir, &module.location) {
-                Ok(path) => path,
-                Err(problem) => return Some(problem),
-            };
-            std::fs::metadata(&path)
-                .map_err(|e| format!("cannot read probe module {}: {e}", path.display()))
-                .and_then(|metadata| usable_module_file(&path, &metadata))
+        .filter(|module| workspace_culler_engine::builtin::builtin(&module.location).is_none());
+    for module in modules {
+        let problem = if crate::oci::is_oci(&module.location) {
+            crate::oci::parse(&module.location, module.sha256.as_deref())
                 .err()
-                .or_else(|| unpinned_file(module))
+                .or_else(|| registry.problem(&module.location, module.sha256.as_deref()))
+        } else if let Some(problem) = unpinned_file(module) {
+            Some(problem)
+        } else {
+            match looks.look(module_dir, &module.location).await {
+                Ok((path, metadata)) => usable_module_file(&path, &metadata).err(),
+                Err(problem) => Some(problem),
+            }
+        };
+        if problem.is_some() {
+            return problem;
+        }
+    }
+    None
+}
+
+/// How long a look at a module file may take ([`FileLooks`]).
+const LOOK_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Looks at module files — where a location leads under the module directory, and what is
+/// there — on tokio's blocking threads, within a deadline, and one look at a time per location.
+/// A module directory on a volume that hangs (a network file system) then fails the probes and
+/// the policy conditions that need it, and holds none of the async workers, which serve every
+/// other probe and the health checks: while a look at a location hangs, the next one fails at
+/// once instead of leaving one more thread behind it.
+#[derive(Clone)]
+pub struct FileLooks {
+    /// The locations being looked at (module directory joined with location), since when.
+    busy: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, std::time::Instant>>>,
+    deadline: Duration,
+}
+
+impl Default for FileLooks {
+    fn default() -> Self {
+        FileLooks {
+            busy: Arc::default(),
+            deadline: LOOK_DEADLINE,
+        }
+    }
+}
+
+impl FileLooks {
+    /// The real path of `location` under `dir` ([`module_path`]), and its metadata.
+    pub async fn look(&self, dir: &Path, location: &str) -> Result<(PathBuf, std::fs::Metadata), String> {
+        let (owned_dir, owned_location) = (dir.to_owned(), location.to_owned());
+        self.look_with(dir.join(location), move || {
+            let path = module_path(&owned_dir, &owned_location)?;
+            let metadata =
+                std::fs::metadata(&path).map_err(|e| format!("cannot read probe module {}: {e}", path.display()))?;
+            Ok((path, metadata))
         })
+        .await
+    }
+
+    /// `work`'s answer about `key`, `work` run as [`FileLooks`] says.
+    async fn look_with<T: Send + 'static>(
+        &self,
+        key: PathBuf,
+        work: impl FnOnce() -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        {
+            let mut busy = lock(&self.busy);
+            if let Some(since) = busy.get(&key) {
+                return Err(format!(
+                    "the module directory has not answered a look at {} for {} s",
+                    key.display(),
+                    since.elapsed().as_secs()
+                ));
+            }
+            busy.insert(key.clone(), std::time::Instant::now());
+        }
+        /// Ends the look when the work returns, or panics.
+        struct Looking(
+            Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, std::time::Instant>>>,
+            PathBuf,
+        );
+        impl Drop for Looking {
+            fn drop(&mut self) {
+                lock(&self.0).remove(&self.1);
+            }
+        }
+        let looking = Looking(self.busy.clone(), key.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let _looking = looking;
+            work()
+        });
+        match tokio::time::timeout(self.deadline, task).await {
+            Ok(Ok(looked)) => looked,
+            Ok(Err(e)) => Err(format!("looking at {} failed: {e}", key.display())),
+            Err(_) => Err(format!(
+                "the module directory did not answer a look at {} within {:?}",
+                key.display(),
+                self.deadline
+            )),
+        }
+    }
 }
 
 /// What is wrong with a Secret `probe` names (a Jupyter token, a module's pull Secret) in the
@@ -463,17 +560,14 @@ struct FileKey {
 }
 
 impl FileKey {
-    /// The key of the file at `path` as it is now.
-    async fn of(path: &Path, pinned: Option<&str>) -> Result<FileKey, String> {
-        let metadata = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| format!("cannot read probe module {}: {e}", path.display()))?;
-        Ok(FileKey {
+    /// The key of the file at `path` whose metadata is `metadata`.
+    fn of(path: &Path, metadata: &std::fs::Metadata, pinned: Option<&str>) -> FileKey {
+        FileKey {
             path: path.to_owned(),
             size: metadata.len(),
             modified: metadata.modified().ok(),
             pinned: pinned.map(str::to_owned),
-        })
+        }
     }
 }
 
@@ -699,11 +793,13 @@ impl<K: std::hash::Hash + Eq + Clone + Send + 'static, V: Clone + Send + 'static
 }
 
 impl<T: Send + Sync + 'static> ModuleFiles<T> {
-    /// The module at `path` (pinned to `pinned`) as [`Memo::get_or_start`] gives it: unless the
-    /// same file was loaded before, read and given to `load` on a task of its own.
-    pub async fn get_or_start<F, Fut>(
+    /// The module at `path` (whose metadata is `metadata`, pinned to `pinned`) as
+    /// [`Memo::get_or_start`] gives it: unless the same file was loaded before, read and given
+    /// to `load` on a task of its own.
+    pub fn get_or_start<F, Fut>(
         &self,
         path: &Path,
+        metadata: &std::fs::Metadata,
         pinned: Option<&str>,
         since: Option<std::time::Instant>,
         load: F,
@@ -712,10 +808,7 @@ impl<T: Send + Sync + 'static> ModuleFiles<T> {
         F: FnOnce(Vec<u8>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<Arc<T>, String>> + Send + 'static,
     {
-        let key = match FileKey::of(path, pinned).await {
-            Ok(key) => key,
-            Err(message) => return Load::Done(Err(message)),
-        };
+        let key = FileKey::of(path, metadata, pinned);
         if let Some(loaded) = self.kept(&key) {
             return Load::Done(Ok(loaded));
         }
@@ -773,12 +866,12 @@ async fn load(
                 compile(component).await
             })
         }),
-        Module::File(path) => {
-            prober
+        Module::File { dir, location } => match prober.looks.look(dir, location).await {
+            Ok((path, metadata)) => prober
                 .files
-                .get_or_start(path, plan.sha256.as_deref(), since, compile)
-                .await
-        }
+                .get_or_start(&path, &metadata, plan.sha256.as_deref(), since, compile),
+            Err(message) => Load::Done(Err(message)),
+        },
         Module::Oci(location) => {
             // A pinned artifact never changes: pulled (or read from the disk cache) and
             // compiled once per process and pull Secret, so one policy's failure to pull (its
@@ -857,6 +950,8 @@ pub trait Prober: Send + Sync {
 /// Probes through the Wasm engine, with the workspace's pod as its capabilities.
 pub struct EngineProber {
     engine: Arc<ProbeEngine>,
+    /// Where module files' locations lead, looked at off the async workers.
+    looks: FileLooks,
     files: ModuleFiles<LoadedProbe>,
     /// `oci://` modules loaded, by location, pin and pull Secret.
     pulled: Memo<String, Arc<LoadedProbe>>,
@@ -872,10 +967,11 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 const UNUSED_FOR: Duration = Duration::from_secs(3600);
 
 impl EngineProber {
-    /// Probes evaluated by `engine`.
-    pub fn new(engine: Arc<ProbeEngine>) -> EngineProber {
+    /// Probes evaluated by `engine`, their module files looked at through `looks`.
+    pub fn new(engine: Arc<ProbeEngine>, looks: FileLooks) -> EngineProber {
         EngineProber {
             engine,
+            looks,
             files: ModuleFiles::default(),
             pulled: Memo::default(),
             builtins: Memo::default(),
@@ -1133,26 +1229,95 @@ mod tests {
         assert_eq!(gpu.deadline, Duration::from_secs(20));
     }
 
-    #[test]
-    fn a_bad_module_file_inside_any_of_is_a_module_problem() {
+    #[tokio::test]
+    async fn a_look_that_hangs_fails_at_its_deadline_and_is_not_started_again_until_it_returns() {
+        let looks = FileLooks {
+            busy: Arc::default(),
+            deadline: Duration::from_millis(200),
+        };
+        let key = PathBuf::from("/probes/team/probe.wasm");
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let looked = {
+            let started = started.clone();
+            move || {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        };
+        // A volume that does not answer (until told to).
+        let (answer, hung) = std::sync::mpsc::channel::<()>();
+        let hanging = {
+            let started = started.clone();
+            move || {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = hung.recv();
+                Ok(())
+            }
+        };
+        let problem = looks.look_with(key.clone(), hanging).await.unwrap_err();
+        assert!(
+            problem.contains("did not answer a look at /probes/team/probe.wasm within 200ms"),
+            "{problem}"
+        );
+        // Asked again while that look hangs: an answer at once, and no other thread behind it.
+        let problem = looks.look_with(key.clone(), looked.clone()).await.unwrap_err();
+        assert!(
+            problem.contains("has not answered a look at /probes/team/probe.wasm"),
+            "{problem}"
+        );
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Another location is looked at meanwhile.
+        looks
+            .look_with("/probes/other.wasm".into(), looked.clone())
+            .await
+            .unwrap();
+        // Once the look returns, the location is looked at again.
+        answer.send(()).unwrap();
+        for _ in 0..500 {
+            if lock(&looks.busy).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        looks.look_with(key.clone(), looked.clone()).await.unwrap();
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // A look that panics ends too (given time to say so: a backtrace may take a while).
+        let patient = FileLooks {
+            busy: looks.busy.clone(),
+            deadline: Duration::from_secs(60),
+        };
+        let problem = patient
+            .look_with(key.clone(), || -> Result<(), String> { panic!("a broken look") })
+            .await
+            .unwrap_err();
+        assert!(
+            problem.contains("looking at /probes/team/probe.wasm failed"),
+            "{problem}"
+        );
+        looks.look_with(key, looked).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bad_module_file_inside_any_of_is_a_module_problem() {
         let dir = tempfile::tempdir().unwrap();
         let any_of = probe(serde_json::json!({"anyOf": [
             {"module": {"location": "nvidia-gpu"}},
             {"module": {"location": "missing.wasm"}},
         ]}));
         let registry = crate::oci::Registry::new(crate::oci::Settings::default()).unwrap();
-        let problem = module_problem(&any_of, dir.path(), &registry).unwrap();
+        let looks = FileLooks::default();
+        let problem = module_problem(&any_of, dir.path(), &registry, &looks).await.unwrap();
         assert!(problem.contains("missing.wasm"), "{problem}");
         std::fs::write(dir.path().join("missing.wasm"), b"x").unwrap();
-        let problem = module_problem(&any_of, dir.path(), &registry).unwrap();
+        let problem = module_problem(&any_of, dir.path(), &registry, &looks).await.unwrap();
         assert!(problem.contains("missing.wasm has no sha256"), "{problem}");
         let pinned = probe(serde_json::json!({"anyOf": [
             {"module": {"location": "nvidia-gpu"}},
             {"module": {"location": "missing.wasm", "sha256": "ab".repeat(32)}},
         ]}));
-        assert_eq!(module_problem(&pinned, dir.path(), &registry), None);
+        assert_eq!(module_problem(&pinned, dir.path(), &registry, &looks).await, None);
         let tag_only = probe(serde_json::json!({"module": {"location": "oci://registry.example/probe:v1"}}));
-        let problem = module_problem(&tag_only, dir.path(), &registry).unwrap();
+        let problem = module_problem(&tag_only, dir.path(), &registry, &looks).await.unwrap();
         assert!(problem.contains("names a tag only"), "{problem}");
     }
 
@@ -1274,7 +1439,8 @@ mod tests {
     ) -> Result<Arc<Vec<u8>>, String> {
         loop {
             let load = load.clone();
-            match files.get_or_start(path, pinned, None, move |bytes| load(bytes)).await {
+            let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
+            match files.get_or_start(path, &metadata, pinned, None, move |bytes| load(bytes)) {
                 Load::Done(result) => return result,
                 Load::Loading(landed) => landed.await,
             }

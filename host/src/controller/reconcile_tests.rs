@@ -1080,7 +1080,7 @@ async fn a_workspace_re_created_under_the_same_name_starts_anew() {
 fn with_engine(case: &mut Case, registry: crate::oci::Registry) {
     let ctx = Arc::get_mut(&mut case.ctx).unwrap();
     let engine = workspace_culler_engine::ProbeEngine::new(Default::default()).unwrap();
-    ctx.prober = Arc::new(super::probe::EngineProber::new(Arc::new(engine)));
+    ctx.prober = Arc::new(super::probe::EngineProber::new(Arc::new(engine), Default::default()));
     ctx.settings.registry = Arc::new(registry);
     let mut pod: super::pods::CachedPod = serde_json::from_value(json!({
         "metadata": {"name": "ws-0", "namespace": "team"},
