@@ -302,20 +302,41 @@ pub async fn module_problem(
 /// How long a look at a module file may take ([`FileLooks`]).
 const LOOK_DEADLINE: Duration = Duration::from_secs(10);
 
+/// What a look at a module file finds: where its location leads, and its metadata.
+pub type Looked = (PathBuf, std::fs::Metadata);
+
+/// The looks at module files under way, by location (module directory joined with location):
+/// since when, and their answer once there is one.
+type Looks<T> = std::collections::HashMap<
+    PathBuf,
+    (
+        std::time::Instant,
+        tokio::sync::watch::Receiver<Option<Result<T, String>>>,
+    ),
+>;
+
 /// Looks at module files — where a location leads under the module directory, and what is
-/// there — on tokio's blocking threads, within a deadline, and one look at a time per location.
-/// A module directory on a volume that hangs (a network file system) then fails the probes and
-/// the policy conditions that need it, and holds none of the async workers, which serve every
-/// other probe and the health checks: while a look at a location hangs, the next one fails at
+/// there — on tokio's blocking threads, within a deadline, one look at a time per location
+/// (whoever asks while a look is under way waits for its answer). A module directory on a
+/// volume that hangs (a network file system) then fails the probes and the policy conditions
+/// that need it, and holds none of the async workers, which serve every other probe and the
+/// health checks; once a look has outlived its deadline, the next one at that location fails at
 /// once instead of leaving one more thread behind it.
-#[derive(Clone)]
-pub struct FileLooks {
-    /// The locations being looked at (module directory joined with location), since when.
-    busy: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, std::time::Instant>>>,
+pub struct FileLooks<T = Looked> {
+    busy: Arc<std::sync::Mutex<Looks<T>>>,
     deadline: Duration,
 }
 
-impl Default for FileLooks {
+impl<T> Clone for FileLooks<T> {
+    fn clone(&self) -> Self {
+        FileLooks {
+            busy: self.busy.clone(),
+            deadline: self.deadline,
+        }
+    }
+}
+
+impl<T> Default for FileLooks<T> {
     fn default() -> Self {
         FileLooks {
             busy: Arc::default(),
@@ -326,7 +347,7 @@ impl Default for FileLooks {
 
 impl FileLooks {
     /// The real path of `location` under `dir` ([`module_path`]), and its metadata.
-    pub async fn look(&self, dir: &Path, location: &str) -> Result<(PathBuf, std::fs::Metadata), String> {
+    pub async fn look(&self, dir: &Path, location: &str) -> Result<Looked, String> {
         let (owned_dir, owned_location) = (dir.to_owned(), location.to_owned());
         self.look_with(dir.join(location), move || {
             let path = module_path(&owned_dir, &owned_location)?;
@@ -336,47 +357,48 @@ impl FileLooks {
         })
         .await
     }
+}
 
+impl<T: Clone + Send + Sync + 'static> FileLooks<T> {
     /// `work`'s answer about `key`, `work` run as [`FileLooks`] says.
-    async fn look_with<T: Send + 'static>(
+    async fn look_with(
         &self,
         key: PathBuf,
         work: impl FnOnce() -> Result<T, String> + Send + 'static,
     ) -> Result<T, String> {
-        {
-            let mut busy = lock(&self.busy);
-            if let Some(since) = busy.get(&key) {
-                return Err(format!(
-                    "the module directory has not answered a look at {} for {} s",
-                    key.display(),
-                    since.elapsed().as_secs()
-                ));
-            }
-            busy.insert(key.clone(), std::time::Instant::now());
-        }
-        /// Ends the look when the work returns, or panics.
-        struct Looking(
-            Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, std::time::Instant>>>,
-            PathBuf,
-        );
-        impl Drop for Looking {
-            fn drop(&mut self) {
-                lock(&self.0).remove(&self.1);
-            }
-        }
-        let looking = Looking(self.busy.clone(), key.clone());
-        let task = tokio::task::spawn_blocking(move || {
-            let _looking = looking;
-            work()
-        });
-        match tokio::time::timeout(self.deadline, task).await {
-            Ok(Ok(looked)) => looked,
-            Ok(Err(e)) => Err(format!("looking at {} failed: {e}", key.display())),
-            Err(_) => Err(format!(
+        let hung = || {
+            format!(
                 "the module directory did not answer a look at {} within {:?}",
                 key.display(),
                 self.deadline
-            )),
+            )
+        };
+        let (since, mut answer) = {
+            let mut busy = lock(&self.busy);
+            match busy.get(&key) {
+                Some((since, answer)) => (*since, answer.clone()),
+                None => {
+                    let (answered, answer) = tokio::sync::watch::channel(None);
+                    let since = std::time::Instant::now();
+                    busy.insert(key.clone(), (since, answer.clone()));
+                    let (under_way, location) = (self.busy.clone(), key.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let looked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                            .unwrap_or_else(|_| Err(format!("looking at {} failed", location.display())));
+                        // Ended before it answers: whoever asks once it has answered looks again.
+                        lock(&under_way).remove(&location);
+                        let _ = answered.send(Some(looked));
+                    });
+                    (since, answer)
+                }
+            }
+        };
+        let left = self.deadline.checked_sub(since.elapsed()).ok_or_else(hung)?;
+        match tokio::time::timeout(left, answer.wait_for(Option::is_some)).await {
+            Ok(Ok(looked)) => looked.clone().unwrap_or_else(|| Err(hung())),
+            // Gone without an answer (the runtime shutting down).
+            Ok(Err(_)) => Err(format!("looking at {} failed", key.display())),
+            Err(_) => Err(hung()),
         }
     }
 }
@@ -1230,6 +1252,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn looks_at_one_location_at_once_share_one_look() {
+        let looks = FileLooks::<usize>::default();
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let slow = || {
+            let started = started.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(200));
+                Ok(started.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+            }
+        };
+        let key = PathBuf::from("/probes/team/probe.wasm");
+        let (first, second) = tokio::join!(
+            looks.look_with(key.clone(), slow()),
+            looks.look_with(key.clone(), slow())
+        );
+        assert_eq!((first, second), (Ok(0), Ok(0)), "one look, its answer for both");
+        // Once it has answered, a later look looks again.
+        assert_eq!(looks.look_with(key, slow()).await, Ok(1));
+    }
+
+    #[tokio::test]
     async fn a_look_that_hangs_fails_at_its_deadline_and_is_not_started_again_until_it_returns() {
         let looks = FileLooks {
             busy: Arc::default(),
@@ -1259,12 +1302,10 @@ mod tests {
             problem.contains("did not answer a look at /probes/team/probe.wasm within 200ms"),
             "{problem}"
         );
-        // Asked again while that look hangs: an answer at once, and no other thread behind it.
-        let problem = looks.look_with(key.clone(), looked.clone()).await.unwrap_err();
-        assert!(
-            problem.contains("has not answered a look at /probes/team/probe.wasm"),
-            "{problem}"
-        );
+        // Asked again while that look hangs past its deadline: the same answer at once, and no
+        // other thread behind it.
+        let again = looks.look_with(key.clone(), looked.clone()).await.unwrap_err();
+        assert_eq!(again, problem);
         assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 1);
         // Another location is looked at meanwhile.
         looks
@@ -1306,15 +1347,15 @@ mod tests {
         ]}));
         let registry = crate::oci::Registry::new(crate::oci::Settings::default()).unwrap();
         let looks = FileLooks::default();
-        let problem = module_problem(&any_of, dir.path(), &registry, &looks).await.unwrap();
-        assert!(problem.contains("missing.wasm"), "{problem}");
-        std::fs::write(dir.path().join("missing.wasm"), b"x").unwrap();
-        let problem = module_problem(&any_of, dir.path(), &registry, &looks).await.unwrap();
-        assert!(problem.contains("missing.wasm has no sha256"), "{problem}");
         let pinned = probe(serde_json::json!({"anyOf": [
             {"module": {"location": "nvidia-gpu"}},
             {"module": {"location": "missing.wasm", "sha256": "ab".repeat(32)}},
         ]}));
+        let problem = module_problem(&pinned, dir.path(), &registry, &looks).await.unwrap();
+        assert!(problem.contains("cannot read probe module missing.wasm"), "{problem}");
+        let problem = module_problem(&any_of, dir.path(), &registry, &looks).await.unwrap();
+        assert!(problem.contains("missing.wasm has no sha256"), "{problem}");
+        std::fs::write(dir.path().join("missing.wasm"), b"x").unwrap();
         assert_eq!(module_problem(&pinned, dir.path(), &registry, &looks).await, None);
         let tag_only = probe(serde_json::json!({"module": {"location": "oci://registry.example/probe:v1"}}));
         let problem = module_problem(&tag_only, dir.path(), &registry, &looks).await.unwrap();
