@@ -422,7 +422,11 @@ impl Registry {
             .map_err(explain)?;
         // The digest is that of the manifest as sent, not asked of the registry by tag
         // afterwards, when another push of the same tag may have landed and would be named.
-        let body = serde_json::to_vec(&manifest).map_err(|e| format!("cannot encode the manifest: {e}"))?;
+        // Canonical JSON (keys sorted), as oci-client sends it: the same component pushed
+        // again gives the same digest.
+        let mut body = Vec::new();
+        let mut encoder = serde_json::Serializer::with_formatter(&mut body, olpc_cjson::CanonicalFormatter::new());
+        serde::Serialize::serialize(&manifest, &mut encoder).map_err(|e| format!("cannot encode the manifest: {e}"))?;
         let manifest_digest = format!("sha256:{}", sha256_hex(&body));
         let media_type = manifest.media_type.as_deref().unwrap_or(OCI_IMAGE_MEDIA_TYPE);
         let media_type =

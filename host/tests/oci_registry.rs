@@ -126,6 +126,23 @@ async fn a_pulled_component_is_verified_and_kept_so_it_is_pulled_once() {
         .await
         .unwrap();
     assert_eq!(pushed.component_sha256, sha256);
+    // Pushed again as oci-client itself pushes it, as versions before this one did: the same
+    // digest, so pushing an unchanged component again leaves its tag on the manifest pinned.
+    let again: Reference = format!("{}/probes/job-guard:again", registry.host).parse().unwrap();
+    let raw = oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::Http,
+        ..Default::default()
+    });
+    let layer = ImageLayer::new(bytes.clone(), oci::WASM_LAYER_MEDIA_TYPE.into(), None);
+    let config = Config::new(b"{}".to_vec(), oci::WASM_CONFIG_MEDIA_TYPE.into(), None);
+    raw.push(&again, &[layer], config, &RegistryAuth::Anonymous, None)
+        .await
+        .unwrap();
+    let digest_again = raw
+        .fetch_manifest_digest(&again, &RegistryAuth::Anonymous)
+        .await
+        .unwrap();
+    assert_eq!(digest_again, pushed.manifest_digest);
     let at = |rest: &str| format!("oci://{}/{rest}", registry.host);
     let by_digest = oci::parse(&at(&format!("probes/job-guard@{}", pushed.manifest_digest)), None).unwrap();
 
