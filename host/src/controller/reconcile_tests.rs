@@ -459,10 +459,8 @@ async fn after_a_resume_eligible_after_is_written_anew_and_the_warning_comes_bef
     assert_eq!(case.api.summary().len(), 2, "{:?}", case.api.summary());
 }
 
-#[tokio::test]
-async fn a_warning_that_could_not_be_recorded_is_tried_again_not_marked_as_given() {
-    // Probed 5 min ago (every 10 min), eligible in 20 min, warned 60 min ahead; the warning
-    // is tried again in a minute, before the next probe in 5.
+/// Probed 5 min ago (every 10 min), eligible in 20 min, warned 60 min ahead.
+fn warned_ahead() -> Case {
     let mut activity = probed(5, 40 * MINUTE);
     activity["rules"] = json!({"pauseWorkspace": {"eligibleAfter": NOW + 20 * MINUTE}});
     let mut case = Case::new(
@@ -472,6 +470,13 @@ async fn a_warning_that_could_not_be_recorded_is_tried_again_not_marked_as_given
         ProbeOutcome::Success(ProbeActivity::Idle),
     );
     Arc::get_mut(&mut case.ctx).unwrap().settings.culling_soon_seconds = 3600;
+    case
+}
+
+#[tokio::test]
+async fn a_warning_that_could_not_be_recorded_is_tried_again_not_marked_as_given() {
+    // The warning is tried again in a minute, before the next probe in 5.
+    let case = warned_ahead();
     case.api.events_to_refuse.store(1, Ordering::SeqCst);
     assert_eq!(case.reconcile().await, after_seconds(60), "tried again soon");
     assert_eq!(case.api.summary(), ["event CullingSoon"]);
@@ -484,15 +489,7 @@ async fn a_warning_that_could_not_be_recorded_is_tried_again_not_marked_as_given
 #[tokio::test]
 async fn a_deleted_workspace_is_forgotten_and_leaves_the_due_queue() {
     // Not due, warned: the workspace is kept in the due queue and in what was warned.
-    let mut activity = probed(5, 40 * MINUTE);
-    activity["rules"] = json!({"pauseWorkspace": {"eligibleAfter": NOW + 20 * MINUTE}});
-    let mut case = Case::new(
-        workspace(activity, json!({})),
-        policy(false),
-        false,
-        ProbeOutcome::Success(ProbeActivity::Idle),
-    );
-    Arc::get_mut(&mut case.ctx).unwrap().settings.culling_soon_seconds = 3600;
+    let case = warned_ahead();
     let kept = |case: &Case| {
         let key = ("team".to_owned(), "ws".to_owned());
         (
