@@ -7,6 +7,7 @@ use hyper::body::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// Whether the controller is ready: it leads (or runs without leader
 /// election) and its caches are filled. Set by [`super::run`].
@@ -36,10 +37,27 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     Ok(listener)
 }
 
-/// Serve until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics, readiness: Readiness) -> anyhow::Result<()> {
+/// How long a connection to this server may stay open, and take to send its request's head:
+/// anything on the pod network can reach it, and a client that opens connections and sends
+/// nothing must not hold them (and their file descriptors) for good.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long to wait before accepting again after a failed accept (no file descriptor free).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serve until the task is dropped. A failed accept (no file descriptor free, say) is logged
+/// and tried again: the health checks must not stop for good over it.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics, readiness: Readiness) {
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "cannot accept a connection to /metrics, /healthz, /readyz");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         let (metrics, readiness) = (metrics.clone(), readiness.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -56,12 +74,43 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics, readines
                 std::future::ready(response)
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection ended");
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection ended"),
+                Err(_) => tracing::debug!("metrics connection closed: open too long"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed_and_the_health_checks_go_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, Metrics::new().unwrap(), Readiness::default()));
+        let mut idle = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut healthz = tokio::net::TcpStream::connect(address).await.unwrap();
+        healthz
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        healthz.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(CONNECTION_TIMEOUT * 2, idle.read(&mut byte))
+            .await
+            .expect("a connection that sends nothing is closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        server.abort();
     }
 }
