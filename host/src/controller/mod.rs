@@ -118,7 +118,8 @@ pub struct Context {
     /// The `eligibleAfter` each workspace was last reported as a dry-run pause for
     /// (`WouldCull` and its count once, not on every probe).
     would_cull: Mutex<HashMap<Key, i64>>,
-    /// Pauses per policy not yet counted in its status.
+    /// Pauses per policy (by uid: one re-created under its name starts from none) not yet
+    /// counted in its status.
     pauses: Arc<Mutex<BTreeMap<String, i64>>>,
     /// Every write checks it first: only a replica that (still) leads writes.
     fence: leader::Fence,
@@ -862,7 +863,8 @@ async fn pause(
             Ok(_) => {
                 tracing::info!(policy = %policy_name, "paused the idle workspace");
                 ctx.metrics.culls.with_label_values(&["false"]).inc();
-                *lock(&ctx.pauses).entry(policy_name).or_default() += 1;
+                let policy_uid = governed.policy.metadata.uid.clone().unwrap_or_default();
+                *lock(&ctx.pauses).entry(policy_uid).or_default() += 1;
                 let note = format!("Paused: {note}");
                 if !ctx.event(&fresh, EventType::Normal, "Culled", note.clone()).await {
                     // Every pause has its Event: recorded by the workspace's next reconcile.

@@ -86,7 +86,7 @@ pub struct Sources {
     pub kinds: Store<DynamicObject>,
     /// The workspaces of every watched namespace.
     pub workspaces: Vec<Store<super::CachedWorkspace>>,
-    /// Pauses per policy not yet counted in its status.
+    /// Pauses per policy (by uid) not yet counted in its status.
     pub pauses: Arc<Mutex<BTreeMap<String, i64>>>,
     /// Writes only while this replica leads.
     pub fence: super::leader::Fence,
@@ -102,6 +102,18 @@ pub struct Sources {
     pub own_namespace: String,
     /// The controller runs with `--dry-run`.
     pub dry_run: bool,
+}
+
+/// Forget the pause counts of policies that are gone (by uid: one re-created under its name
+/// starts from none rather than from its namesake's total).
+fn forget_gone_policies(
+    policies: &[CullingPolicy],
+    totals: &mut BTreeMap<String, i64>,
+    pauses: &mut BTreeMap<String, i64>,
+) {
+    let present: std::collections::BTreeSet<&str> = policies.iter().filter_map(|p| p.metadata.uid.as_deref()).collect();
+    totals.retain(|uid, _| present.contains(uid.as_str()));
+    pauses.retain(|uid, _| present.contains(uid.as_str()));
 }
 
 /// Keep every policy's status current until the task is dropped.
@@ -124,7 +136,7 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
         field_manager: Some(MANAGER.into()),
         ..PatchParams::default()
     };
-    // The pause totals this process wrote: the cache may lag behind them.
+    // The pause totals this process wrote, by policy uid: the cache may lag behind them.
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
     loop {
         let all: Vec<CullingPolicy> = policies.state().iter().map(|p| (**p).clone()).collect();
@@ -142,10 +154,12 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
                 }
             }
         }
+        forget_gone_policies(&all, &mut totals, &mut lock(&pauses));
         for policy in &all {
             let name = policy.name_any();
-            let new_pauses = lock(&pauses).get(&name).copied().unwrap_or(0);
-            let before = totals.get(&name).copied().unwrap_or(0);
+            let uid = policy.metadata.uid.clone().unwrap_or_default();
+            let new_pauses = lock(&pauses).get(&uid).copied().unwrap_or(0);
+            let before = totals.get(&uid).copied().unwrap_or(0);
             let probe = &policy.spec.activity_probe;
             let problem = match super::probe::module_problem(probe, &module_dir, &registry, &looks).await {
                 Some(problem) => Some(problem),
@@ -159,9 +173,9 @@ pub async fn run(sources: Sources, clock: fn() -> i64) {
             let patch = serde_json::json!({"status": status});
             match api.patch_status(&name, &params, &Patch::Merge(&patch)).await {
                 Ok(_) => {
-                    totals.insert(name.clone(), status.paused_total);
+                    totals.insert(uid.clone(), status.paused_total);
                     // Counted in the status now: only later pauses are new.
-                    if let Some(count) = lock(&pauses).get_mut(&name) {
+                    if let Some(count) = lock(&pauses).get_mut(&uid) {
                         *count -= new_pauses;
                     }
                     tracing::info!(policy = %name, managed = status.managed_workspaces, "policy status updated");
@@ -191,6 +205,20 @@ mod tests {
         let mut kind = WorkspaceKind::default();
         kind.metadata.name = Some(name.into());
         kind
+    }
+
+    #[test]
+    fn a_policy_re_created_under_its_name_counts_its_own_pauses_only() {
+        let mut old = policy("notebooks", &["jupyterlab"]);
+        old.metadata.uid = Some("uid-1".into());
+        let mut totals = BTreeMap::from([("uid-1".to_string(), 7)]);
+        let mut pauses = BTreeMap::from([("uid-1".to_string(), 2)]);
+        forget_gone_policies(std::slice::from_ref(&old), &mut totals, &mut pauses);
+        assert_eq!((totals.len(), pauses.len()), (1, 1), "still there: kept");
+        let mut new = old.clone();
+        new.metadata.uid = Some("uid-2".into());
+        forget_gone_policies(std::slice::from_ref(&new), &mut totals, &mut pauses);
+        assert!(totals.is_empty() && pauses.is_empty(), "{totals:?} {pauses:?}");
     }
 
     #[test]

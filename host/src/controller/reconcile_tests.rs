@@ -245,7 +245,7 @@ fn policy(dry_run: bool) -> CullingPolicy {
 fn policy_with_rule(dry_run: bool, config: Value) -> CullingPolicy {
     serde_json::from_value(json!({
         "apiVersion": "workspace-culler.io/v1alpha1", "kind": "CullingPolicy",
-        "metadata": {"name": "notebooks", "generation": 1},
+        "metadata": {"name": "notebooks", "uid": "policy-uid", "generation": 1},
         "spec": {"workspaceKinds": ["jupyterlab"], "dryRun": dry_run,
                  "activityProbe": {"minProbeIntervalSeconds": 60, "probeIntervalSeconds": 600,
                                    "jupyter": {"lastActivity": true, "portId": "jupyterlab"}},
@@ -622,7 +622,7 @@ async fn an_idle_workspace_past_eligible_after_is_paused_once_after_a_fresh_read
     );
     assert_eq!(case.stored()["spec"]["paused"], true);
     assert_eq!(case.ctx.metrics.culls.with_label_values(&["false"]).get(), 1);
-    assert_eq!(lock(&case.ctx.pauses).get("notebooks"), Some(&1));
+    assert_eq!(lock(&case.ctx.pauses).get("policy-uid"), Some(&1));
 }
 
 #[tokio::test]
