@@ -114,6 +114,26 @@ fn an_author_pushes_over_tls_with_credentials_and_pins_what_push_printed() {
     assert!(text.contains(sha256), "{text}");
 }
 
+/// Pushes `layer` to `reference` (a registry over plain HTTP) with oci-client's own push, and
+/// the digest the registry then gives the tag.
+async fn push_as_oci_client(
+    reference: &Reference,
+    layer: ImageLayer,
+    config: Config,
+    manifest: Option<OciImageManifest>,
+) -> String {
+    let raw = oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::Http,
+        ..Default::default()
+    });
+    raw.push(reference, &[layer], config, &RegistryAuth::Anonymous, manifest)
+        .await
+        .unwrap();
+    raw.fetch_manifest_digest(reference, &RegistryAuth::Anonymous)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_pulled_component_is_verified_and_kept_so_it_is_pulled_once() {
     let mut registry = registry::Registry::start(Options::default()).unwrap();
@@ -129,20 +149,12 @@ async fn a_pulled_component_is_verified_and_kept_so_it_is_pulled_once() {
     // Pushed again as oci-client itself pushes it, as versions before this one did: the same
     // digest, so pushing an unchanged component again leaves its tag on the manifest pinned.
     let again: Reference = format!("{}/probes/job-guard:again", registry.host).parse().unwrap();
-    let raw = oci_client::Client::new(oci_client::client::ClientConfig {
-        protocol: oci_client::client::ClientProtocol::Http,
-        ..Default::default()
-    });
     let layer = ImageLayer::new(bytes.clone(), oci::WASM_LAYER_MEDIA_TYPE.into(), None);
     let config = Config::new(b"{}".to_vec(), oci::WASM_CONFIG_MEDIA_TYPE.into(), None);
-    raw.push(&again, &[layer], config, &RegistryAuth::Anonymous, None)
-        .await
-        .unwrap();
-    let digest_again = raw
-        .fetch_manifest_digest(&again, &RegistryAuth::Anonymous)
-        .await
-        .unwrap();
-    assert_eq!(digest_again, pushed.manifest_digest);
+    assert_eq!(
+        push_as_oci_client(&again, layer, config, None).await,
+        pushed.manifest_digest
+    );
     let at = |rest: &str| format!("oci://{}/{rest}", registry.host);
     let by_digest = oci::parse(&at(&format!("probes/job-guard@{}", pushed.manifest_digest)), None).unwrap();
 
@@ -206,17 +218,7 @@ async fn a_pulled_component_is_verified_and_kept_so_it_is_pulled_once() {
     let config = Config::new(b"{}".to_vec(), "application/vnd.oci.image.config.v1+json".into(), None);
     let manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
     let tarball: Reference = format!("{}/probes/tarball:v1", registry.host).parse().unwrap();
-    let raw = oci_client::Client::new(oci_client::client::ClientConfig {
-        protocol: oci_client::client::ClientProtocol::Http,
-        ..Default::default()
-    });
-    raw.push(&tarball, &[layer], config, &RegistryAuth::Anonymous, Some(manifest))
-        .await
-        .unwrap();
-    let digest = raw
-        .fetch_manifest_digest(&tarball, &RegistryAuth::Anonymous)
-        .await
-        .unwrap();
+    let digest = push_as_oci_client(&tarball, layer, config, Some(manifest)).await;
     let wrong_type = problem(oci::parse(&at(&format!("probes/tarball@{digest}")), None).unwrap()).await;
     assert!(
         wrong_type.contains("media type is application/vnd.oci.image.layer.v1.tar+gzip"),
