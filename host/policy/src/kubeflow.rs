@@ -20,6 +20,10 @@ pub const DISABLE_CULLING_ANNOTATION: &str = "workspace-culler.io/disable-cullin
 /// the policy's `keepAlive.maxSeconds`.
 pub const KEEP_ALIVE_ANNOTATION: &str = "workspace-culler.io/keep-alive-until";
 
+/// The `Culled` Event a pause still owes: written by the pause's own patch, removed once the
+/// Event is recorded, so a controller that stops between the two leaves it to the next one.
+pub const CULLED_EVENT_ANNOTATION: &str = "workspace-culler.io/culled-event";
+
 /// `Workspace.spec`: a user's workspace (one pod when running).
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[kube(

@@ -24,8 +24,8 @@ mod testing;
 pub use decide::{Due, Keep, KeepAlive, Pause, Unmanaged, eligible_after, keep_alive, pause_decision, probe_due};
 pub use kinds::{KindNotManaged, Management, PolicyKinds, policy_conditions};
 pub use kubeflow::{
-    Activity, DISABLE_CULLING_ANNOTATION, DecodeError, KEEP_ALIVE_ANNOTATION, LastProbe, ProbeResult, Workspace,
-    WorkspaceKind, WorkspaceState, decode,
+    Activity, CULLED_EVENT_ANNOTATION, DISABLE_CULLING_ANNOTATION, DecodeError, KEEP_ALIVE_ANNOTATION, LastProbe,
+    ProbeResult, Workspace, WorkspaceKind, WorkspaceState, decode,
 };
 pub use policy::{ActivityProbe, ActivityRule, CullingPolicy, CullingPolicySpec, CullingPolicyStatus, validate};
 pub use record::{ProbeActivity, ProbeOutcome, ProbeRun, activity_after_probe, activity_patch};

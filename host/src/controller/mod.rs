@@ -23,7 +23,7 @@ use cached::CachedWorkspace;
 use capabilities::HttpMode;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -39,9 +39,9 @@ use tracing::Instrument;
 use workspace_culler_engine::ProbeEngine;
 use workspace_culler_policy::decide::PAUSE_GRACE_MS;
 use workspace_culler_policy::{
-    Activity, CullingPolicy, Due, Keep, Management, Pause, ProbeOutcome, RuleMatch, Unmanaged, Workspace,
-    WorkspaceKind, activity_after_probe, activity_patch, decode, eligible_after, pause_decision, pod_config_labels,
-    probe_due, select_rule,
+    Activity, CULLED_EVENT_ANNOTATION, CullingPolicy, Due, Keep, Management, Pause, ProbeOutcome, RuleMatch, Unmanaged,
+    Workspace, WorkspaceKind, activity_after_probe, activity_patch, decode, eligible_after, pause_decision,
+    pod_config_labels, probe_due, select_rule,
 };
 
 pub use probe::{DEFAULT_CONNECT_PATH, MAIN_CONTAINER, WORKSPACE_LABEL};
@@ -113,8 +113,9 @@ pub struct Context {
     warned: Mutex<HashMap<Key, i64>>,
     /// The ignored keep-alive value each workspace was last told about (once per value).
     keep_alive_reported: Mutex<HashMap<Key, String>>,
-    /// `Culled` Events not recorded yet (the pause was made): the paused workspace and the note.
-    culled_unsent: Mutex<HashMap<Key, (Box<Workspace>, String)>>,
+    /// The `Culled` Event this process last recorded per workspace and removed from its
+    /// annotation (the value it removed): the watch cache may still show the annotation.
+    culled_recorded: Mutex<HashMap<Key, String>>,
     /// The `eligibleAfter` each workspace was last reported as a dry-run pause for
     /// (`WouldCull` and its count once, not on every probe).
     would_cull: Mutex<HashMap<Key, i64>>,
@@ -151,6 +152,43 @@ struct Deferral {
     /// number (a task of an earlier deferral, woken late, leaves a later one's alone) and the
     /// modules it waits for (a probe put off for others gets a task of its own).
     waiter: Option<(u64, String)>,
+}
+
+/// The `Culled` Event a pause owes, as its [`CULLED_EVENT_ANNOTATION`] holds it.
+#[derive(Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+struct OwedEvent {
+    /// The Event's name, chosen by the pause.
+    name: String,
+    note: String,
+}
+
+impl OwedEvent {
+    /// The Event the pause of workspace `name` at `now_ms` owes.
+    fn new(name: &str, now_ms: i64, note: String) -> Self {
+        // Within an Event's 253 characters whatever the workspace's name.
+        let prefix: String = name.chars().take(200).collect();
+        OwedEvent {
+            name: format!("{prefix}.culled.{now_ms:x}"),
+            note,
+        }
+    }
+
+    /// What `value` says is owed; one that cannot be read (edited by hand) still owes an
+    /// Event, named after the value so it is recorded once.
+    fn read(value: &str, workspace: &Workspace) -> Self {
+        serde_json::from_str(value).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, value, "the Culled Event's annotation cannot be read");
+            // FNV-1a: the same name from every process.
+            let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            let prefix: String = workspace.name_any().chars().take(200).collect();
+            OwedEvent {
+                name: format!("{prefix}.culled.{hash:x}"),
+                note: "Paused".into(),
+            }
+        })
+    }
 }
 
 /// Numbers the tasks that wait for a load ([`Deferral::waiter`]).
@@ -241,6 +279,10 @@ fn patch_params() -> PatchParams {
 /// How soon a `CullingSoon` warning that could not be recorded is tried again (a minute: an
 /// apiserver refusing every Event, a role missing, is not asked every few seconds).
 const WARNING_RETRY_MS: i64 = 60_000;
+
+/// How soon a pause's `Culled` Event that could not be recorded (or its annotation removed)
+/// is tried again.
+const CULLED_EVENT_RETRY: Duration = Duration::from_secs(10);
 
 /// How soon a workspace whose namespace the cache does not show yet is looked at again.
 const NAMESPACE_RECHECK_MS: i64 = 5_000;
@@ -590,7 +632,7 @@ impl Context {
         kept.extend(lock(&self.warned).keys().cloned());
         kept.extend(lock(&self.would_cull).keys().cloned());
         kept.extend(lock(&self.keep_alive_reported).keys().cloned());
-        kept.extend(lock(&self.culled_unsent).keys().cloned());
+        kept.extend(lock(&self.culled_recorded).keys().cloned());
         kept.extend(lock(&self.deferred).keys().cloned());
         for key in kept {
             if self.workspaces.get(&ObjectRef::new(&key.1).within(&key.0)).is_none() {
@@ -599,10 +641,75 @@ impl Context {
         }
     }
 
-    /// Forget a deleted workspace, its `Culled` Event not recorded yet included.
+    /// Forget a deleted workspace, the `Culled` Event it was last known to owe included.
     fn forget_deleted(&self, key: &Key) {
         self.forget(key);
-        lock(&self.culled_unsent).remove(key);
+        lock(&self.culled_recorded).remove(key);
+    }
+
+    /// Record the `Culled` Event a pause left owing on `workspace` ([`CULLED_EVENT_ANNOTATION`])
+    /// under the name the pause chose (an Event recorded already, by a process that stopped
+    /// before it removed the annotation, is not recorded twice), then remove the annotation.
+    /// Whether nothing is owed any more.
+    async fn settle_culled_event(&self, workspace: &Workspace) -> bool {
+        let key = key_of(workspace);
+        let Some(value) = workspace.annotations().get(CULLED_EVENT_ANNOTATION) else {
+            lock(&self.culled_recorded).remove(&key);
+            return true;
+        };
+        if lock(&self.culled_recorded).get(&key) == Some(value) {
+            return true;
+        }
+        if !self.fence.holds() {
+            return false;
+        }
+        let owed = OwedEvent::read(value, workspace);
+        let event = k8s_openapi::api::events::v1::Event {
+            metadata: ObjectMeta {
+                name: Some(owed.name),
+                namespace: Some(key.0.clone()),
+                ..ObjectMeta::default()
+            },
+            action: Some("Culled".into()),
+            reason: Some("Culled".into()),
+            note: Some(owed.note),
+            regarding: Some(workspace.object_ref(&())),
+            reporting_controller: Some(MANAGER.into()),
+            reporting_instance: Some(reporter().instance.unwrap_or_else(|| MANAGER.into())),
+            type_: Some("Normal".into()),
+            event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            ..Default::default()
+        };
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &key.0);
+        match events.create(&kube::api::PostParams::default(), &event).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::info!("the pause's Culled Event was recorded already")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the pause's Culled Event; retrying");
+                return false;
+            }
+        }
+        let patch = serde_json::json!({"metadata": {
+            "uid": workspace.metadata.uid,
+            "resourceVersion": workspace.resource_version(),
+            "annotations": {CULLED_EVENT_ANNOTATION: null},
+        }});
+        if self.fenced().is_err() {
+            return false;
+        }
+        let api: Api<Workspace> = Api::namespaced(self.client.clone(), &key.0);
+        match api.patch(&key.1, &patch_params(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                lock(&self.culled_recorded).insert(key, value.clone());
+                true
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "cannot remove the Culled Event's annotation yet; retrying");
+                false
+            }
+        }
     }
 
     /// Requeue a workspace for `at` (UNIX ms), keeping the due-queue metric.
@@ -854,22 +961,27 @@ async fn pause(
             }
             Pause::Yes => {}
         }
+        // Every pause owes its Event, in the same write: if it cannot be recorded now, or this
+        // process stops first, the workspace's next reconcile (this patch brings one) records
+        // it, in this process or the next.
+        let owed = OwedEvent::new(&name, now, format!("Paused: {note}"));
+        let owed = serde_json::to_string(&owed).unwrap_or_default();
         let patch = serde_json::json!({
-            "metadata": {"uid": fresh.metadata.uid, "resourceVersion": fresh.resource_version()},
+            "metadata": {
+                "uid": fresh.metadata.uid,
+                "resourceVersion": fresh.resource_version(),
+                "annotations": {CULLED_EVENT_ANNOTATION: owed},
+            },
             "spec": {"paused": true},
         });
         ctx.fenced()?;
         match api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
-            Ok(_) => {
+            Ok(paused) => {
                 tracing::info!(policy = %policy_name, "paused the idle workspace");
                 ctx.metrics.culls.with_label_values(&["false"]).inc();
                 let policy_uid = governed.policy.metadata.uid.clone().unwrap_or_default();
                 *lock(&ctx.pauses).entry(policy_uid).or_default() += 1;
-                let note = format!("Paused: {note}");
-                if !ctx.event(&fresh, EventType::Normal, "Culled", note.clone()).await {
-                    // Every pause has its Event: recorded by the workspace's next reconcile.
-                    lock(&ctx.culled_unsent).insert(key_of(&fresh), (Box::new(fresh), note));
-                }
+                ctx.settle_culled_event(&paused).await;
                 return Ok(());
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -1000,14 +1112,20 @@ async fn reconcile(object: Arc<CachedWorkspace>, ctx: Arc<Context>) -> Result<Ac
 }
 
 async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<Action, Error> {
+    let settled = ctx.settle_culled_event(&workspace).await;
+    let action = probe_and_pause(workspace, ctx).await?;
+    // A paused workspace has no other reason to come back.
+    Ok(if settled {
+        action
+    } else {
+        Action::requeue(CULLED_EVENT_RETRY)
+    })
+}
+
+/// Probe the workspace when due, record what the probe found, and pause it if that warrants.
+async fn probe_and_pause(workspace: Workspace, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = key_of(&workspace);
     let now = (ctx.clock)();
-    let unsent = lock(&ctx.culled_unsent).remove(&key);
-    if let Some((paused, note)) = unsent
-        && !ctx.event(&paused, EventType::Normal, "Culled", note.clone()).await
-    {
-        lock(&ctx.culled_unsent).insert(key.clone(), (paused, note));
-    }
     let unwritten = lock(&ctx.unwritten)
         .get(&key)
         .filter(|(uid, ..)| *uid == workspace.metadata.uid)
@@ -1416,7 +1534,7 @@ pub async fn run(
                 warned: Default::default(),
                 would_cull: Default::default(),
                 keep_alive_reported: Default::default(),
-                culled_unsent: Default::default(),
+                culled_recorded: Default::default(),
                 pauses: pauses.clone(),
                 fence: fence.clone(),
                 stopping: stopping.clone(),

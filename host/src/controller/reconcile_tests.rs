@@ -46,6 +46,8 @@ struct FakeApi {
     reject_status_write: std::sync::atomic::AtomicBool,
     /// How many Events to refuse with a server error first.
     events_to_refuse: AtomicUsize,
+    /// The Events created (a second one under a name is refused, as the apiserver does).
+    events: Mutex<Vec<Value>>,
     /// Someone else's edit (a merge patch) that lands just before the next read of the workspace.
     edit_before_read: Mutex<Option<Value>>,
 }
@@ -77,6 +79,15 @@ impl FakeApi {
                 let error = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                    "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500});
                 return (StatusCode::INTERNAL_SERVER_ERROR, error);
+            }
+            if method == Method::POST {
+                let mut events = lock(&self.events);
+                if events.iter().any(|e| e["metadata"]["name"] == body["metadata"]["name"]) {
+                    let exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                        "message": "events.events.k8s.io already exists", "reason": "AlreadyExists", "code": 409});
+                    return (StatusCode::CONFLICT, exists);
+                }
+                events.push(body.clone());
             }
             return (StatusCode::CREATED, body.clone());
         }
@@ -353,7 +364,7 @@ impl Case {
             warned: Default::default(),
             would_cull: Default::default(),
             keep_alive_reported: Default::default(),
-            culled_unsent: Default::default(),
+            culled_recorded: Default::default(),
             pauses: Default::default(),
             fence: leader::Fence::always(),
             stopping,
@@ -536,13 +547,26 @@ async fn a_deleted_workspace_is_forgotten_and_leaves_the_due_queue() {
     assert_eq!(kept(&case), (0, false, false));
 }
 
+/// The `Culled` Event the workspace's annotation says it owes, if it does.
+fn owed(workspace: &Value) -> Option<OwedEvent> {
+    let value = workspace["metadata"]["annotations"][CULLED_EVENT_ANNOTATION].as_str()?;
+    Some(serde_json::from_str(value).unwrap())
+}
+
 #[tokio::test]
 async fn a_culled_event_that_could_not_be_recorded_is_recorded_by_the_next_reconcile() {
     let case = Case::idle(policy(false), ProbeOutcome::Success(ProbeActivity::Idle));
     case.api.events_to_refuse.store(1, Ordering::SeqCst);
     case.reconcile().await;
-    assert_eq!(case.stored()["spec"]["paused"], true);
-    // The pause's own change brings the workspace back: its Event goes out then.
+    let paused = case.stored();
+    assert_eq!(paused["spec"]["paused"], true);
+    let owes = owed(&paused).expect("the pause's own write says it owes its Event");
+    assert_eq!(
+        owes.note,
+        "Paused: idle for 7200s, past eligibleAfter (CullingPolicy notebooks)"
+    );
+    // The pause's own change brings the workspace back: its Event goes out then, and the
+    // annotation goes.
     assert_eq!(case.reconcile().await, Action::await_change());
     assert_eq!(
         case.api.summary(),
@@ -552,10 +576,77 @@ async fn a_culled_event_that_could_not_be_recorded_is_recorded_by_the_next_recon
             "GET policy",
             "PATCH ",
             "event Culled",
-            "event Culled"
+            "event Culled",
+            "PATCH "
         ]
     );
-    assert!(lock(&case.ctx.culled_unsent).is_empty());
+    let events = lock(&case.api.events).clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["metadata"]["name"], owes.name.as_str());
+    assert_eq!(events[0]["note"], owes.note.as_str());
+    assert_eq!(events[0]["regarding"]["uid"], "uid-1");
+    assert_eq!(owed(&case.stored()), None);
+    // The watch may still show the annotation: nothing more is sent.
+    let sent = case.api.sent().len();
+    let _ = case
+        .ctx
+        .settle_culled_event(&serde_json::from_value(paused).unwrap())
+        .await;
+    assert_eq!(case.api.sent().len(), sent);
+}
+
+#[tokio::test]
+async fn a_pause_whose_controller_stopped_before_its_event_gets_it_from_the_next_controller() {
+    // A controller that stopped right after its pause: the workspace says what it owes.
+    let owed_by_the_pause = OwedEvent::new("ws", NOW - MINUTE, "Paused: idle for 7200s".into());
+    let annotations = json!({CULLED_EVENT_ANNOTATION: serde_json::to_string(&owed_by_the_pause).unwrap()});
+    let mut paused = workspace(probed(1, 2 * HOUR), annotations);
+    paused["spec"]["paused"] = true.into();
+    let case = Case::new(
+        paused.clone(),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+
+    // The Event cannot be recorded yet: the annotation stays, and it is tried again soon.
+    case.api.events_to_refuse.store(1, Ordering::SeqCst);
+    assert_eq!(case.reconcile().await, Action::requeue(CULLED_EVENT_RETRY));
+    assert_eq!(case.api.summary(), ["event Culled"]);
+    assert_eq!(owed(&case.stored()), Some(owed_by_the_pause));
+    assert_eq!(case.probes(), 0, "a paused workspace is not probed");
+
+    // Recorded under the pause's name, then the annotation is removed.
+    assert_eq!(case.reconcile().await, Action::await_change());
+    assert_eq!(case.api.summary(), ["event Culled", "event Culled", "PATCH "]);
+    let events = lock(&case.api.events).clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["metadata"]["name"], "ws.culled.19e70439da0");
+    assert_eq!(events[0]["reason"], "Culled");
+    assert_eq!(events[0]["note"], "Paused: idle for 7200s");
+    assert_eq!(owed(&case.stored()), None);
+    assert_eq!(case.stored()["spec"]["paused"], true);
+
+    // One that stopped after recording the Event, before removing the annotation: the Event
+    // is not recorded twice.
+    *lock(&case.api.workspace) = paused;
+    case.ctx.forget_deleted(&("team".into(), "ws".into()));
+    assert_eq!(case.reconcile().await, Action::await_change());
+    assert_eq!(lock(&case.api.events).len(), 1, "recorded once");
+    assert_eq!(owed(&case.stored()), None);
+
+    // An annotation edited into something unreadable still owes one Event, recorded once.
+    let mut edited = workspace(probed(1, 2 * HOUR), json!({CULLED_EVENT_ANNOTATION: "not JSON"}));
+    edited["spec"]["paused"] = true.into();
+    for _ in 0..2 {
+        *lock(&case.api.workspace) = edited.clone();
+        case.ctx.forget_deleted(&("team".into(), "ws".into()));
+        assert_eq!(case.reconcile().await, Action::await_change());
+    }
+    let events = lock(&case.api.events).clone();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(events[1]["note"], "Paused");
+    assert_eq!(owed(&case.stored()), None);
 }
 
 #[tokio::test]
@@ -612,7 +703,14 @@ async fn an_idle_workspace_past_eligible_after_is_paused_once_after_a_fresh_read
     case.reconcile().await;
     assert_eq!(
         case.api.summary(),
-        ["PATCH /status", "GET ", "GET policy", "PATCH ", "event Culled"]
+        [
+            "PATCH /status",
+            "GET ",
+            "GET policy",
+            "PATCH ",
+            "event Culled",
+            "PATCH "
+        ]
     );
     let pause = &case.api.sent()[3].body;
     assert_eq!(pause["spec"], json!({"paused": true}), "only spec.paused is sent");
@@ -620,6 +718,22 @@ async fn an_idle_workspace_past_eligible_after_is_paused_once_after_a_fresh_read
         pause["metadata"]["resourceVersion"], "2",
         "preconditioned on the fresh read"
     );
+    // With the Event it owes, which is recorded, and then the annotation is removed.
+    let owes = owed(pause).expect("the Event the pause owes");
+    let events = lock(&case.api.events).clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["metadata"]["name"], owes.name.as_str());
+    assert_eq!(events[0]["note"], owes.note.as_str());
+    let removal = &case.api.sent()[5].body;
+    assert_eq!(
+        removal["metadata"]["annotations"],
+        json!({CULLED_EVENT_ANNOTATION: null})
+    );
+    assert_eq!(
+        removal["metadata"]["resourceVersion"], "3",
+        "preconditioned on the pause"
+    );
+    assert_eq!(owed(&case.stored()), None);
     assert_eq!(case.stored()["spec"]["paused"], true);
     assert_eq!(case.ctx.metrics.culls.with_label_values(&["false"]).get(), 1);
     assert_eq!(lock(&case.ctx.pauses).get("policy-uid"), Some(&1));
@@ -707,7 +821,8 @@ async fn a_conflicting_write_is_retried_from_a_fresh_read_and_applied_once() {
             "GET ",
             "GET policy",
             "PATCH ",
-            "event Culled"
+            "event Culled",
+            "PATCH "
         ]
     );
     assert_eq!(case.ctx.metrics.conflicts.get(), 1);
@@ -1024,7 +1139,8 @@ async fn a_malformed_keep_alive_is_ignored_with_a_warning() {
             "GET ",
             "GET policy",
             "PATCH ",
-            "event Culled"
+            "event Culled",
+            "PATCH "
         ]
     );
     assert_eq!(case.stored()["spec"]["paused"], true, "paused as if it had none");
@@ -1042,13 +1158,20 @@ async fn an_active_workspace_past_its_maximum_lifetime_is_paused_saying_so() {
     case.reconcile().await;
     assert_eq!(
         case.api.summary(),
-        ["PATCH /status", "GET ", "GET policy", "PATCH ", "event Culled"]
+        [
+            "PATCH /status",
+            "GET ",
+            "GET policy",
+            "PATCH ",
+            "event Culled",
+            "PATCH "
+        ]
     );
     assert_eq!(
         case.status_patch()["rules"]["pauseWorkspace"]["eligibleAfter"],
         NOW - HOUR
     );
-    let event = case.api.sent().last().unwrap().body.clone();
+    let event = lock(&case.api.events)[0].clone();
     assert!(
         event["note"]
             .as_str()
