@@ -113,9 +113,9 @@ pub struct Context {
     warned: Mutex<HashMap<Key, i64>>,
     /// The ignored keep-alive value each workspace was last told about (once per value).
     keep_alive_reported: Mutex<HashMap<Key, String>>,
-    /// The `Culled` Event this process last recorded per workspace and removed from its
-    /// annotation (the value it removed): the watch cache may still show the annotation.
-    culled_recorded: Mutex<HashMap<Key, String>>,
+    /// The `Culled` Event this process last settled per workspace (the workspace's uid and the
+    /// annotation's value it removed): the watch cache may still show the annotation.
+    culled_recorded: Mutex<HashMap<Key, (Option<String>, String)>>,
     /// The `eligibleAfter` each workspace was last reported as a dry-run pause for
     /// (`WouldCull` and its count once, not on every probe).
     would_cull: Mutex<HashMap<Key, i64>>,
@@ -157,37 +157,52 @@ struct Deferral {
 /// The `Culled` Event a pause owes, as its [`CULLED_EVENT_ANNOTATION`] holds it.
 #[derive(Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 struct OwedEvent {
-    /// The Event's name, chosen by the pause.
-    name: String,
+    /// When the workspace was paused (UNIX ms): the Event's time.
+    at: i64,
+    /// The uid of the policy that paused it: whose pauses it counts in.
+    policy: String,
     note: String,
 }
 
-impl OwedEvent {
-    /// The Event the pause of workspace `name` at `now_ms` owes.
-    fn new(name: &str, now_ms: i64, note: String) -> Self {
-        // Within an Event's 253 characters whatever the workspace's name.
-        let prefix: String = name.chars().take(200).collect();
-        OwedEvent {
-            name: format!("{prefix}.culled.{now_ms:x}"),
-            note,
-        }
-    }
+/// The most an Event's note may hold (the apiserver refuses more).
+const EVENT_NOTE_MAX: usize = 1024;
 
+impl OwedEvent {
     /// What `value` says is owed; one that cannot be read (edited by hand) still owes an
-    /// Event, named after the value so it is recorded once.
-    fn read(value: &str, workspace: &Workspace) -> Self {
-        serde_json::from_str(value).unwrap_or_else(|e| {
+    /// Event, counted in no policy.
+    fn read(value: &str) -> Self {
+        let mut owed = serde_json::from_str(value).unwrap_or_else(|e| {
             tracing::warn!(error = %e, value, "the Culled Event's annotation cannot be read");
-            // FNV-1a: the same name from every process.
-            let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-            let prefix: String = workspace.name_any().chars().take(200).collect();
             OwedEvent {
-                name: format!("{prefix}.culled.{hash:x}"),
+                at: 0,
+                policy: String::new(),
                 note: "Paused".into(),
             }
-        })
+        });
+        if owed.note.len() > EVENT_NOTE_MAX {
+            let mut end = EVENT_NOTE_MAX;
+            while !owed.note.is_char_boundary(end) {
+                end -= 1;
+            }
+            owed.note.truncate(end);
+        }
+        owed
+    }
+
+    /// The Event's name: the same from every process for the same workspace and annotation
+    /// (so it is recorded once), another for each pause (the annotation holds its time), and a
+    /// valid name whatever the workspace's.
+    fn event_name(workspace: &Workspace, value: &str) -> String {
+        // FNV-1a: the same in every build.
+        let hash = [workspace.metadata.uid.as_deref().unwrap_or_default(), "\n", value]
+            .iter()
+            .flat_map(|part| part.bytes())
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let name = workspace.name_any();
+        let prefix: String = name.chars().take(200).collect();
+        format!("{}.culled.{hash:016x}", prefix.trim_end_matches(['-', '.']))
     }
 }
 
@@ -647,26 +662,32 @@ impl Context {
         lock(&self.culled_recorded).remove(key);
     }
 
-    /// Record the `Culled` Event a pause left owing on `workspace` ([`CULLED_EVENT_ANNOTATION`])
-    /// under the name the pause chose (an Event recorded already, by a process that stopped
-    /// before it removed the annotation, is not recorded twice), then remove the annotation.
-    /// Whether nothing is owed any more.
+    /// Record the `Culled` Event a pause left owing on `workspace` ([`CULLED_EVENT_ANNOTATION`]),
+    /// count the pause with it, then remove the annotation. The Event's name comes from the
+    /// workspace and the annotation, so one recorded already (by a process that stopped before
+    /// it removed the annotation) is neither recorded nor counted twice. Whether nothing is
+    /// owed any more.
     async fn settle_culled_event(&self, workspace: &Workspace) -> bool {
-        let key = key_of(workspace);
         let Some(value) = workspace.annotations().get(CULLED_EVENT_ANNOTATION) else {
-            lock(&self.culled_recorded).remove(&key);
             return true;
         };
-        if lock(&self.culled_recorded).get(&key) == Some(value) {
+        let key = key_of(workspace);
+        let settled = (workspace.metadata.uid.clone(), value.clone());
+        if lock(&self.culled_recorded).get(&key) == Some(&settled) {
+            // Settled by this process; the watch has not shown the annotation's removal yet.
             return true;
         }
         if !self.fence.holds() {
             return false;
         }
-        let owed = OwedEvent::read(value, workspace);
+        let owed = OwedEvent::read(value);
+        let at = chrono::DateTime::from_timestamp_millis(owed.at)
+            .filter(|_| owed.at > 0)
+            .and_then(|t| k8s_openapi::jiff::Timestamp::from_microsecond(t.timestamp_micros()).ok())
+            .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
         let event = k8s_openapi::api::events::v1::Event {
             metadata: ObjectMeta {
-                name: Some(owed.name),
+                name: Some(OwedEvent::event_name(workspace, value)),
                 namespace: Some(key.0.clone()),
                 ..ObjectMeta::default()
             },
@@ -677,39 +698,54 @@ impl Context {
             reporting_controller: Some(MANAGER.into()),
             reporting_instance: Some(reporter().instance.unwrap_or_else(|| MANAGER.into())),
             type_: Some("Normal".into()),
-            event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            event_time: Some(MicroTime(at)),
             ..Default::default()
         };
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &key.0);
         match events.create(&kube::api::PostParams::default(), &event).await {
-            Ok(_) => {}
+            Ok(_) => {
+                // Counted with its Event: once per pause, whichever process records it.
+                self.metrics.culls.with_label_values(&["false"]).inc();
+                if !owed.policy.is_empty() {
+                    *lock(&self.pauses).entry(owed.policy).or_default() += 1;
+                }
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 tracing::info!("the pause's Culled Event was recorded already")
+            }
+            Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+                tracing::warn!(error = %e, "the apiserver refuses the pause's Culled Event; not asked again");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record the pause's Culled Event; retrying");
                 return false;
             }
         }
-        let patch = serde_json::json!({"metadata": {
-            "uid": workspace.metadata.uid,
-            "resourceVersion": workspace.resource_version(),
-            "annotations": {CULLED_EVENT_ANNOTATION: null},
-        }});
         if self.fenced().is_err() {
             return false;
         }
+        // Removed only if it is still this one (a later pause's is settled by its reconcile).
+        let pointer = format!("/metadata/annotations/{}", CULLED_EVENT_ANNOTATION.replace('/', "~1"));
+        let removal = serde_json::json!([
+            {"op": "test", "path": "/metadata/uid", "value": workspace.metadata.uid},
+            {"op": "test", "path": pointer, "value": value},
+            {"op": "remove", "path": pointer},
+        ]);
+        let Ok(removal) = serde_json::from_value::<json_patch::Patch>(removal) else {
+            return false;
+        };
         let api: Api<Workspace> = Api::namespaced(self.client.clone(), &key.0);
-        match api.patch(&key.1, &patch_params(), &Patch::Merge(&patch)).await {
-            Ok(_) => {
-                lock(&self.culled_recorded).insert(key, value.clone());
-                true
-            }
+        match api.patch(&key.1, &patch_params(), &Patch::Json::<()>(removal)).await {
+            Ok(_) => {}
+            // The annotation is gone or another one; or the workspace is gone.
+            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 404 => {}
             Err(e) => {
                 tracing::info!(error = %e, "cannot remove the Culled Event's annotation yet; retrying");
-                false
+                return false;
             }
         }
+        lock(&self.culled_recorded).insert(key, settled);
+        true
     }
 
     /// Requeue a workspace for `at` (UNIX ms), keeping the due-queue metric.
@@ -961,10 +997,23 @@ async fn pause(
             }
             Pause::Yes => {}
         }
+        // The last pause's Event, if still owed (Events were refused, and the workspace resumed
+        // since), is recorded first: this pause's annotation takes its place.
+        if fresh.annotations().contains_key(CULLED_EVENT_ANNOTATION) {
+            if !ctx.settle_culled_event(&fresh).await {
+                tracing::info!("the last pause's Culled Event is still owed; not pausing before it is recorded");
+                return Ok(());
+            }
+            continue;
+        }
         // Every pause owes its Event, in the same write: if it cannot be recorded now, or this
         // process stops first, the workspace's next reconcile (this patch brings one) records
-        // it, in this process or the next.
-        let owed = OwedEvent::new(&name, now, format!("Paused: {note}"));
+        // and counts it, in this process or the next.
+        let owed = OwedEvent {
+            at: now,
+            policy: governed.policy.metadata.uid.clone().unwrap_or_default(),
+            note: format!("Paused: {note}"),
+        };
         let owed = serde_json::to_string(&owed).unwrap_or_default();
         let patch = serde_json::json!({
             "metadata": {
@@ -978,9 +1027,6 @@ async fn pause(
         match api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
             Ok(paused) => {
                 tracing::info!(policy = %policy_name, "paused the idle workspace");
-                ctx.metrics.culls.with_label_values(&["false"]).inc();
-                let policy_uid = governed.policy.metadata.uid.clone().unwrap_or_default();
-                *lock(&ctx.pauses).entry(policy_uid).or_default() += 1;
                 ctx.settle_culled_event(&paused).await;
                 return Ok(());
             }
@@ -1114,8 +1160,9 @@ async fn reconcile(object: Arc<CachedWorkspace>, ctx: Arc<Context>) -> Result<Ac
 async fn reconcile_workspace(workspace: Workspace, ctx: Arc<Context>) -> Result<Action, Error> {
     let settled = ctx.settle_culled_event(&workspace).await;
     let action = probe_and_pause(workspace, ctx).await?;
-    // A paused workspace has no other reason to come back.
-    Ok(if settled {
+    // A paused workspace has no other reason to come back; a running one is looked at again
+    // anyway.
+    Ok(if settled || action != Action::await_change() {
         action
     } else {
         Action::requeue(CULLED_EVENT_RETRY)

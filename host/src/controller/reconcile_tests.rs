@@ -46,6 +46,8 @@ struct FakeApi {
     reject_status_write: std::sync::atomic::AtomicBool,
     /// How many Events to refuse with a server error first.
     events_to_refuse: AtomicUsize,
+    /// The next Event is refused as invalid.
+    reject_event: std::sync::atomic::AtomicBool,
     /// The Events created (a second one under a name is refused, as the apiserver does).
     events: Mutex<Vec<Value>>,
     /// Someone else's edit (a merge patch) that lands just before the next read of the workspace.
@@ -54,6 +56,9 @@ struct FakeApi {
 
 /// RFC 7386 merge of `patch` into `target`.
 fn merge(target: &mut Value, patch: &Value) {
+    if patch.is_object() && !target.is_object() {
+        *target = json!({});
+    }
     match (target, patch) {
         (Value::Object(target), Value::Object(patch)) => {
             for (key, value) in patch {
@@ -81,6 +86,28 @@ impl FakeApi {
                 return (StatusCode::INTERNAL_SERVER_ERROR, error);
             }
             if method == Method::POST {
+                // As the apiserver validates an Event.
+                let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                let valid_name = !name.is_empty()
+                    && name.len() <= 253
+                    && name.split('.').all(|label| {
+                        !label.is_empty()
+                            && !label.starts_with('-')
+                            && !label.ends_with('-')
+                            && label
+                                .bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    });
+                let namespace = path.split('/').nth(5).unwrap_or_default();
+                if self.reject_event.swap(false, Ordering::SeqCst)
+                    || !valid_name
+                    || body["note"].as_str().unwrap_or_default().len() > 1024
+                    || body["regarding"]["namespace"] != namespace
+                {
+                    let invalid = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                         "message": format!("Event {name:?} is invalid"), "reason": "Invalid", "code": 422});
+                    return (StatusCode::UNPROCESSABLE_ENTITY, invalid);
+                }
                 let mut events = lock(&self.events);
                 if events.iter().any(|e| e["metadata"]["name"] == body["metadata"]["name"]) {
                     let exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -131,6 +158,16 @@ impl FakeApi {
                     return (StatusCode::CONFLICT, conflict);
                 }
                 merge(&mut workspace["status"], &body["status"]);
+                bump(&mut workspace);
+                (StatusCode::OK, workspace.clone())
+            }
+            ("PATCH", WORKSPACE_PATH) if body.is_array() => {
+                let ops: json_patch::Patch = serde_json::from_value(body.clone()).unwrap();
+                if let Err(e) = json_patch::patch(&mut workspace, &ops.0) {
+                    let invalid = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                         "message": e.to_string(), "code": 422});
+                    return (StatusCode::UNPROCESSABLE_ENTITY, invalid);
+                }
                 bump(&mut workspace);
                 (StatusCode::OK, workspace.clone())
             }
@@ -547,10 +584,14 @@ async fn a_deleted_workspace_is_forgotten_and_leaves_the_due_queue() {
     assert_eq!(kept(&case), (0, false, false));
 }
 
-/// The `Culled` Event the workspace's annotation says it owes, if it does.
-fn owed(workspace: &Value) -> Option<OwedEvent> {
+/// The `Culled` Event the workspace's annotation says it owes, if it does, and its name.
+fn owed(workspace: &Value) -> Option<(String, OwedEvent)> {
     let value = workspace["metadata"]["annotations"][CULLED_EVENT_ANNOTATION].as_str()?;
-    Some(serde_json::from_str(value).unwrap())
+    let parsed: Workspace = serde_json::from_value(workspace.clone()).unwrap();
+    Some((
+        OwedEvent::event_name(&parsed, value),
+        serde_json::from_str(value).unwrap(),
+    ))
 }
 
 #[tokio::test]
@@ -560,10 +601,19 @@ async fn a_culled_event_that_could_not_be_recorded_is_recorded_by_the_next_recon
     case.reconcile().await;
     let paused = case.stored();
     assert_eq!(paused["spec"]["paused"], true);
-    let owes = owed(&paused).expect("the pause's own write says it owes its Event");
+    let (name, owes) = owed(&paused).expect("the pause's own write says it owes its Event");
     assert_eq!(
-        owes.note,
-        "Paused: idle for 7200s, past eligibleAfter (CullingPolicy notebooks)"
+        owes,
+        OwedEvent {
+            at: NOW,
+            policy: "policy-uid".into(),
+            note: "Paused: idle for 7200s, past eligibleAfter (CullingPolicy notebooks)".into()
+        }
+    );
+    assert_eq!(
+        case.ctx.metrics.culls.with_label_values(&["false"]).get(),
+        0,
+        "counted with its Event"
     );
     // The pause's own change brings the workspace back: its Event goes out then, and the
     // annotation goes.
@@ -582,71 +632,177 @@ async fn a_culled_event_that_could_not_be_recorded_is_recorded_by_the_next_recon
     );
     let events = lock(&case.api.events).clone();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0]["metadata"]["name"], owes.name.as_str());
+    assert_eq!(events[0]["metadata"]["name"], name.as_str());
     assert_eq!(events[0]["note"], owes.note.as_str());
     assert_eq!(events[0]["regarding"]["uid"], "uid-1");
+    assert_eq!(
+        events[0]["eventTime"], "2026-05-28T20:26:40.000000Z",
+        "when it was paused"
+    );
     assert_eq!(owed(&case.stored()), None);
+    assert_eq!(case.ctx.metrics.culls.with_label_values(&["false"]).get(), 1);
+    assert_eq!(lock(&case.ctx.pauses).get("policy-uid"), Some(&1));
     // The watch may still show the annotation: nothing more is sent.
     let sent = case.api.sent().len();
-    let _ = case
-        .ctx
-        .settle_culled_event(&serde_json::from_value(paused).unwrap())
-        .await;
+    let stale: Workspace = serde_json::from_value(paused).unwrap();
+    assert!(case.ctx.settle_culled_event(&stale).await);
     assert_eq!(case.api.sent().len(), sent);
+}
+
+/// A paused workspace that owes the `Culled` Event `owes`, as a controller that stopped right
+/// after the pause left it.
+fn paused_owing(owes: &Value) -> Value {
+    let mut paused = workspace(probed(1, 2 * HOUR), json!({CULLED_EVENT_ANNOTATION: owes.to_string()}));
+    paused["spec"]["paused"] = true.into();
+    paused
 }
 
 #[tokio::test]
 async fn a_pause_whose_controller_stopped_before_its_event_gets_it_from_the_next_controller() {
-    // A controller that stopped right after its pause: the workspace says what it owes.
-    let owed_by_the_pause = OwedEvent::new("ws", NOW - MINUTE, "Paused: idle for 7200s".into());
-    let annotations = json!({CULLED_EVENT_ANNOTATION: serde_json::to_string(&owed_by_the_pause).unwrap()});
-    let mut paused = workspace(probed(1, 2 * HOUR), annotations);
-    paused["spec"]["paused"] = true.into();
+    let owes = json!({"at": NOW - MINUTE, "policy": "policy-uid", "note": "Paused: idle for 7200s"});
+    let paused = paused_owing(&owes);
     let case = Case::new(
         paused.clone(),
         policy(false),
         false,
         ProbeOutcome::Success(ProbeActivity::Idle),
     );
+    let (name, _) = owed(&paused).unwrap();
+    let counted = || {
+        (
+            case.ctx.metrics.culls.with_label_values(&["false"]).get(),
+            lock(&case.ctx.pauses).get("policy-uid").copied(),
+        )
+    };
 
     // The Event cannot be recorded yet: the annotation stays, and it is tried again soon.
     case.api.events_to_refuse.store(1, Ordering::SeqCst);
     assert_eq!(case.reconcile().await, Action::requeue(CULLED_EVENT_RETRY));
     assert_eq!(case.api.summary(), ["event Culled"]);
-    assert_eq!(owed(&case.stored()), Some(owed_by_the_pause));
+    assert!(owed(&case.stored()).is_some());
     assert_eq!(case.probes(), 0, "a paused workspace is not probed");
+    assert_eq!(counted(), (0, None));
 
-    // Recorded under the pause's name, then the annotation is removed.
+    // Recorded and counted, then the annotation is removed (if it is still the same).
     assert_eq!(case.reconcile().await, Action::await_change());
     assert_eq!(case.api.summary(), ["event Culled", "event Culled", "PATCH "]);
     let events = lock(&case.api.events).clone();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0]["metadata"]["name"], "ws.culled.19e70439da0");
+    assert_eq!(events[0]["metadata"]["name"], name.as_str());
     assert_eq!(events[0]["reason"], "Culled");
     assert_eq!(events[0]["note"], "Paused: idle for 7200s");
+    assert_eq!(counted(), (1, Some(1)));
+    let removal = case.api.sent()[2].body.clone();
+    assert_eq!(removal[1]["op"], "test", "{removal}");
+    assert_eq!(removal[1]["value"], owes.to_string());
     assert_eq!(owed(&case.stored()), None);
     assert_eq!(case.stored()["spec"]["paused"], true);
 
     // One that stopped after recording the Event, before removing the annotation: the Event
-    // is not recorded twice.
-    *lock(&case.api.workspace) = paused;
+    // is neither recorded nor counted twice.
+    *lock(&case.api.workspace) = paused.clone();
     case.ctx.forget_deleted(&("team".into(), "ws".into()));
     assert_eq!(case.reconcile().await, Action::await_change());
     assert_eq!(lock(&case.api.events).len(), 1, "recorded once");
+    assert_eq!(counted(), (1, Some(1)));
     assert_eq!(owed(&case.stored()), None);
 
-    // An annotation edited into something unreadable still owes one Event, recorded once.
-    let mut edited = workspace(probed(1, 2 * HOUR), json!({CULLED_EVENT_ANNOTATION: "not JSON"}));
-    edited["spec"]["paused"] = true.into();
-    for _ in 0..2 {
-        *lock(&case.api.workspace) = edited.clone();
+    // Another pause's (a later time) is another Event.
+    let later = json!({"at": NOW, "policy": "policy-uid", "note": "Paused: idle for 7200s"});
+    *lock(&case.api.workspace) = paused_owing(&later);
+    assert_eq!(case.reconcile().await, Action::await_change());
+    assert_eq!(lock(&case.api.events).len(), 2);
+    assert_eq!(counted(), (2, Some(2)));
+
+    // An annotation edited into something unreadable still owes one Event, recorded once
+    // and counted in no policy; a note too long for an Event is cut.
+    let long = json!({"at": NOW, "policy": "policy-uid", "note": "é".repeat(1000)});
+    for edited in [json!("not JSON"), json!("not JSON"), long] {
+        let mut workspace = paused_owing(&json!(null));
+        workspace["metadata"]["annotations"][CULLED_EVENT_ANNOTATION] =
+            edited.as_str().map_or_else(|| edited.to_string(), String::from).into();
+        *lock(&case.api.workspace) = workspace;
         case.ctx.forget_deleted(&("team".into(), "ws".into()));
         assert_eq!(case.reconcile().await, Action::await_change());
+        assert_eq!(owed(&case.stored()), None);
     }
     let events = lock(&case.api.events).clone();
-    assert_eq!(events.len(), 2, "{events:#?}");
-    assert_eq!(events[1]["note"], "Paused");
+    assert_eq!(events.len(), 4, "{events:#?}");
+    assert_eq!(events[2]["note"], "Paused");
+    assert_eq!(events[3]["note"].as_str().unwrap().len(), 1024);
+    assert_eq!(counted(), (4, Some(3)));
+
+    // One the apiserver refuses as invalid is given up, not tried again and again.
+    *lock(&case.api.workspace) = paused_owing(&json!({"at": 1, "policy": "policy-uid", "note": "refused"}));
+    case.api.reject_event.store(true, Ordering::SeqCst);
+    assert_eq!(case.reconcile().await, Action::await_change());
     assert_eq!(owed(&case.stored()), None);
+    assert_eq!(lock(&case.api.events).len(), 4);
+    assert_eq!(counted(), (4, Some(3)));
+
+    // A replica that does not lead records and removes nothing.
+    let mut case = Case::new(paused, policy(false), false, ProbeOutcome::Success(ProbeActivity::Idle));
+    Arc::get_mut(&mut case.ctx).unwrap().fence = leader::Fence::closed();
+    assert_eq!(case.reconcile().await, Action::requeue(CULLED_EVENT_RETRY));
+    assert!(case.api.sent().is_empty(), "{:?}", case.api.summary());
+}
+
+#[tokio::test]
+async fn a_pause_records_the_event_the_last_pause_still_owes_before_it_takes_its_place() {
+    // Paused an hour ago, its Event refused since; resumed, and idle past eligibleAfter again.
+    let earlier = json!({"at": NOW - HOUR, "policy": "policy-uid", "note": "Paused: the first time"});
+    let case = Case::new(
+        workspace(
+            probed(30, 2 * HOUR),
+            json!({CULLED_EVENT_ANNOTATION: earlier.to_string()}),
+        ),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    case.api.events_to_refuse.store(1, Ordering::SeqCst);
+    case.reconcile().await;
+    assert_eq!(case.stored()["spec"]["paused"], true);
+    let notes: Vec<Value> = lock(&case.api.events).iter().map(|e| e["note"].clone()).collect();
+    assert_eq!(
+        notes,
+        [
+            json!("Paused: the first time"),
+            json!("Paused: idle for 7200s, past eligibleAfter (CullingPolicy notebooks)")
+        ],
+        "{:?}",
+        case.api.summary()
+    );
+    assert_eq!(owed(&case.stored()), None);
+    assert_eq!(lock(&case.ctx.pauses).get("policy-uid"), Some(&2));
+}
+
+#[tokio::test]
+async fn a_culled_event_is_named_validly_whatever_the_workspace_is_named() {
+    for name in [
+        "ws",
+        &format!("{}-x", "a".repeat(199)),
+        &format!("{}.x", "b".repeat(199)),
+        &"c".repeat(253),
+    ] {
+        let mut ws = workspace(probed(1, 2 * HOUR), json!({}));
+        ws["metadata"]["name"] = name.into();
+        let parsed: Workspace = serde_json::from_value(ws).unwrap();
+        let event = OwedEvent::event_name(&parsed, "{}");
+        assert!(event.len() <= 253, "{event}");
+        assert!(!event.contains("-.") && !event.contains(".."), "{event}");
+    }
+    // From the uid and the annotation: another workspace or another pause, another name.
+    let ws: Workspace = serde_json::from_value(workspace(probed(1, 2 * HOUR), json!({}))).unwrap();
+    let mut namesake = ws.clone();
+    namesake.metadata.uid = Some("uid-2".into());
+    let names = [
+        OwedEvent::event_name(&ws, "a"),
+        OwedEvent::event_name(&ws, "b"),
+        OwedEvent::event_name(&namesake, "a"),
+    ];
+    assert_eq!(names.iter().collect::<HashSet<_>>().len(), 3, "{names:?}");
+    assert_eq!(names[0], OwedEvent::event_name(&ws, "a"));
 }
 
 #[tokio::test]
@@ -718,20 +874,23 @@ async fn an_idle_workspace_past_eligible_after_is_paused_once_after_a_fresh_read
         pause["metadata"]["resourceVersion"], "2",
         "preconditioned on the fresh read"
     );
-    // With the Event it owes, which is recorded, and then the annotation is removed.
-    let owes = owed(pause).expect("the Event the pause owes");
+    // With the Event it owes, which is recorded, and then the annotation is removed (if it
+    // is still the same).
+    let value = pause["metadata"]["annotations"][CULLED_EVENT_ANNOTATION]
+        .as_str()
+        .expect("the Event the pause owes");
+    let owes: OwedEvent = serde_json::from_str(value).unwrap();
+    let stored: Workspace = serde_json::from_value(case.stored()).unwrap();
     let events = lock(&case.api.events).clone();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0]["metadata"]["name"], owes.name.as_str());
+    assert_eq!(events[0]["metadata"]["name"], OwedEvent::event_name(&stored, value));
     assert_eq!(events[0]["note"], owes.note.as_str());
-    let removal = &case.api.sent()[5].body;
+    let pointer = "/metadata/annotations/workspace-culler.io~1culled-event";
     assert_eq!(
-        removal["metadata"]["annotations"],
-        json!({CULLED_EVENT_ANNOTATION: null})
-    );
-    assert_eq!(
-        removal["metadata"]["resourceVersion"], "3",
-        "preconditioned on the pause"
+        case.api.sent()[5].body,
+        json!([{"op": "test", "path": "/metadata/uid", "value": "uid-1"},
+               {"op": "test", "path": pointer, "value": value},
+               {"op": "remove", "path": pointer}])
     );
     assert_eq!(owed(&case.stored()), None);
     assert_eq!(case.stored()["spec"]["paused"], true);
