@@ -57,19 +57,30 @@ fn tail(text: &str) -> String {
 /// default): a port the kernel hands out is free now, but an outgoing
 /// connection opened meanwhile (the apiserver to etcd, a test to a server)
 /// may take it before the server binds it.
+/// A port is handed out once per process: one handed out and not bound yet (a control plane
+/// draws its four before starting any) is free as far as the kernel knows.
 pub fn free_port() -> anyhow::Result<u16> {
     use std::hash::BuildHasher;
     static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    // Randomly keyed per process, so parallel tests draw different ports.
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    // Randomly keyed per process, so parallel test processes draw different ports.
     let random = std::collections::hash_map::RandomState::new();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for _ in 0..200 {
         let draw = random.hash_one(DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let port = 20_000 + (draw % 12_768) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return Ok(port);
         }
     }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 /// Where the control-plane binaries are: `$WORKSPACE_CULLER_CONTROLPLANE`,
@@ -484,7 +495,15 @@ fn path(p: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{ControlPlane, NODE_NAME, binaries, tail};
+    use super::{ControlPlane, NODE_NAME, binaries, free_port, tail};
+
+    #[test]
+    fn a_port_is_handed_out_once_per_process_though_nothing_bound_it_yet() {
+        // 2 000 draws of 12 768 ports would repeat one ~150 times by chance.
+        let ports: Vec<u16> = (0..2000).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
 
     #[tokio::test]
     async fn kwok_that_exits_while_it_starts_is_started_once_more() {
