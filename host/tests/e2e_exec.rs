@@ -58,7 +58,11 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
     let policies = [
         exec_policy("idle", &["exec-idle"], IDLE, IDLE_SECONDS as i32),
         exec_policy("failing", &["exec-failing"], FAILING, IDLE_SECONDS as i32),
-        exec_policy("slow", &["exec-slow"], SLOW, IDLE_SECONDS as i32),
+        {
+            let mut slow = exec_policy("slow", &["exec-slow"], SLOW, IDLE_SECONDS as i32);
+            slow["spec"]["activityProbe"]["podExec"]["timeoutSeconds"] = 2.into();
+            slow
+        },
         {
             let mut dry = exec_policy("dry", &["exec-dry"], IDLE, IDLE_SECONDS as i32);
             dry["spec"]["dryRun"] = true.into();
@@ -210,8 +214,16 @@ async fn exec_and_module_probes_decide_and_only_idle_workspaces_are_paused() {
     let slow = env.activity(NS, "exec-slow").await.last_probe.unwrap();
     assert_eq!(slow.result, ProbeResult::Timeout, "{}", slow.message);
     // A timed-out exec is killed in the container, not left running: at most the one in
-    // flight remains (each would otherwise run its 29 s, one more every 2 s).
-    let left = slow_processes();
+    // flight remains (each would otherwise run its 29 s, one more every 2 s). The next may
+    // start while the last one's kill lands: looked at for a few seconds, not once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let left = loop {
+        let left = slow_processes();
+        if left <= 1 || std::time::Instant::now() >= deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(left <= 1, "{left} timed-out probe processes still run in the container");
 
     let wrong = env.activity(NS, "module-wrong").await;

@@ -106,9 +106,11 @@ async fn jupyter_workspaces_are_paused_only_when_idle() {
     // running: the effective last activity is when it started.
     let since = idle_activity.last_activity.max(idle_ws.last_running_time());
     let idle_for = chrono::Utc::now().timestamp_millis() - since;
+    // (Counted from when it started running, not from the controller's start: bringing up
+    // the other workspaces took part of its idle time.)
     assert!(
-        idle_for >= IDLE_SECONDS * 1000 && paused_after >= Duration::from_secs(IDLE_SECONDS as u64 - 5),
-        "paused after {paused_after:?}, {idle_for} ms after the last activity\n{log}"
+        idle_for >= IDLE_SECONDS * 1000,
+        "paused {paused_after:?} after the controller started, {idle_for} ms after the last activity\n{log}"
     );
     assert_eq!(idle_activity.eligible_after(), since + IDLE_SECONDS * 1000);
     // The Event is recorded just after the pause the loop above saw.

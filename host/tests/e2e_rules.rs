@@ -25,7 +25,7 @@ fn rules_policy() -> serde_json::Value {
         "spec": {
             "workspaceKinds": ["rules"],
             "activityProbe": {"minProbeIntervalSeconds": 2, "probeIntervalSeconds": 5,
-                              "podExec": {"script": BUSY_FILE, "timeoutSeconds": 2}},
+                              "podExec": {"script": BUSY_FILE, "timeoutSeconds": 10}},
             "activityRules": [
                 {"config": {"secondsSinceActive": 16},
                  "match": {"matchNamespace": {"selector": {"matchLabels": {"tier": "production"}}}},

@@ -79,11 +79,12 @@ fn policy_with(name: &str, kinds: &[&str], method: serde_json::Value, idle: i32)
 }
 
 /// An exec probe policy for `kinds`: `script`, probed every 2–4 s, paused after `idle` seconds.
+/// Its exec may take 10 s: one through a busy apiserver on a loaded machine can take over 2.
 pub fn exec_policy(name: &str, kinds: &[&str], script: &str, idle: i32) -> serde_json::Value {
     policy_with(
         name,
         kinds,
-        serde_json::json!({"podExec": {"script": script, "timeoutSeconds": 2}}),
+        serde_json::json!({"podExec": {"script": script, "timeoutSeconds": 10}}),
         idle,
     )
 }
