@@ -190,20 +190,34 @@ impl OwedEvent {
     }
 
     /// The Event's name: the same from every process for the same workspace and annotation
-    /// (so it is recorded once), another for each pause (the annotation holds its time), and a
-    /// valid name whatever the workspace's.
+    /// (so it is recorded once), another for each pause (the annotation holds its time).
     fn event_name(workspace: &Workspace, value: &str) -> String {
-        // FNV-1a: the same in every build.
-        let hash = [workspace.metadata.uid.as_deref().unwrap_or_default(), "\n", value]
-            .iter()
-            .flat_map(|part| part.bytes())
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-        let name = workspace.name_any();
-        let prefix: String = name.chars().take(200).collect();
-        format!("{}.culled.{hash:016x}", prefix.trim_end_matches(['-', '.']))
+        event_name(workspace, "culled", value)
     }
+}
+
+/// The name of the Event `tag` that `what` tells apart on `workspace`: the same from every
+/// process (an Event recorded once is found, not recorded again), another for another
+/// workspace of the name, and a valid name whatever the workspace's.
+fn event_name(workspace: &Workspace, tag: &str, what: &str) -> String {
+    // FNV-1a: the same in every build.
+    let hash = [workspace.metadata.uid.as_deref().unwrap_or_default(), "\n", what]
+        .iter()
+        .flat_map(|part| part.bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let name = workspace.name_any();
+    let prefix: String = name.chars().take(200).collect();
+    format!("{}.{tag}.{hash:016x}", prefix.trim_end_matches(['-', '.']))
+}
+
+/// How an Event recorded under its own name went.
+enum EventRecorded {
+    /// Recorded now.
+    New,
+    /// Recorded before, by this process or another.
+    Before,
 }
 
 /// Numbers the tasks that wait for a load ([`Deferral::waiter`]).
@@ -685,34 +699,19 @@ impl Context {
             .filter(|_| owed.at > 0)
             .and_then(|t| k8s_openapi::jiff::Timestamp::from_microsecond(t.timestamp_micros()).ok())
             .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
-        let event = k8s_openapi::api::events::v1::Event {
-            metadata: ObjectMeta {
-                name: Some(OwedEvent::event_name(workspace, value)),
-                namespace: Some(key.0.clone()),
-                ..ObjectMeta::default()
-            },
-            action: Some("Culled".into()),
-            reason: Some("Culled".into()),
-            note: Some(owed.note),
-            regarding: Some(workspace.object_ref(&())),
-            reporting_controller: Some(MANAGER.into()),
-            reporting_instance: Some(reporter().instance.unwrap_or_else(|| MANAGER.into())),
-            type_: Some("Normal".into()),
-            event_time: Some(MicroTime(at)),
-            ..Default::default()
-        };
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &key.0);
-        match events.create(&kube::api::PostParams::default(), &event).await {
-            Ok(_) => {
+        let name = OwedEvent::event_name(workspace, value);
+        match self
+            .event_once(workspace, name, EventType::Normal, "Culled", owed.note, at)
+            .await
+        {
+            Ok(EventRecorded::New) => {
                 // Counted with its Event: once per pause, whichever process records it.
                 self.metrics.culls.with_label_values(&["false"]).inc();
                 if !owed.policy.is_empty() {
                     *lock(&self.pauses).entry(owed.policy).or_default() += 1;
                 }
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                tracing::info!("the pause's Culled Event was recorded already")
-            }
+            Ok(EventRecorded::Before) => tracing::info!("the pause's Culled Event was recorded already"),
             Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
                 tracing::warn!(error = %e, "the apiserver refuses the pause's Culled Event; not asked again");
             }
@@ -789,6 +788,48 @@ impl Context {
                 tracing::warn!(error = %e, reason, "cannot record event");
                 false
             }
+        }
+    }
+
+    /// Record an Event under `name`: one recorded under it already (by this process or another,
+    /// which may have stopped before it could remember) is not recorded again.
+    async fn event_once(
+        &self,
+        workspace: &Workspace,
+        name: String,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        at: k8s_openapi::jiff::Timestamp,
+    ) -> Result<EventRecorded, kube::Error> {
+        let namespace = workspace.namespace().unwrap_or_default();
+        let event = k8s_openapi::api::events::v1::Event {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            action: Some(reason.into()),
+            reason: Some(reason.into()),
+            note: Some(note),
+            regarding: Some(workspace.object_ref(&())),
+            reporting_controller: Some(MANAGER.into()),
+            reporting_instance: Some(reporter().instance.unwrap_or_else(|| MANAGER.into())),
+            type_: Some(
+                match type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            event_time: Some(MicroTime(at)),
+            ..Default::default()
+        };
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &namespace);
+        match events.create(&kube::api::PostParams::default(), &event).await {
+            Ok(_) => Ok(EventRecorded::New),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(EventRecorded::Before),
+            Err(e) => Err(e),
         }
     }
 
@@ -880,7 +921,20 @@ impl Context {
         } else {
             format!("Idle: will be paused after {when} unless it is used before then")
         };
-        if self.event(workspace, EventType::Warning, "CullingSoon", note).await {
+        // Once per `eligibleAfter`, whichever process warns: one restarted since does not warn
+        // again.
+        let recorded = if self.fence.holds() {
+            let name = event_name(workspace, "culling-soon", &eligible.to_string());
+            let at = k8s_openapi::jiff::Timestamp::now();
+            self.event_once(workspace, name, EventType::Warning, "CullingSoon", note, at)
+                .await
+                .map_err(|e| tracing::warn!(error = %e, reason = "CullingSoon", "cannot record event"))
+                .is_ok()
+        } else {
+            tracing::info!(reason = "CullingSoon", "not the leader: the event is not recorded");
+            false
+        };
+        if recorded {
             lock(&self.warned).insert(key_of(workspace), eligible);
             None
         } else {

@@ -546,6 +546,34 @@ async fn a_warning_that_could_not_be_recorded_is_tried_again_not_marked_as_given
 }
 
 #[tokio::test]
+async fn a_warning_given_before_a_restart_is_not_given_again() {
+    let mut case = warned_ahead();
+    assert_eq!(case.reconcile().await, after_seconds(300));
+    // The next process remembers nothing (nor does its Event recorder), but finds the warning
+    // under its name.
+    let ctx = Arc::get_mut(&mut case.ctx).unwrap();
+    ctx.warned.get_mut().unwrap().clear();
+    ctx.recorder = Recorder::new(ctx.client.clone(), reporter());
+    assert_eq!(case.reconcile().await, after_seconds(300), "not tried again");
+    assert_eq!(lock(&case.api.events).len(), 1, "warned once");
+    assert_eq!(case.api.summary(), ["event CullingSoon", "event CullingSoon"]);
+    let event = lock(&case.api.events)[0].clone();
+    assert_eq!(
+        (&event["type"], &event["reason"]),
+        (&json!("Warning"), &json!("CullingSoon"))
+    );
+    // Another eligibleAfter (the workspace was used since) is warned of anew.
+    {
+        let mut workspace = lock(&case.api.workspace);
+        let activity = &mut workspace["status"]["activity"];
+        activity["lastActivity"] = (NOW - 30 * MINUTE).into();
+        activity["rules"]["pauseWorkspace"]["eligibleAfter"] = (NOW + 30 * MINUTE).into();
+    }
+    case.reconcile().await;
+    assert_eq!(lock(&case.api.events).len(), 2);
+}
+
+#[tokio::test]
 async fn a_deleted_workspace_is_forgotten_and_leaves_the_due_queue() {
     // Not due, warned: the workspace is kept in the due queue and in what was warned.
     let case = warned_ahead();
