@@ -71,8 +71,10 @@ async fn hostile_probes_are_contained_and_the_controller_stays_small() {
     let hostile = std::fs::read(workspace_culler_support::test_probes::hostile()).unwrap();
     std::fs::write(modules.path().join("hostile.wasm"), &hostile).unwrap();
     let sha256 = workspace_culler_engine::sha256_hex(&hostile);
-    env.apply_policy(exec_policy("bystander", &["bystander"], ACTIVE, 60))
-        .await;
+    // Its exec must succeed within 2 s while the hostile probes run, as it does alone.
+    let mut bystander = exec_policy("bystander", &["bystander"], ACTIVE, 60);
+    bystander["spec"]["activityProbe"]["podExec"]["timeoutSeconds"] = 2.into();
+    env.apply_policy(bystander).await;
     env.apply_kind(sample_kind("bystander")).await;
 
     // The baseline: the bystander alone.

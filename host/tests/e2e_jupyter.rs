@@ -113,8 +113,15 @@ async fn jupyter_workspaces_are_paused_only_when_idle() {
         "paused {paused_after:?} after the controller started, {idle_for} ms after the last activity\n{log}"
     );
     assert_eq!(idle_activity.eligible_after(), since + IDLE_SECONDS * 1000);
-    // The Event is recorded just after the pause the loop above saw.
+    // The Event is recorded just after the pause the loop above saw, and carries the pause's
+    // time: not before eligibleAfter + 5 s (SPEC §4).
     env.events_at_least(NS, "idle", "Culled", 1).await;
+    let culled_at = env.first_event_ms(NS, "idle", "Culled").await.unwrap();
+    assert!(
+        culled_at >= idle_activity.eligible_after() + 5000,
+        "Culled at {culled_at}, {} ms after eligibleAfter\n{log}",
+        culled_at - idle_activity.eligible_after()
+    );
     let events: Api<Event> = Api::namespaced(env.client.clone(), NS);
     let culled = events.list(&ListParams::default()).await.unwrap().items;
     let culled: Vec<_> = culled

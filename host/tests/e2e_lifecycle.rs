@@ -110,6 +110,13 @@ async fn restarts_concurrent_edits_and_resumes_are_safe() {
         "paused more than once\n{}",
         restarted.log()
     );
+    // Warned once of its one eligibleAfter, by the first controller or the second, not both.
+    assert_eq!(
+        env.events(NS, "ws", "CullingSoon").await,
+        1,
+        "CullingSoon Events\n{}",
+        restarted.log()
+    );
     let raw = env.raw_workspace(NS, "ws").await;
     let edits: u32 = raw["metadata"]["annotations"]["example.com/edits"]
         .as_str()

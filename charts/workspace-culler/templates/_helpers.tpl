@@ -48,8 +48,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["pods/portforward"]
   verbs: ["create", "get"]
 {{- end }}
-# Events through the events.k8s.io API only (kube's Recorder; a pause's Culled Event is
-# created under the name the pause chose).
+# Events through the events.k8s.io API only (kube's Recorder; Culled and CullingSoon are
+# created under names of their own, so a second one is refused rather than recorded).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -712,7 +712,7 @@ impl Context {
                 }
             }
             Ok(EventRecorded::Before) => tracing::info!("the pause's Culled Event was recorded already"),
-            Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 400 || e.code == 422 => {
                 tracing::warn!(error = %e, "the apiserver refuses the pause's Culled Event; not asked again");
             }
             Err(e) => {
@@ -792,7 +792,8 @@ impl Context {
     }
 
     /// Record an Event under `name`: one recorded under it already (by this process or another,
-    /// which may have stopped before it could remember) is not recorded again.
+    /// which may have stopped before it could remember) is not recorded again. Only while this
+    /// replica leads.
     async fn event_once(
         &self,
         workspace: &Workspace,
@@ -801,7 +802,8 @@ impl Context {
         reason: &str,
         note: String,
         at: k8s_openapi::jiff::Timestamp,
-    ) -> Result<EventRecorded, kube::Error> {
+    ) -> Result<EventRecorded, Error> {
+        self.fenced()?;
         let namespace = workspace.namespace().unwrap_or_default();
         let event = k8s_openapi::api::events::v1::Event {
             metadata: ObjectMeta {
@@ -829,7 +831,7 @@ impl Context {
         match events.create(&kube::api::PostParams::default(), &event).await {
             Ok(_) => Ok(EventRecorded::New),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(EventRecorded::Before),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -923,16 +925,21 @@ impl Context {
         };
         // Once per `eligibleAfter`, whichever process warns: one restarted since does not warn
         // again.
-        let recorded = if self.fence.holds() {
-            let name = event_name(workspace, "culling-soon", &eligible.to_string());
-            let at = k8s_openapi::jiff::Timestamp::now();
-            self.event_once(workspace, name, EventType::Warning, "CullingSoon", note, at)
-                .await
-                .map_err(|e| tracing::warn!(error = %e, reason = "CullingSoon", "cannot record event"))
-                .is_ok()
-        } else {
-            tracing::info!(reason = "CullingSoon", "not the leader: the event is not recorded");
-            false
+        let name = event_name(workspace, "culling-soon", &eligible.to_string());
+        let at = k8s_openapi::jiff::Timestamp::now();
+        let recorded = match self
+            .event_once(workspace, name, EventType::Warning, "CullingSoon", note, at)
+            .await
+        {
+            Ok(_) => true,
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 400 || e.code == 422 => {
+                tracing::warn!(error = %e, "the apiserver refuses the CullingSoon Event; not asked again");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, reason = "CullingSoon", "cannot record event");
+                false
+            }
         };
         if recorded {
             lock(&self.warned).insert(key_of(workspace), eligible);

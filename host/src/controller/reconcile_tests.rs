@@ -549,8 +549,8 @@ async fn a_warning_that_could_not_be_recorded_is_tried_again_not_marked_as_given
 async fn a_warning_given_before_a_restart_is_not_given_again() {
     let mut case = warned_ahead();
     assert_eq!(case.reconcile().await, after_seconds(300));
-    // The next process remembers nothing (nor does its Event recorder), but finds the warning
-    // under its name.
+    // The next process remembers nothing (its Event recorder included: a recorder that
+    // remembers would add to the first Event), but finds the warning under its name.
     let ctx = Arc::get_mut(&mut case.ctx).unwrap();
     ctx.warned.get_mut().unwrap().clear();
     ctx.recorder = Recorder::new(ctx.client.clone(), reporter());
@@ -571,6 +571,15 @@ async fn a_warning_given_before_a_restart_is_not_given_again() {
     }
     case.reconcile().await;
     assert_eq!(lock(&case.api.events).len(), 2);
+}
+
+#[tokio::test]
+async fn a_replica_that_no_longer_leads_gives_no_warning_and_tries_again_soon() {
+    let mut case = warned_ahead();
+    Arc::get_mut(&mut case.ctx).unwrap().fence = leader::Fence::closed();
+    assert_eq!(case.reconcile().await, after_seconds(60));
+    assert!(case.api.sent().is_empty(), "{:?}", case.api.summary());
+    assert!(lock(&case.ctx.warned).is_empty());
 }
 
 #[tokio::test]

@@ -57,6 +57,7 @@ fn tail(text: &str) -> String {
 /// default): a port the kernel hands out is free now, but an outgoing
 /// connection opened meanwhile (the apiserver to etcd, a test to a server)
 /// may take it before the server binds it.
+///
 /// A port is handed out once per process: one handed out and not bound yet (a control plane
 /// draws its four before starting any) is free as far as the kernel knows.
 pub fn free_port() -> anyhow::Result<u16> {
