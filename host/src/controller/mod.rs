@@ -1048,11 +1048,25 @@ async fn pause(
                 }
                 tracing::info!("dry run: would pause the workspace");
                 let note = format!("Dry run: would pause, {note}");
-                if ctx.event(&fresh, EventType::Normal, "WouldCull", note).await {
-                    ctx.metrics.culls.with_label_values(&["true"]).inc();
-                } else {
-                    // Reported (and counted) by the next probe that finds it so.
-                    lock(&ctx.would_cull).remove(&key_of(&fresh));
+                // Once per `eligibleAfter`, whichever process reports it: one restarted since
+                // neither reports nor counts it again.
+                let name = event_name(&fresh, "would-cull", &eligible.to_string());
+                let at = k8s_openapi::jiff::Timestamp::now();
+                match ctx
+                    .event_once(&fresh, name, EventType::Normal, "WouldCull", note, at)
+                    .await
+                {
+                    Ok(EventRecorded::New) => ctx.metrics.culls.with_label_values(&["true"]).inc(),
+                    Ok(EventRecorded::Before) => tracing::info!("the WouldCull Event was recorded already"),
+                    Err(Error::Kube(kube::Error::Api(e))) if e.code == 400 || e.code == 422 => {
+                        tracing::warn!(error = %e, "the apiserver refuses the WouldCull Event; not asked again");
+                        ctx.metrics.culls.with_label_values(&["true"]).inc();
+                    }
+                    Err(e) => {
+                        // Reported (and counted) by the next probe that finds it so.
+                        tracing::warn!(error = %e, reason = "WouldCull", "cannot record event");
+                        lock(&ctx.would_cull).remove(&key_of(&fresh));
+                    }
                 }
                 return Ok(());
             }

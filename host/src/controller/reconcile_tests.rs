@@ -868,6 +868,43 @@ async fn a_would_cull_event_that_could_not_be_recorded_is_reported_by_the_next_p
 }
 
 #[tokio::test]
+async fn a_would_cull_reported_before_a_restart_is_neither_reported_nor_counted_again() {
+    let mut case = Case::idle(policy(true), ProbeOutcome::Success(ProbeActivity::Idle));
+    case.reconcile().await;
+    assert_eq!(lock(&case.api.events).len(), 1);
+    assert_eq!(case.ctx.metrics.culls.with_label_values(&["true"]).get(), 1);
+    // The next process remembers nothing (its Event recorder included), and probes again.
+    let ctx = Arc::get_mut(&mut case.ctx).unwrap();
+    ctx.would_cull.get_mut().unwrap().clear();
+    ctx.written.get_mut().unwrap().clear();
+    ctx.recorder = Recorder::new(ctx.client.clone(), reporter());
+    lock(&case.api.workspace)["status"]["activity"] = probed(30, 2 * HOUR);
+    case.reconcile().await;
+    assert_eq!(
+        case.api.summary().iter().filter(|s| *s == "event WouldCull").count(),
+        2,
+        "asked again"
+    );
+    assert_eq!(lock(&case.api.events).len(), 1, "reported once");
+    assert_eq!(
+        case.ctx.metrics.culls.with_label_values(&["true"]).get(),
+        1,
+        "counted once"
+    );
+    let event = lock(&case.api.events)[0].clone();
+    assert_eq!(
+        (&event["type"], &event["reason"]),
+        (&json!("Normal"), &json!("WouldCull"))
+    );
+    // Another eligibleAfter (the workspace was used since) is reported anew.
+    lock(&case.ctx.written).clear();
+    lock(&case.api.workspace)["status"]["activity"] = probed(20, 3 * HOUR);
+    case.reconcile().await;
+    assert_eq!(lock(&case.api.events).len(), 2);
+    assert_eq!(case.ctx.metrics.culls.with_label_values(&["true"]).get(), 2);
+}
+
+#[tokio::test]
 async fn a_failed_probe_is_recorded_and_evented_and_retried_after_the_minimum_interval() {
     let case = Case::idle(
         policy(false),
