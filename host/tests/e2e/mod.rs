@@ -38,7 +38,17 @@ pub fn sum(metrics: &str, prefix: &str, labels: &[&str]) -> f64 {
 }
 
 /// Poll `check` every 250 ms until it returns `Some`, or panic after `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_or(limit, what, String::new, check).await
+}
+
+/// As [`eventually`], and a panic says what `context` gives at that moment (a controller's
+/// log: read when the time is up, not when the wait began).
+pub async fn eventually_or<T, F, Fut>(limit: Duration, what: &str, context: impl Fn() -> String, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -50,7 +60,8 @@ where
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
+            "timed out after {limit:?} waiting for {what}\n{}",
+            context()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
