@@ -538,11 +538,23 @@ impl Context {
                 {
                     return;
                 }
-                if !self
-                    .event(workspace, EventType::Warning, "KeepAliveIgnored", why.clone())
+                // Once per value, whichever process reports it: one restarted since does not
+                // report it again.
+                let name = event_name(workspace, "keep-alive-ignored", &value);
+                let at = k8s_openapi::jiff::Timestamp::now();
+                match self
+                    .event_once(workspace, name, EventType::Warning, "KeepAliveIgnored", why.clone(), at)
                     .await
                 {
-                    lock(&self.keep_alive_reported).remove(&key);
+                    Ok(_) => {}
+                    Err(Error::Kube(kube::Error::Api(e))) if e.code == 400 || e.code == 422 => {
+                        tracing::warn!(error = %e, "the apiserver refuses the KeepAliveIgnored Event; not asked again");
+                    }
+                    Err(e) => {
+                        // Reported by the next reconcile.
+                        tracing::warn!(error = %e, reason = "KeepAliveIgnored", "cannot record event");
+                        lock(&self.keep_alive_reported).remove(&key);
+                    }
                 }
             }
         }

@@ -1373,6 +1373,34 @@ async fn a_malformed_keep_alive_is_ignored_with_a_warning() {
 }
 
 #[tokio::test]
+async fn a_malformed_keep_alive_reported_before_a_restart_is_not_reported_again() {
+    let mut case = Case::new(
+        workspace(probed(30, 30 * MINUTE), keep_alive("tomorrow")),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    case.reconcile().await;
+    let reported = |case: &Case| {
+        lock(&case.api.events)
+            .iter()
+            .filter(|e| e["reason"] == "KeepAliveIgnored")
+            .count()
+    };
+    assert_eq!(reported(&case), 1);
+    // The next process remembers nothing (its Event recorder included).
+    let ctx = Arc::get_mut(&mut case.ctx).unwrap();
+    ctx.keep_alive_reported.get_mut().unwrap().clear();
+    ctx.recorder = Recorder::new(ctx.client.clone(), reporter());
+    case.reconcile().await;
+    assert_eq!(reported(&case), 1, "reported once");
+    // Another malformed value is reported anew.
+    lock(&case.api.workspace)["metadata"]["annotations"] = keep_alive("next week");
+    case.reconcile().await;
+    assert_eq!(reported(&case), 2);
+}
+
+#[tokio::test]
 async fn an_active_workspace_past_its_maximum_lifetime_is_paused_saying_so() {
     // Running for 3 h, active a minute ago; the rule allows 2 h.
     let case = Case::new(
