@@ -167,6 +167,17 @@ struct OwedEvent {
 /// The most an Event's note may hold (the apiserver refuses more).
 const EVENT_NOTE_MAX: usize = 1024;
 
+/// `note` cut to what an Event may hold, at a character's boundary.
+fn cut_note(note: &mut String) {
+    if note.len() > EVENT_NOTE_MAX {
+        let mut end = EVENT_NOTE_MAX;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+}
+
 impl OwedEvent {
     /// What `value` says is owed; one that cannot be read (edited by hand) still owes an
     /// Event, counted in no policy.
@@ -179,13 +190,7 @@ impl OwedEvent {
                 note: "Paused".into(),
             }
         });
-        if owed.note.len() > EVENT_NOTE_MAX {
-            let mut end = EVENT_NOTE_MAX;
-            while !owed.note.is_char_boundary(end) {
-                end -= 1;
-            }
-            owed.note.truncate(end);
-        }
+        cut_note(&mut owed.note);
         owed
     }
 
@@ -805,17 +810,18 @@ impl Context {
 
     /// Record an Event under `name`: one recorded under it already (by this process or another,
     /// which may have stopped before it could remember) is not recorded again. Only while this
-    /// replica leads.
+    /// replica leads. Its note is cut to what an Event may hold.
     async fn event_once(
         &self,
         workspace: &Workspace,
         name: String,
         type_: EventType,
         reason: &str,
-        note: String,
+        mut note: String,
         at: k8s_openapi::jiff::Timestamp,
     ) -> Result<EventRecorded, Error> {
         self.fenced()?;
+        cut_note(&mut note);
         let namespace = workspace.namespace().unwrap_or_default();
         let event = k8s_openapi::api::events::v1::Event {
             metadata: ObjectMeta {
@@ -1068,11 +1074,11 @@ async fn pause(
                     .event_once(&fresh, name, EventType::Normal, "WouldCull", note, at)
                     .await
                 {
+                    // Counted with its Event, as a pause is.
                     Ok(EventRecorded::New) => ctx.metrics.culls.with_label_values(&["true"]).inc(),
                     Ok(EventRecorded::Before) => tracing::info!("the WouldCull Event was recorded already"),
                     Err(Error::Kube(kube::Error::Api(e))) if e.code == 400 || e.code == 422 => {
                         tracing::warn!(error = %e, "the apiserver refuses the WouldCull Event; not asked again");
-                        ctx.metrics.culls.with_label_values(&["true"]).inc();
                     }
                     Err(e) => {
                         // Reported (and counted) by the next probe that finds it so.

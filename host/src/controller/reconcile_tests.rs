@@ -905,6 +905,27 @@ async fn a_would_cull_reported_before_a_restart_is_neither_reported_nor_counted_
 }
 
 #[tokio::test]
+async fn a_would_cull_the_apiserver_refuses_as_invalid_is_neither_counted_nor_asked_again() {
+    let case = Case::idle(policy(true), ProbeOutcome::Success(ProbeActivity::Idle));
+    case.api.reject_event.store(true, Ordering::SeqCst);
+    case.reconcile().await;
+    assert_eq!(
+        case.ctx.metrics.culls.with_label_values(&["true"]).get(),
+        0,
+        "counted with its Event"
+    );
+    lock(&case.api.workspace)["status"]["activity"] = probed(30, 2 * HOUR);
+    lock(&case.ctx.written).clear();
+    case.reconcile().await;
+    assert_eq!(
+        case.api.summary().iter().filter(|s| *s == "event WouldCull").count(),
+        1,
+        "not asked again"
+    );
+    assert!(lock(&case.api.events).is_empty());
+}
+
+#[tokio::test]
 async fn a_failed_probe_is_recorded_and_evented_and_retried_after_the_minimum_interval() {
     let case = Case::idle(
         policy(false),
@@ -1398,6 +1419,23 @@ async fn a_malformed_keep_alive_reported_before_a_restart_is_not_reported_again(
     lock(&case.api.workspace)["metadata"]["annotations"] = keep_alive("next week");
     case.reconcile().await;
     assert_eq!(reported(&case), 2);
+}
+
+#[tokio::test]
+async fn a_long_malformed_keep_alive_is_warned_of_in_a_note_cut_to_what_an_event_may_hold() {
+    let value = "é".repeat(2000);
+    let case = Case::new(
+        workspace(probed(30, 30 * MINUTE), keep_alive(&value)),
+        policy(false),
+        false,
+        ProbeOutcome::Success(ProbeActivity::Idle),
+    );
+    case.reconcile().await;
+    let events = lock(&case.api.events).clone();
+    assert_eq!(events.len(), 1, "{:?}", case.api.summary());
+    assert_eq!(events[0]["reason"], "KeepAliveIgnored");
+    let note = events[0]["note"].as_str().unwrap();
+    assert!((1023..=1024).contains(&note.len()), "{}", note.len());
 }
 
 #[tokio::test]
