@@ -8,7 +8,8 @@
 //! controller's API requests per probe by verb (its own request counter, and the apiserver's
 //! count of what it served meanwhile, `apiserver_request_total`), peak RSS and CPU
 //! seconds per 1 000 probes, the apiserver's, etcd's and the rest's CPU (kwok, this benchmark), and
-//! the ratio of the round times.
+//! the ratio of the round times. Then the status writes alone: the same writes, as many at once,
+//! sent from the benchmark with no probe and no controller — the least a round can take here.
 //! Then the cull latency: the first `--latency-workspaces` become eligible one after another
 //! over a minute (their Jupyter reports staggered last activity), the policy's
 //! `minProbeIntervalSeconds` is 10, and each pause is timed against its `eligibleAfter` — twice:
@@ -452,6 +453,56 @@ async fn round(
     })
 }
 
+/// The status writes alone: what a round cannot do without.
+struct Writes {
+    in_flight: usize,
+    seconds: f64,
+    apiserver_cpu: f64,
+    etcd_cpu: f64,
+    /// This benchmark's, which sends them.
+    sender_cpu: f64,
+}
+
+/// The status writes a round requires and nothing else: one merge patch of `status.activity`
+/// per workspace, shaped, preconditioned and answered as the controller's are
+/// (`controller::patch_workspace_status`), `in_flight` at a time, sent from here after one list.
+/// No controller can make a round on this machine shorter than these take.
+async fn writes_alone(cp: &ControlPlane, client: &kube::Client, in_flight: usize) -> anyhow::Result<Writes> {
+    let workspaces: Api<workspace_culler_policy::Workspace> = Api::namespaced(client.clone(), NS);
+    let listed = workspaces.list(&Default::default()).await?.items;
+    let (apiserver, etcd) = (cp.pid("kube-apiserver").unwrap_or(0), cp.pid("etcd").unwrap_or(0));
+    let (apiserver_before, etcd_before) = (cpu_seconds(apiserver), cpu_seconds(etcd));
+    let sender_before = cpu_seconds(std::process::id());
+    let started = Instant::now();
+    futures::stream::iter(listed)
+        .map(|workspace| async move {
+            let end = chrono::Utc::now().timestamp_millis();
+            let active = end - 60_000;
+            let activity: workspace_culler_policy::Activity = serde_json::from_value(serde_json::json!({
+                "lastActivity": active,
+                "lastUpdate": end,
+                "lastProbe": {"startTime": end - 200, "endTime": end, "result": "Success",
+                              "message": format!("probe succeeded: last active at {}", rfc3339(active))},
+                "rules": {"pauseWorkspace": {"eligibleAfter": active + DAY_IDLE_SECONDS * 1000}},
+            }))?;
+            let mut patch = workspace_culler_policy::activity_patch(&activity);
+            patch["metadata"] = serde_json::json!({"resourceVersion": workspace.metadata.resource_version});
+            let name = workspace.metadata.name.unwrap_or_default();
+            workspace_culler::controller::patch_workspace_status(client, NS, &name, &patch).await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(in_flight)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(Writes {
+        in_flight,
+        seconds: started.elapsed().as_secs_f64(),
+        apiserver_cpu: cpu_seconds(apiserver) - apiserver_before,
+        etcd_cpu: cpu_seconds(etcd) - etcd_before,
+        sender_cpu: cpu_seconds(std::process::id()) - sender_before,
+    })
+}
+
 async fn clear_status(client: &kube::Client) -> anyhow::Result<()> {
     let workspaces: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &kubeflow::workspace_resource());
     let names: Vec<String> = workspaces
@@ -586,6 +637,9 @@ async fn main() -> anyhow::Result<()> {
     clear_status(&client).await?;
     let kubeflow_model = round(&cp, &client, &args, "Kubeflow's model", 10).await?;
     print(&args, &[&ours, &kubeflow_model]);
+    clear_status(&client).await?;
+    let writes = writes_alone(&cp, &client, args.concurrency as usize).await?;
+    print_writes(&args, &writes, &ours);
     if args.latency_workspaces > 0 {
         for background in [Background::Busy, Background::Hourly] {
             let latencies = cull_latency(&cp, &client, &args, &last_activity, background).await?;
@@ -827,4 +881,22 @@ fn print(args: &Args, rounds: &[&Round]) {
             args.concurrency
         );
     }
+}
+
+fn print_writes(args: &Args, writes: &Writes, ours: &Round) {
+    println!(
+        "the status writes alone ({} of them, {} in flight, sent from this benchmark after one list): {:.1}s, \
+         apiserver CPU {:.1}s ({:.1} ms per write), etcd CPU {:.1}s, the sender's CPU {:.1}s",
+        args.workspaces,
+        writes.in_flight,
+        writes.seconds,
+        writes.apiserver_cpu,
+        writes.apiserver_cpu * 1000.0 / args.workspaces as f64,
+        writes.etcd_cpu,
+        writes.sender_cpu
+    );
+    println!(
+        "ratio: this controller's round takes {:.2}× as long as its status writes alone",
+        ours.seconds / writes.seconds
+    );
 }
