@@ -182,16 +182,14 @@ impl OwedEvent {
     /// What `value` says is owed; one that cannot be read (edited by hand) still owes an
     /// Event, counted in no policy.
     fn read(value: &str) -> Self {
-        let mut owed = serde_json::from_str(value).unwrap_or_else(|e| {
+        serde_json::from_str(value).unwrap_or_else(|e| {
             tracing::warn!(error = %e, value, "the Culled Event's annotation cannot be read");
             OwedEvent {
                 at: 0,
                 policy: String::new(),
                 note: "Paused".into(),
             }
-        });
-        cut_note(&mut owed.note);
-        owed
+        })
     }
 
     /// The Event's name: the same from every process for the same workspace and annotation
@@ -223,6 +221,8 @@ enum EventRecorded {
     New,
     /// Recorded before, by this process or another.
     Before,
+    /// Refused by the apiserver as invalid: given up, not asked again.
+    Refused,
 }
 
 /// Numbers the tasks that wait for a load ([`Deferral::waiter`]).
@@ -547,19 +547,12 @@ impl Context {
                 // report it again.
                 let name = event_name(workspace, "keep-alive-ignored", &value);
                 let at = k8s_openapi::jiff::Timestamp::now();
-                match self
+                let recorded = self
                     .event_once(workspace, name, EventType::Warning, "KeepAliveIgnored", why.clone(), at)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(Error::Kube(kube::Error::Api(e))) if e.code == 400 || e.code == 422 => {
-                        tracing::warn!(error = %e, "the apiserver refuses the KeepAliveIgnored Event; not asked again");
-                    }
-                    Err(e) => {
-                        // Reported by the next reconcile.
-                        tracing::warn!(error = %e, reason = "KeepAliveIgnored", "cannot record event");
-                        lock(&self.keep_alive_reported).remove(&key);
-                    }
+                    .await;
+                if recorded.is_err() {
+                    // Reported by the next reconcile.
+                    lock(&self.keep_alive_reported).remove(&key);
                 }
             }
         }
@@ -728,14 +721,9 @@ impl Context {
                     *lock(&self.pauses).entry(owed.policy).or_default() += 1;
                 }
             }
-            Ok(EventRecorded::Before) => tracing::info!("the pause's Culled Event was recorded already"),
-            Err(Error::Kube(kube::Error::Api(e))) if e.code == 400 || e.code == 422 => {
-                tracing::warn!(error = %e, "the apiserver refuses the pause's Culled Event; not asked again");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record the pause's Culled Event; retrying");
-                return false;
-            }
+            Ok(EventRecorded::Before | EventRecorded::Refused) => {}
+            // Tried again in a while.
+            Err(_) => return false,
         }
         if self.fenced().is_err() {
             return false;
@@ -848,8 +836,18 @@ impl Context {
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &namespace);
         match events.create(&kube::api::PostParams::default(), &event).await {
             Ok(_) => Ok(EventRecorded::New),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(EventRecorded::Before),
-            Err(e) => Err(e.into()),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::info!(reason, "the Event was recorded already");
+                Ok(EventRecorded::Before)
+            }
+            Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+                tracing::warn!(error = %e, reason, "the apiserver refuses the Event; not asked again");
+                Ok(EventRecorded::Refused)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, reason, "cannot record the Event; tried again later");
+                Err(e.into())
+            }
         }
     }
 
@@ -945,21 +943,10 @@ impl Context {
         // again.
         let name = event_name(workspace, "culling-soon", &eligible.to_string());
         let at = k8s_openapi::jiff::Timestamp::now();
-        let recorded = match self
+        let recorded = self
             .event_once(workspace, name, EventType::Warning, "CullingSoon", note, at)
-            .await
-        {
-            Ok(_) => true,
-            Err(Error::Kube(kube::Error::Api(e))) if e.code == 400 || e.code == 422 => {
-                tracing::warn!(error = %e, "the apiserver refuses the CullingSoon Event; not asked again");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, reason = "CullingSoon", "cannot record event");
-                false
-            }
-        };
-        if recorded {
+            .await;
+        if recorded.is_ok() {
             lock(&self.warned).insert(key_of(workspace), eligible);
             None
         } else {
@@ -1076,13 +1063,9 @@ async fn pause(
                 {
                     // Counted with its Event, as a pause is.
                     Ok(EventRecorded::New) => ctx.metrics.culls.with_label_values(&["true"]).inc(),
-                    Ok(EventRecorded::Before) => tracing::info!("the WouldCull Event was recorded already"),
-                    Err(Error::Kube(kube::Error::Api(e))) if e.code == 400 || e.code == 422 => {
-                        tracing::warn!(error = %e, "the apiserver refuses the WouldCull Event; not asked again");
-                    }
-                    Err(e) => {
-                        // Reported (and counted) by the next probe that finds it so.
-                        tracing::warn!(error = %e, reason = "WouldCull", "cannot record event");
+                    Ok(EventRecorded::Before | EventRecorded::Refused) => {}
+                    // Reported (and counted) by the next probe that finds it so.
+                    Err(_) => {
                         lock(&ctx.would_cull).remove(&key_of(&fresh));
                     }
                 }
