@@ -72,6 +72,18 @@ async fn counted(controller: &Controller, prefix: &str, label: &str) -> f64 {
     e2e::sum(&text, prefix, &[label])
 }
 
+/// Wait until `controller` has logged `phrase`.
+async fn said(controller: &Controller, phrase: &str, limit: Duration) {
+    let what = format!("the controller to log {phrase:?}");
+    e2e::eventually_or(
+        limit,
+        &what,
+        || controller.log(),
+        || async { controller.log().contains(phrase).then_some(()) },
+    )
+    .await;
+}
+
 /// The controller converges: a probe that started after `since` succeeds and is recorded.
 async fn converges(env: &Env, name: &str, since: i64, what: &str, controller: &Controller) {
     e2e::eventually_or(
@@ -212,13 +224,7 @@ async fn faults_mid_probe_never_pause_wrongly_and_the_controller_converges() {
     // thawed, writes nothing more and exits.
     let elect = ["--namespace", NS, "--leader-elect"];
     let first = env.controller("replica-1", &elect);
-    e2e::eventually_or(
-        Duration::from_secs(30),
-        "a leader",
-        || first.log(),
-        || async { first.log().contains("became the leader").then_some(()) },
-    )
-    .await;
+    said(&first, "became the leader", Duration::from_secs(30)).await;
     let second = env.controller("replica-2", &elect);
     wait_for_a_probe_in_flight(&first).await;
     let pid = first.pid() as i32;
@@ -226,25 +232,14 @@ async fn faults_mid_probe_never_pause_wrongly_and_the_controller_converges() {
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     // Counted once it is stopped: a probe it finished meanwhile was written while it led.
     let written_before = first.log().matches(" probed").count();
-    e2e::eventually_or(
-        Duration::from_secs(60),
-        "the standby to take over",
-        || second.log(),
-        || async { second.log().contains("became the leader").then_some(()) },
-    )
-    .await;
+    // The standby takes over.
+    said(&second, "became the leader", Duration::from_secs(60)).await;
     let since = now_ms();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     converges(&env, "steady", since, "the lease changing hands", &second).await;
     // The thawed leader finds its lease gone when it next renews it, however late that is.
-    e2e::eventually_or(
-        Duration::from_secs(30),
-        "the old leader to say it lost the lease",
-        || first.log(),
-        || async { first.log().contains("lost the leader lease").then_some(()) },
-    )
-    .await;
+    said(&first, "lost the leader lease", Duration::from_secs(30)).await;
     let old = first.log();
     assert_eq!(
         old.matches(" probed").count(),
